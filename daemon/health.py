@@ -1,0 +1,67 @@
+"""Event-loop lag measurement: the basis of ``/health`` and the systemd watchdog.
+
+A task sleeps for a fixed interval and records how late it wakes up. A blocked
+loop shows up twice: as a large lag once it recovers, and, while it is still
+blocked, as a growing gap since the last tick (which ``current_lag`` includes, so
+a request served right after a stall still sees it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+__all__ = ["LoopLagMeter"]
+
+log = logging.getLogger(__name__)
+
+
+class LoopLagMeter:
+    """Measures how late the event loop runs a periodic wake-up."""
+
+    def __init__(self, *, interval: float = 0.25, window: int = 240) -> None:
+        self.interval = interval
+        self.last_lag = 0.0
+        self._recent: deque[float] = deque(maxlen=window)
+        self._last_tick = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<LoopLagMeter lag={self.current_lag() * 1000:.1f} ms max={self.max_lag * 1000:.1f} ms>"
+
+    @property
+    def max_lag(self) -> float:
+        """Largest lag over the recent window (about one minute by default)."""
+        return max(self._recent, default=0.0)
+
+    def current_lag(self) -> float:
+        """Lag as of now, counting a tick that is overdue."""
+        overdue = time.monotonic() - self._last_tick - self.interval
+        return max(self.last_lag, overdue, 0.0)
+
+    def healthy(self, threshold: float) -> bool:
+        return self.current_lag() <= threshold
+
+    def reset(self) -> None:
+        """Start measuring from now (call right before scheduling :meth:`run`)."""
+        self._last_tick = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop`` is set.
+
+        Lag counts from the last :meth:`reset`, not from when this task first
+        runs, so a loop blocked before the task got going still shows.
+        """
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            lag = max(now - self._last_tick - self.interval, 0.0)
+            self._last_tick = now
+            self.last_lag = lag
+            self._recent.append(lag)
+            if lag > 1.0:
+                log.warning("event loop was blocked for %.2f s", lag)
