@@ -1,0 +1,97 @@
+"""Blosc2 chunks: compressing a buffer into self-describing chunks and back.
+
+Blosc2 refuses buffers of 2 GiB or more, so large segments are split into
+several chunks; each chunk records its own codec, level and filter chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import blosc2
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["BloscParams", "ChunkError", "compress_bytes", "decompress_into", "uncompressed_size"]
+
+_CHUNK_BYTES = 1 << 30
+
+
+class ChunkError(ValueError):
+    """Chunks that do not decompress to their segment's size."""
+
+
+@dataclass(frozen=True)
+class BloscParams:
+    """Codec and level used for every chunk of one encode call."""
+
+    codec: blosc2.Codec = blosc2.Codec.ZSTD
+    level: int = 5
+
+    def cparams(self, typesize: int, filters: Sequence[blosc2.Filter]) -> blosc2.CParams:
+        """Blosc2 compression parameters for one buffer."""
+        chain = list(filters) or [blosc2.Filter.NOFILTER]
+        return blosc2.CParams(
+            codec=self.codec,
+            clevel=self.level,
+            typesize=max(1, min(typesize, 255)),
+            filters=chain,
+            filters_meta=[0] * len(chain),
+        )
+
+
+def compress_bytes(
+    data: bytes | memoryview | npt.NDArray[Any],
+    params: BloscParams,
+    *,
+    typesize: int,
+    filters: Sequence[blosc2.Filter] = (blosc2.Filter.SHUFFLE,),
+) -> list[bytes]:
+    """Compress ``data`` into one or more Blosc2 chunks (split below 2 GiB)."""
+    if isinstance(data, np.ndarray):
+        # Through numpy: memoryview.cast refuses shapes with a zero in them.
+        view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    else:
+        view = memoryview(data).cast("B")
+    if params.level == 0:
+        filters = ()
+    typesize = max(1, min(typesize, 255))
+    step = _CHUNK_BYTES - _CHUNK_BYTES % typesize
+    chunks = []
+    for start in range(0, max(len(view), 1), step):
+        piece = view[start : start + step]
+        if len(filters) <= 1:
+            # The one-filter call reuses a global context: ~6x faster than compress2.
+            one = filters[0] if filters else blosc2.Filter.NOFILTER
+            chunk = blosc2.compress(piece, typesize=typesize, clevel=params.level, filter=one, codec=params.codec)
+        else:
+            chunk = blosc2.compress2(piece, cparams=params.cparams(typesize, filters))
+        chunks.append(bytes(chunk))
+    return chunks
+
+
+def decompress_into(chunks: Sequence[memoryview], nbytes: int) -> bytearray:
+    """Decompress ``chunks`` into one writable buffer of exactly ``nbytes``."""
+    out = bytearray(nbytes)
+    view = memoryview(out)
+    pos = 0
+    for chunk in chunks:
+        info = blosc2.get_cbuffer_sizes(chunk)
+        size = int(info[0])
+        if pos + size > nbytes:
+            raise ChunkError("chunk larger than its segment")
+        if size:
+            # blosc2.decompress (global context) costs ~4 us a call against
+            # ~100 us for decompress2, which builds a context every time.
+            blosc2.decompress(chunk, dst=view[pos : pos + size])
+        pos += size
+    if pos != nbytes:
+        raise ChunkError(f"segment decompressed to {pos} bytes, expected {nbytes}")
+    return out
+
+
+def uncompressed_size(chunks: Sequence[bytes]) -> int:
+    """Total decompressed size of a list of Blosc2 chunks."""
+    return sum(int(blosc2.get_cbuffer_sizes(c)[0]) for c in chunks)

@@ -1,0 +1,305 @@
+"""One framed, compressed, authenticated format for everything tradingd persists.
+
+Layout (all integers little-endian; see docs/formats.md)::
+
+    0   4  magic  b"TDST"
+    4   1  format version (1)
+    5   1  codec id (the Blosc2 codec number; 255 = stored uncompressed)
+    6   1  flags (bit 0: HMAC-SHA256 trailer present)
+    7   1  reserved, 0
+    8   4  header length H
+    12  8  payload length P
+    20  H  header: UTF-8 JSON (kind, segments, dtypes, shapes, columns...)
+    20+H P  payload: the segments' Blosc2 chunks, back to back
+    ..  32 HMAC-SHA256(secret, bytes 0 .. 20+H+P)   when flag bit 0 is set
+
+:func:`encode` always authenticates when given a secret and refuses to write a
+pickled payload without one; :func:`decode` refuses to unpickle a payload that
+is not authenticated. :func:`read_state` never raises: a file that fails its
+magic, version, length, HMAC or decompression is moved to the quarantine
+directory, logged, and ``None`` is returned.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import pickle
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blosc2
+
+from .atomic import atomic_create_bytes, atomic_write_bytes, fsync_dir
+from .chunks import BloscParams
+from .payloads import decode_payload, encode_payload
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "SECRET_FILE",
+    "AuthenticationError",
+    "CodecError",
+    "CodecSettings",
+    "CorruptPayloadError",
+    "FormatError",
+    "SecretError",
+    "decode",
+    "encode",
+    "load_or_create_secret",
+    "read_state",
+    "write_state",
+]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"TDST"
+FORMAT_VERSION = 1
+SECRET_FILE = "secret.key"
+SECRET_BYTES = 32
+_PREFIX = struct.Struct("<4sBBBBIQ")
+_FLAG_HMAC = 0x01
+_MAC_BYTES = 32
+_CODEC_STORED = 255
+_CODECS = {
+    "zstd": blosc2.Codec.ZSTD,
+    "lz4": blosc2.Codec.LZ4,
+    "lz4hc": blosc2.Codec.LZ4HC,
+    "blosclz": blosc2.Codec.BLOSCLZ,
+    "zlib": blosc2.Codec.ZLIB,
+}
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid, authentic tradingd state file."""
+
+
+class FormatError(CodecError):
+    """Wrong magic, unknown format version, or a truncated/overlong file."""
+
+
+class AuthenticationError(CodecError):
+    """HMAC missing where required, or not matching the secret."""
+
+
+class CorruptPayloadError(CodecError):
+    """Header or payload that does not decompress or decode."""
+
+
+class SecretError(RuntimeError):
+    """The state dir's secret key exists but is unusable."""
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """Compression settings; maps to the config's ``storage.compression`` section."""
+
+    enabled: bool = True
+    codec: str = "zstd"
+    level: int = 5
+
+    def __post_init__(self) -> None:
+        if self.codec not in _CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {sorted(_CODECS)}")
+        if not 0 <= self.level <= 9:
+            raise ValueError(f"compression level must be 0-9, got {self.level}")
+
+    @classmethod
+    def from_config(cls, section: object) -> CodecSettings:
+        """Build from any object with ``enabled``, ``codec`` and ``level`` attributes."""
+        return cls(
+            enabled=bool(getattr(section, "enabled", True)),
+            codec=str(getattr(section, "codec", "zstd")),
+            level=int(getattr(section, "level", 5)),
+        )
+
+    def blosc_params(self) -> BloscParams:
+        """Blosc2 codec and level (level 0 = stored) for these settings."""
+        if not self.enabled:
+            return BloscParams(codec=blosc2.Codec.BLOSCLZ, level=0)
+        return BloscParams(codec=_CODECS[self.codec], level=self.level)
+
+
+DEFAULT_SETTINGS = CodecSettings()
+
+
+def encode(obj: object, *, secret: bytes | None = None, settings: CodecSettings | None = None) -> bytes:
+    """Serialise ``obj`` into one framed buffer.
+
+    Arrays, frames and series of numeric columns are stored natively; anything
+    else is pickled and then requires ``secret`` (the file gets an HMAC so that
+    only this daemon's own files are ever unpickled).
+    """
+    settings = settings or DEFAULT_SETTINGS
+    params = settings.blosc_params()
+    encoded = encode_payload(obj, params)
+    if encoded.header["kind"] == "pickle" and secret is None:
+        raise ValueError("a pickled payload needs a secret (HMAC); pass secret=")
+    header = json.dumps(encoded.header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    payload_len = sum(len(c) for c in encoded.chunks)
+    codec_id = int(params.codec.value) if params.level > 0 else _CODEC_STORED
+    flags = _FLAG_HMAC if secret is not None else 0
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, codec_id, flags, 0, len(header), payload_len)
+    body = b"".join([prefix, header, *encoded.chunks])
+    if secret is None:
+        return body
+    return body + hmac.digest(secret, body, "sha256")
+
+
+def decode(data: bytes | bytearray | memoryview, *, secret: bytes | None = None) -> object:
+    """Inverse of :func:`encode`; raises a :class:`CodecError` subclass on bad input."""
+    view = memoryview(data).cast("B")
+    if len(view) < _PREFIX.size or bytes(view[:4]) != MAGIC:
+        raise FormatError("not a tradingd state file (bad magic)")
+    _, version, _, flags, _, header_len, payload_len = _PREFIX.unpack_from(view)
+    if version != FORMAT_VERSION:
+        raise FormatError(f"unsupported format version {version} (this build reads {FORMAT_VERSION})")
+    has_mac = bool(flags & _FLAG_HMAC)
+    body_len = _PREFIX.size + header_len + payload_len
+    expected = body_len + (_MAC_BYTES if has_mac else 0)
+    if len(view) != expected:
+        raise FormatError(f"file is {len(view)} bytes, its frame says {expected} (truncated or appended)")
+    if has_mac:
+        if secret is None:
+            raise AuthenticationError("file is authenticated but no secret was given")
+        mac = hmac.digest(secret, view[:body_len], "sha256")
+        if not hmac.compare_digest(mac, bytes(view[body_len:])):
+            raise AuthenticationError("HMAC does not match (tampered, or written with another secret)")
+    try:
+        header: dict[str, Any] = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
+    except ValueError as exc:
+        raise CorruptPayloadError(f"header is not JSON: {exc}") from exc
+    if header.get("kind") == "pickle" and not has_mac:
+        raise AuthenticationError("refusing to unpickle an unauthenticated payload")
+    try:
+        return decode_payload(header, view[_PREFIX.size + header_len : body_len])
+    except CodecError:
+        raise
+    except Exception as exc:  # blosc2 raises RuntimeError/ValueError, numpy/pandas others
+        raise CorruptPayloadError(f"payload does not decode: {type(exc).__name__}: {exc}") from exc
+
+
+def write_state(path: Path, obj: object, *, secret: bytes, settings: CodecSettings | None = None) -> int:
+    """Encode ``obj`` and replace ``path`` atomically (mode 0600); returns bytes written."""
+    data = encode(obj, secret=secret, settings=settings)
+    atomic_write_bytes(path, data, mode=0o600)
+    return len(data)
+
+
+def read_state(
+    path: Path,
+    *,
+    secret: bytes,
+    quarantine_dir: Path,
+    migrate: bool = True,
+    settings: CodecSettings | None = None,
+) -> object | None:
+    """Load a state file written by :func:`write_state`; never raises.
+
+    Returns ``None`` when the file is missing or unreadable (logged), or when it
+    fails its magic, version, length, HMAC or decompression: such a file is
+    moved into ``quarantine_dir`` with a warning, so the next start does not
+    trip over it again. A legacy plain-pickle file (no magic, written by an
+    older version) is loaded and, with ``migrate``, rewritten in this format.
+    Note that a stored ``None`` is indistinguishable from a failure.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.error("cannot read state file %s: %s", path, exc)
+        return None
+    if not data.startswith(MAGIC) and data[:1] == b"\x80":
+        return _read_legacy(
+            path, data, secret=secret, quarantine_dir=quarantine_dir, migrate=migrate, settings=settings
+        )
+    try:
+        return decode(data, secret=secret)
+    except CodecError as exc:
+        quarantine(path, quarantine_dir, reason=str(exc))
+        return None
+    except Exception as exc:  # unpickling can raise anything (a class that moved, ...)
+        quarantine(path, quarantine_dir, reason=f"{type(exc).__name__}: {exc}")
+        return None
+
+
+def _read_legacy(
+    path: Path,
+    data: bytes,
+    *,
+    secret: bytes,
+    quarantine_dir: Path,
+    migrate: bool,
+    settings: CodecSettings | None,
+) -> object | None:
+    # Legacy files predate authentication; the state dir (0700, owned by the
+    # daemon's user) is what vouches for them, once, before they are rewritten.
+    try:
+        obj: object = pickle.loads(data)
+    except Exception as exc:
+        quarantine(path, quarantine_dir, reason=f"legacy pickle does not load: {type(exc).__name__}: {exc}")
+        return None
+    if migrate:
+        try:
+            size = write_state(path, obj, secret=secret, settings=settings)
+            log.info("migrated legacy pickle %s to the framed format (%d -> %d bytes)", path, len(data), size)
+        except Exception as exc:  # the object loaded; a failed rewrite only costs a retry
+            log.warning("could not rewrite legacy state file %s: %s", path, exc)
+    return obj
+
+
+def quarantine(path: Path, quarantine_dir: Path, *, reason: str) -> Path | None:
+    """Move ``path`` into ``quarantine_dir`` (never overwriting) and log why."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    try:
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        target = quarantine_dir / f"{path.name}.{stamp}"
+        n = 1
+        while target.exists():
+            target = quarantine_dir / f"{path.name}.{stamp}.{n}"
+            n += 1
+        try:
+            os.replace(path, target)
+        except OSError:
+            shutil.move(str(path), str(target))  # another filesystem
+        fsync_dir(quarantine_dir)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        log.error("state file %s is unusable (%s) and could not be quarantined: %s", path, reason, exc)
+        return None
+    log.warning("state file %s is unusable (%s); moved to %s", path, reason, target)
+    return target
+
+
+def load_or_create_secret(state_dir: Path) -> bytes:
+    """The state dir's 32-byte HMAC key, created (mode 0600) on first start.
+
+    Creation is atomic and never overwrites: two processes racing on a fresh
+    state dir end up with the same key. A key file of the wrong size raises
+    :class:`SecretError` rather than silently invalidating every state file.
+    """
+    path = Path(state_dir) / SECRET_FILE
+    if not path.exists() and atomic_create_bytes(path, os.urandom(SECRET_BYTES), mode=0o600):
+        log.info("created a new state secret at %s", path)
+    try:
+        secret = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise SecretError(f"cannot read the state secret {path}: {exc}") from exc
+    if len(secret) != SECRET_BYTES:
+        raise SecretError(
+            f"state secret {path} is {len(secret)} bytes, expected {SECRET_BYTES}; "
+            "restore it, or delete it to start over (existing state files will then be quarantined)"
+        )
+    if mode & 0o077:
+        log.warning("state secret %s had mode %o; tightening to 0600", path, mode)
+        os.chmod(path, 0o600)
+    return secret

@@ -1,0 +1,397 @@
+"""codec.py: bit-for-bit round trips, native column storage, HMAC, quarantine, legacy files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import stat
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from daemon.storage import chunks as chunks_module
+from daemon.storage.codec import (
+    MAGIC,
+    AuthenticationError,
+    CodecSettings,
+    CorruptPayloadError,
+    FormatError,
+    SecretError,
+    decode,
+    encode,
+    load_or_create_secret,
+    read_state,
+    write_state,
+)
+
+SECRET = bytes(range(32))
+
+
+def header_of(blob: bytes) -> dict[str, Any]:
+    header_len = struct.unpack_from("<I", blob, 8)[0]
+    header: dict[str, Any] = json.loads(blob[20 : 20 + header_len])
+    return header
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return bool(np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)))
+
+
+def assert_frames_identical(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a, b, check_exact=True, check_freq=True)
+    assert a.index.equals(b.index) and a.index.dtype == b.index.dtype
+    for col in a.columns:
+        assert same_bits(a[col].to_numpy(), b[col].to_numpy()), col
+
+
+def ohlcv(rows: int, *, tick: float = 0.01, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close_ticks = 10_000 + np.cumsum(rng.integers(-50, 51, rows))
+    spread = rng.integers(0, 40, (3, rows))
+    decimals = max(0, round(-np.log10(tick)))
+    close = np.round(close_ticks * tick, decimals)
+    return pd.DataFrame(
+        {
+            "Open": np.round((close_ticks + spread[0] - 20) * tick, decimals),
+            "High": np.round((close_ticks + spread[1]) * tick, decimals),
+            "Low": np.round((close_ticks - spread[2]) * tick, decimals),
+            "Close": close,
+            "Volume": rng.integers(0, 10**6, rows) * 100,
+        },
+        index=pd.date_range("2015-01-01", periods=rows, freq="h", name="time"),
+    )
+
+
+# --- round trips -------------------------------------------------------------
+
+ARRAYS = {
+    "ticks": np.round(np.random.default_rng(1).normal(100, 5, 5000), 2),
+    "random_f8": np.random.default_rng(2).normal(size=5000),
+    "f4": np.random.default_rng(3).normal(size=300).astype(np.float32),
+    "nan_inf_negzero": np.array([1.5, np.nan, -0.0, np.inf, -np.inf, 2.25]),
+    "i8_extremes": np.array([np.iinfo(np.int64).min, -1, 0, 1, np.iinfo(np.int64).max]),
+    "u8_extremes": np.array([0, 1, np.iinfo(np.uint64).max], dtype=np.uint64),
+    "i1": np.array([-128, 0, 127], dtype=np.int8),
+    "u2": np.arange(1000, dtype=np.uint16),
+    "bool": np.random.default_rng(4).random(333) > 0.5,
+    "complex": np.arange(10) * (1 + 2j),
+    "datetime_nat": np.array(["2020-01-01", "NaT", "2021-06-30T12:00"], dtype="M8[ns]"),
+    "timedelta": np.arange(0, 10**12, 10**9, dtype="m8[ns]"),
+    "matrix": np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 4,
+    "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    "scalar": np.array(3.25),
+    "empty": np.zeros((0, 3)),
+    "constant": np.full(100, 7.77),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_arrays_round_trip_bit_for_bit_and_natively(name: str) -> None:
+    arr = ARRAYS[name]
+    blob = encode(arr)
+    assert header_of(blob)["kind"] == "ndarray"
+    back = decode(blob)
+    assert isinstance(back, np.ndarray)
+    assert same_bits(arr.copy(order="C"), back)
+    assert back.flags.writeable
+
+
+def test_tick_prices_are_stored_as_integers_and_noise_as_floats() -> None:
+    groups_ticks = header_of(encode(ARRAYS["ticks"]))["table"]["groups"]
+    assert groups_ticks[0]["enc"] == "int" and groups_ticks[0]["scale"] == 2
+    groups_noise = header_of(encode(ARRAYS["random_f8"]))["table"]["groups"]
+    assert groups_noise[0]["enc"] == "raw"
+    # NaN / -0.0 cannot be ticks: the column falls back to raw floats, losslessly.
+    assert header_of(encode(ARRAYS["nan_inf_negzero"]))["table"]["groups"][0]["enc"] == "raw"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.float64, np.float32, np.int64, np.int16, np.uint32, np.uint64]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=2, max_side=40),
+    )
+)
+def test_any_numeric_array_round_trips(arr: np.ndarray) -> None:
+    assert same_bits(np.ascontiguousarray(arr), decode(encode(arr)))  # type: ignore[arg-type]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-(10**9), 10**9), min_size=1, max_size=200), st.integers(0, 6))
+def test_decimal_prices_round_trip(ticks: list[int], decimals: int) -> None:
+    prices = np.array(ticks, dtype=np.int64) / 10.0**decimals
+    assert same_bits(prices, decode(encode(prices)))  # type: ignore[arg-type]
+
+
+def test_ohlcv_frame_round_trips_natively_with_columns_against_close() -> None:
+    df = ohlcv(3000)
+    blob = encode(df)
+    header = header_of(blob)
+    assert header["kind"] == "frame"
+    placed = zip(header["pos"], header["table"]["cols"], strict=True)
+    ops = {header["labels"][pos]: col.get("op") for pos, col in placed if pos >= 0}
+    assert ops["Close"] == "delta"
+    assert {ops["Open"], ops["High"], ops["Low"]} <= {"ref", "delta"}
+    back = decode(blob)
+    assert isinstance(back, pd.DataFrame)
+    assert_frames_identical(df, back)
+    # Far smaller than the pickled frame: that is the point of ticks + deltas.
+    assert len(blob) * 4 < len(pickle.dumps(df, protocol=5))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ohlcv(500, tick=0.00001),
+        ohlcv(10).reset_index(drop=True),
+        ohlcv(50).tz_localize("UTC").tz_convert("America/New_York"),
+        ohlcv(0),
+        pd.DataFrame({"a": [1.5, np.nan, 3.0], "b": [True, False, True]}, index=pd.Index([10, 20, 30], name="k")),
+        pd.DataFrame({"x": np.arange(5.0)}, index=pd.date_range("2020", periods=5, freq="D")),
+        pd.DataFrame({1: np.arange(3), 2: np.arange(3.0)}).rename_axis(columns="cols"),
+        pd.DataFrame(index=pd.RangeIndex(4)),
+        pd.DataFrame({"n": [1, 2, 3], "m": [7, 8, 9]}, index=pd.Index([4, 5, 6])),
+    ],
+    ids=["fx", "range_index", "tz", "empty", "nan_bool_int_index", "freq", "int_labels", "no_columns", "index_grouped"],
+)
+def test_frames_round_trip(frame: pd.DataFrame) -> None:
+    blob = encode(frame)
+    assert header_of(blob)["kind"] == "frame"
+    assert_frames_identical(frame, decode(blob))  # type: ignore[arg-type]
+
+
+def test_frames_that_are_not_columnar_are_pickled_and_still_exact() -> None:
+    df = pd.DataFrame({"sym": ["a", "b"], "px": [1.0, 2.0]})
+    blob = encode(df, secret=SECRET)
+    assert header_of(blob)["kind"] == "pickle"
+    pd.testing.assert_frame_equal(decode(blob, secret=SECRET), df)  # type: ignore[arg-type]
+
+
+def test_series_round_trips() -> None:
+    s = ohlcv(200)["Close"]
+    blob = encode(s)
+    assert header_of(blob)["kind"] == "series"
+    back = decode(blob)
+    pd.testing.assert_series_equal(back, s, check_exact=True)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class Model:
+    name: str
+    weights: np.ndarray
+
+
+def test_pickled_objects_round_trip_with_arrays_out_of_band() -> None:
+    obj = {"model": Model("m", np.arange(1000.0)), "tags": ("a", 1, None), "nested": [ohlcv(20)]}
+    blob = encode(obj, secret=SECRET)
+    header = header_of(blob)
+    assert header["kind"] == "pickle" and len(header["segments"]) >= 2  # arrays as their own segments
+    back = decode(blob, secret=SECRET)
+    assert isinstance(back, dict)
+    assert back["model"].name == "m" and same_bits(back["model"].weights, obj["model"].weights)  # type: ignore[attr-defined]
+    assert back["tags"] == ("a", 1, None)
+    assert_frames_identical(back["nested"][0], obj["nested"][0])  # type: ignore[index]
+
+
+def test_large_segments_are_split_into_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunks_module, "_CHUNK_BYTES", 4096)
+    arr = np.random.default_rng(5).normal(size=10_000)
+    blob = encode(arr)
+    assert len(header_of(blob)["segments"][0]["c"]) > 1
+    assert same_bits(arr, decode(blob))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "lz4hc", "blosclz", "zlib"])
+def test_every_codec_round_trips(codec: str) -> None:
+    df = ohlcv(300)
+    assert_frames_identical(df, decode(encode(df, settings=CodecSettings(codec=codec, level=9))))  # type: ignore[arg-type]
+
+
+def test_compression_can_be_switched_off() -> None:
+    df = ohlcv(300)
+    blob = encode(df, settings=CodecSettings(enabled=False))
+    assert blob[5] == 255
+    assert_frames_identical(df, decode(blob))  # type: ignore[arg-type]
+
+
+def test_settings_validate_and_map_from_config() -> None:
+    from daemon.config import CompressionConfig
+
+    assert CodecSettings.from_config(CompressionConfig(codec="lz4", level=3)) == CodecSettings(True, "lz4", 3)
+    with pytest.raises(ValueError, match="unknown codec"):
+        CodecSettings(codec="brotli")
+    with pytest.raises(ValueError, match="0-9"):
+        CodecSettings(level=10)
+
+
+# --- authentication and corruption -------------------------------------------
+
+
+def test_pickle_needs_a_secret_both_ways() -> None:
+    with pytest.raises(ValueError, match="secret"):
+        encode({"a": 1})
+    blob = encode({"a": 1}, secret=SECRET)
+    with pytest.raises(AuthenticationError):
+        decode(blob)
+    with pytest.raises(AuthenticationError):
+        decode(blob, secret=bytes(32))
+    # Strip the MAC and clear the flag: an unauthenticated pickle is refused.
+    stripped = bytearray(blob[:-32])
+    stripped[6] = 0
+    with pytest.raises(AuthenticationError, match="unpickle"):
+        decode(bytes(stripped), secret=SECRET)
+
+
+def test_every_tampered_byte_is_refused() -> None:
+    blob = encode({"x": np.arange(50.0)}, secret=SECRET)
+    for pos in range(len(blob)):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x01
+        with pytest.raises((FormatError, AuthenticationError)):
+            decode(bytes(bad), secret=SECRET)
+
+
+def test_bad_magic_version_and_length() -> None:
+    blob = encode(np.arange(10), secret=SECRET)
+    with pytest.raises(FormatError, match="magic"):
+        decode(b"XXXX" + blob[4:], secret=SECRET)
+    with pytest.raises(FormatError, match="version"):
+        decode(blob[:4] + bytes([99]) + blob[5:], secret=SECRET)
+    with pytest.raises(FormatError, match="truncated"):
+        decode(blob[:-1], secret=SECRET)
+    with pytest.raises(FormatError, match="truncated"):
+        decode(blob + b"\0", secret=SECRET)
+
+
+def test_corrupt_payload_without_mac_is_a_codec_error() -> None:
+    blob = bytearray(encode(np.arange(1000.0)))
+    blob[-10] ^= 0xFF
+    with pytest.raises((CorruptPayloadError, FormatError)):
+        decode(bytes(blob))
+
+
+# --- files ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> tuple[Path, bytes]:
+    return tmp_path, load_or_create_secret(tmp_path)
+
+
+def test_write_and_read_state(state: tuple[Path, bytes]) -> None:
+    state_dir, secret = state
+    path = state_dir / "caches" / "indicators.bin"
+    df = ohlcv(1000)
+    size = write_state(path, {"frame": df}, secret=secret)
+    assert size == path.stat().st_size
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    back = read_state(path, secret=secret, quarantine_dir=state_dir / "quarantine")
+    assert isinstance(back, dict)
+    assert_frames_identical(back["frame"], df)
+    assert read_state(state_dir / "missing.bin", secret=secret, quarantine_dir=state_dir / "quarantine") is None
+    assert not (state_dir / "quarantine").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "version", "garbage", "legacy_garbage", "other_secret"])
+def test_bad_files_are_quarantined_and_logged(
+    state: tuple[Path, bytes], damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_dir, secret = state
+    path = state_dir / "cache.bin"
+    write_state(path, {"x": np.arange(100.0)}, secret=secret)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x10
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "version":
+        data[4] = 2
+    elif damage == "garbage":
+        data = bytearray(b"hello world")
+    elif damage == "legacy_garbage":
+        data = bytearray(b"\x80\x05garbage")
+    elif damage == "other_secret":
+        data = bytearray(encode({"x": 1}, secret=bytes(32)))
+    path.write_bytes(bytes(data))
+    quarantine = state_dir / "quarantine"
+    with caplog.at_level(logging.WARNING, logger="daemon.storage.codec"):
+        assert read_state(path, secret=secret, quarantine_dir=quarantine) is None
+    assert not path.exists()
+    moved = list(quarantine.iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("cache.bin.")
+    assert moved[0].read_bytes() == bytes(data)
+    assert any("moved to" in r.getMessage() for r in caplog.records)
+    # The next start does not trip over it again.
+    assert read_state(path, secret=secret, quarantine_dir=quarantine) is None
+
+
+def test_quarantine_never_overwrites(state: tuple[Path, bytes]) -> None:
+    state_dir, secret = state
+    for _ in range(3):
+        (state_dir / "c.bin").write_bytes(b"junk")
+        assert read_state(state_dir / "c.bin", secret=secret, quarantine_dir=state_dir / "q") is None
+    assert len(list((state_dir / "q").iterdir())) == 3
+
+
+def test_legacy_pickle_loads_and_is_migrated(state: tuple[Path, bytes]) -> None:
+    state_dir, secret = state
+    path = state_dir / "models" / "old.pkl"
+    path.parent.mkdir()
+    legacy = {"weights": np.arange(10.0), "name": "old"}
+    path.write_bytes(pickle.dumps(legacy, protocol=4))
+    back = read_state(path, secret=secret, quarantine_dir=state_dir / "quarantine")
+    assert isinstance(back, dict) and back["name"] == "old"
+    assert path.read_bytes().startswith(MAGIC)
+    again = read_state(path, secret=secret, quarantine_dir=state_dir / "quarantine")
+    assert isinstance(again, dict) and same_bits(again["weights"], legacy["weights"])  # type: ignore[arg-type]
+
+
+def test_legacy_pickle_can_be_left_alone(state: tuple[Path, bytes]) -> None:
+    state_dir, secret = state
+    path = state_dir / "old.pkl"
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    assert read_state(path, secret=secret, quarantine_dir=state_dir / "q", migrate=False) == [1, 2, 3]
+    assert not path.read_bytes().startswith(MAGIC)
+
+
+def test_secret_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    first = load_or_create_secret(tmp_path)
+    key = tmp_path / "secret.key"
+    assert len(first) == 32 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert load_or_create_secret(tmp_path) == first
+    os.chmod(key, 0o644)
+    assert load_or_create_secret(tmp_path) == first
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]  # no temp files left
+
+
+def test_damaged_secret_is_an_error_not_a_new_key(tmp_path: Path) -> None:
+    (tmp_path / "secret.key").write_bytes(b"short")
+    with pytest.raises(SecretError, match="expected 32"):
+        load_or_create_secret(tmp_path)
+
+
+def test_threads_encode_and_decode_concurrently() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [ohlcv(2000 + 10 * i, seed=i) for i in range(8)]
+
+    def round_trip(df: pd.DataFrame) -> bool:
+        for _ in range(5):
+            assert_frames_identical(df, decode(encode(df, secret=SECRET), secret=SECRET))  # type: ignore[arg-type]
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(round_trip, frames))
