@@ -10,6 +10,7 @@ data (which the kernel can drop at will) never count as pressure.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,14 +20,18 @@ from pathlib import Path
 import psutil
 
 __all__ = [
+    "LevelListener",
     "MemoryLimit",
     "MemorySample",
     "Monitor",
     "PressureLevel",
     "discover_limit",
     "read_cgroup_limit",
+    "read_cgroup_usage",
     "sample_process",
 ]
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # cgroup v1 reports "no limit" as a huge page-aligned number near 2**63.
@@ -124,23 +129,33 @@ def read_cgroup_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/
     return min(limits) if limits else None
 
 
+def _stat_value(path: Path, keys: tuple[str, ...]) -> int:
+    """First of ``keys`` found in a cgroup ``memory.stat`` file, else 0."""
+    found: dict[str, int] = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in keys:
+                found[key] = int(value)
+    except (OSError, ValueError):
+        return 0
+    return next((found[k] for k in keys if k in found), 0)
+
+
 def read_cgroup_usage(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
-    """Working set of our cgroup: ``memory.current`` minus inactive file pages."""
-    v2, _ = _own_cgroup_dirs(root, proc_cgroup)
+    """Working set of our cgroup: usage minus inactive file pages (v2, else v1)."""
+    v2, v1 = _own_cgroup_dirs(root, proc_cgroup)
     for d in v2[:1] or [root]:
         current = _read_int(d / "memory.current")
         if current is None:
             continue
-        inactive_file = 0
-        try:
-            for line in (d / "memory.stat").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "inactive_file":
-                    inactive_file = int(value)
-                    break
-        except (OSError, ValueError):
-            pass
-        return max(current - inactive_file, 0)
+        return max(current - _stat_value(d / "memory.stat", ("inactive_file",)), 0)
+    for d in v1[:1]:
+        usage = _read_int(d / "memory.usage_in_bytes")
+        if usage is None:
+            continue
+        inactive = _stat_value(d / "memory.stat", ("total_inactive_file", "inactive_file"))
+        return max(usage - inactive, 0)
     return None
 
 
@@ -181,6 +196,7 @@ def sample_process(process: psutil.Process | None = None) -> MemorySample:
 
 
 Sampler = Callable[[], MemorySample]
+LevelListener = Callable[[PressureLevel, PressureLevel], None]
 
 
 class Monitor:
@@ -206,6 +222,7 @@ class Monitor:
         self.history: deque[MemorySample] = deque(maxlen=history_size)
         self.level = PressureLevel.NORMAL
         self._sampler = sampler
+        self._listeners: list[LevelListener] = []
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else None
@@ -242,5 +259,19 @@ class Monitor:
         """Take a reading, record it, and return it with the (possibly new) level."""
         reading = self._sampler()
         self.history.append(reading)
-        self.level = self.level_for(reading.used_bytes)
+        previous, self.level = self.level, self.level_for(reading.used_bytes)
+        if self.level != previous:
+            for listener in self._listeners:
+                try:
+                    listener(previous, self.level)
+                except Exception:  # a broken listener must not stop sampling
+                    log.exception("pressure level listener failed")
         return reading, self.level
+
+    def add_listener(self, listener: LevelListener) -> None:
+        """Call ``listener(old, new)`` from :meth:`sample` whenever the level changes."""
+        self._listeners.append(listener)
+
+    def usage_now(self) -> int:
+        """Used bytes right now, without recording a sample or changing the level."""
+        return self._sampler().used_bytes
