@@ -1,0 +1,112 @@
+"""The outcome journal over HTTP and on the CLI; ``tradingd data import``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+import yaml
+
+from daemon.cli import main
+from daemon.config import Config
+from daemon.storage.mmapstore import open_store
+from daemon.storage.outcomes import TradeOutcome
+from daemon.supervisor import Supervisor
+from daemon.trading.data import load_sample_data, sample_data_dir
+from tests.conftest import base_url
+
+
+def outcome(i: int, *, strategy: str, regime: str, ret: float) -> TradeOutcome:
+    return TradeOutcome(
+        run_id="r1",
+        strategy=strategy,
+        symbol="SYM01",
+        params={"fast": i},
+        side=1,
+        entry_time=f"2020-01-{i + 1:02d}T00:00:00",
+        exit_time=f"2020-02-{i + 1:02d}T00:00:00",
+        entry_price=100.0,
+        exit_price=100.0 * (1 + ret),
+        pnl=1000.0 * ret,
+        ret=ret,
+        regime=regime,
+        features=(float(i), float(i % 3)),
+    )
+
+
+async def test_outcomes_endpoints(make_config: Callable[..., Config], http: aiohttp.ClientSession) -> None:
+    async with Supervisor(make_config()) as sup:
+        assert sup.outcomes is not None
+        sup.outcomes.append_many(
+            [
+                outcome(i, strategy="sma_crossover" if i % 2 else "momentum", regime="trending", ret=0.01 * i)
+                for i in range(6)
+            ]
+        )
+        url = base_url(sup)
+        async with http.get(f"{url}/outcomes/summary") as resp:
+            assert resp.status == 200
+            summary = await resp.json()
+        assert summary["outcomes"] == 6
+        assert summary["by_strategy"]["sma_crossover"]["trades"] == 3
+        assert summary["by_regime"]["trending"]["trades"] == 6
+        async with http.get(f"{url}/outcomes/similar", params={"features": "4,1", "k": "2"}) as resp:
+            assert resp.status == 200
+            similar = await resp.json()
+        assert similar["outcomes"][0]["params"]["fast"] == 4
+        assert len(similar["outcomes"]) == 2
+        for bad in ({"features": "a,b"}, {}, {"features": "1,2", "k": "0"}):
+            async with http.get(f"{url}/outcomes/similar", params=bad) as resp:
+                assert resp.status == 400
+                assert "error" in await resp.json()
+
+
+async def test_journal_survives_restart_and_cli_reads_it(
+    make_config: Callable[..., Config],
+    config_dict: Callable[..., dict[str, object]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with Supervisor(make_config()) as sup:
+        assert sup.outcomes is not None
+        sup.outcomes.append_many([outcome(i, strategy="momentum", regime="ranging", ret=-0.02) for i in range(3)])
+    async with Supervisor(make_config()) as sup:
+        assert sup.outcomes is not None and len(sup.outcomes) == 3
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config_dict()))
+    assert main(["outcomes", "--config", str(cfg), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["by_regime"]["ranging"]["trades"] == 3
+    assert main(["outcomes", "--config", str(cfg), "--similar", "1,1", "--k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "momentum" in out and "ranging" in out
+
+
+def test_outcomes_cli_without_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"paths": {"state_dir": str(tmp_path / "s")}}))
+    assert main(["outcomes", "--config", str(cfg)]) == 1
+    assert "no journal" in capsys.readouterr().err
+
+
+def test_data_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    assert main(["data", "import", str(sample_data_dir()), "--store", str(store)]) == 0
+    assert "imported 10 symbols" in capsys.readouterr().out
+    opened = open_store(store)
+    original = load_sample_data()["SYM03"]
+    mapped = opened.market_data("SYM03")
+    assert np.array_equal(mapped.close, original.close) and mapped.version == original.version
+    # A second import without --overwrite refuses and leaves the store as it was.
+    assert main(["data", "import", str(sample_data_dir()), "--store", str(store)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,open,high,low,close,volume\n2020-01-01,1,2,0.5,1.5,10\n2020-01-02,1,0.5,2,1.5,10\n")
+    assert main(["data", "import", str(bad), "--store", str(tmp_path / "store2")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "row 2" in err
+    assert not (tmp_path / "store2").exists()
