@@ -7,6 +7,7 @@ is a 4xx, never a 500, and the daemon keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from daemon.auth import token_matches
+from daemon.memory.cleanup import parse_level
 from daemon.prometheus import build_registry
+from daemon.storage.outcomes import OutcomeJournal, parse_similar_query
+from daemon.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, WorkflowRun
+from daemon.workflows.spec import SpecError, parse_spec, parse_spec_text
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -64,6 +69,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
         return json_error(500, "internal error; see the daemon log")
+
+
+@web.middleware
+async def presented_token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that presents a bearer token must present the right one, even on open endpoints.
+
+    Open reads ignore a missing token, but a wrong one is refused (RFC 6750
+    ``invalid_token``), so ``tradingd status --token`` tells an operator at once
+    that their token would not work for the endpoints that need it.
+    """
+    header = request.headers.get("Authorization")
+    if header and not token_matches(header, request.app[SUPERVISOR].api_token):
+        raise web.HTTPForbidden(text="invalid bearer token")
+    return await handler(request)
 
 
 def require_token(request: web.Request) -> None:
@@ -134,9 +153,131 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
+async def admin_cleanup(request: web.Request) -> web.Response:
+    """Run the cleanup ladder now: ``{"level": "gc" | "pressure" | "critical"}`` (default pressure)."""
+    require_token(request)
+    supervisor = request.app[SUPERVISOR]
+    body = await read_json_body(request) if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='body must be a JSON object like {"level": "pressure"}')
+    try:
+        level = parse_level(body.get("level", "pressure"))
+    except (ValueError, TypeError) as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    # gc.collect and malloc_trim can take a while on a large heap: keep the loop free.
+    report = await asyncio.to_thread(supervisor.memory.run_ladder, level)
+    supervisor.monitor.sample()
+    supervisor.stats.refresh()
+    return ok(report)
+
+
+# --- runs ----------------------------------------------------------------------
+
+
+def _run_or_404(request: web.Request) -> WorkflowRun:
+    run_id = request.match_info["run_id"]
+    try:
+        return request.app[SUPERVISOR].workflows.queue.get(run_id)
+    except RunNotFound:
+        raise web.HTTPNotFound(text=f"no run {run_id!r}") from None
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """Every run, newest first; ``?status=running`` filters."""
+    wanted = request.query.get("status")
+    runs = request.app[SUPERVISOR].workflows.queue.list()
+    return ok({"runs": [r.describe() for r in runs if wanted is None or r.status == wanted]})
+
+
+async def get_run(request: web.Request) -> web.Response:
+    return ok(_run_or_404(request).describe(detail=True))
+
+
+async def submit_run(request: web.Request) -> web.Response:
+    """Queue a workflow spec sent as JSON (``application/json``) or YAML (anything else)."""
+    require_token(request)
+    supervisor = request.app[SUPERVISOR]
+    is_ready, reason = supervisor.readiness()
+    queue = supervisor.workflows.queue
+    if not is_ready or not queue.accepting:
+        raise web.HTTPServiceUnavailable(
+            text=f"not accepting runs: {reason if not is_ready else 'stopping'}", headers={"Retry-After": "5"}
+        )
+    body = await request.read()  # over http.max_body_bytes: 413 from aiohttp
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise web.HTTPBadRequest(text="body is not UTF-8") from None
+    if not text.strip():
+        raise web.HTTPBadRequest(text="empty body: send a workflow spec (JSON or YAML)")
+    try:
+        if request.content_type == "application/json":
+            raw = json.loads(text)
+            # Grid validation may take a moment on a large grid: off the loop.
+            spec = await asyncio.to_thread(parse_spec, raw, source="spec")
+        else:
+            spec = await asyncio.to_thread(parse_spec_text, text, source="spec")
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise web.HTTPBadRequest(text=f"malformed JSON body: {exc.msg} at {where}") from None
+    except SpecError as exc:
+        return json_error(400, "invalid workflow spec: " + "; ".join(exc.lines), errors=exc.lines)
+    try:
+        run = queue.submit(spec, run_id=request.query.get("run_id"))
+    except ValueError as exc:  # an unsafe ?run_id=
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    except DuplicateRun as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    except QueueClosed as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "5"}) from None
+    response = ok({**run.describe(), "url": f"/runs/{run.id}"}, status=201)
+    response.headers["Location"] = f"/runs/{run.id}"
+    return response
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    """Cancel a queued or running run; answers once its containers have torn down."""
+    require_token(request)
+    run = _run_or_404(request)
+    try:
+        await request.app[SUPERVISOR].workflows.queue.cancel(run.id)
+    except RunFinished as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    return ok(run.describe())
+
+
+# --- outcomes ------------------------------------------------------------------
+
+
+def _journal_or_404(request: web.Request) -> OutcomeJournal:
+    journal = request.app[SUPERVISOR].outcomes
+    if journal is None:
+        raise web.HTTPNotFound(text="the outcome journal is disabled (outcomes.enabled: false)")
+    return journal
+
+
+async def outcomes_summary(request: web.Request) -> web.Response:
+    """Performance of every recorded trade by strategy and by market regime."""
+    journal = _journal_or_404(request)
+    return ok(await asyncio.to_thread(journal.summary))
+
+
+async def outcomes_similar(request: web.Request) -> web.Response:
+    """``?features=f1,f2,...&k=10``: the k past outcomes nearest to a feature vector."""
+    journal = _journal_or_404(request)
+    try:
+        features, k = parse_similar_query(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return ok({"k": k, "features": features, "outcomes": await asyncio.to_thread(journal.similar, features, k)})
+
+
 def build_app(supervisor: Supervisor) -> web.Application:
     """The aiohttp application for ``supervisor``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=supervisor.config.http.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, presented_token_middleware],
+        client_max_size=supervisor.config.http.max_body_bytes,
+    )
     app[SUPERVISOR] = supervisor
     app[REGISTRY] = build_registry(supervisor.stats)
     app.router.add_get("/", index)
@@ -144,4 +285,11 @@ def build_app(supervisor: Supervisor) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/cleanup", admin_cleanup)
+    app.router.add_get("/runs", list_runs)
+    app.router.add_post("/runs", submit_run)
+    app.router.add_get("/runs/{run_id}", get_run)
+    app.router.add_delete("/runs/{run_id}", cancel_run)
+    app.router.add_get("/outcomes/summary", outcomes_summary)
+    app.router.add_get("/outcomes/similar", outcomes_similar)
     return app

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config
+from daemon.storage.commands import add_storage_commands
+from daemon.views import add_operator_commands
+from daemon.workflows.commands import add_workflow_commands
 
 __all__ = ["main"]
 
@@ -54,7 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.workflows.service import load_startup_specs
+
     config = _load(args.path)
+    load_startup_specs(config)  # a bad startup workflow is a config error
     where = f"state {config.state_dir}, results {config.results_dir}"
     print(f"{config.source}: ok ({where}, http {config.http.host}:{config.http.port})")
     return EXIT_OK
@@ -72,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("path", type=Path, nargs="?", default=None, help="config file (default: the embedded default)")
     check.set_defaults(handler=cmd_check_config)
+
+    add_operator_commands(commands)  # status, runs, results
+    add_workflow_commands(commands)  # submit, run-workflow
+    add_storage_commands(commands)  # data import, outcomes
     return parser
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "StorageConfig",
     "Thresholds",
     "default_config_text",
+    "describe_validation_error",
     "load_config",
     "parse_config",
 ]
@@ -163,7 +164,7 @@ class ExecutorConfig(_Section):
 
 class CompressionConfig(_Section):
     enabled: bool = True
-    codec: Literal["zstd", "lz4", "blosclz", "zlib"] = "zstd"
+    codec: Literal["zstd", "lz4", "lz4hc", "blosclz", "zlib"] = "zstd"
     level: int = Field(default=5, ge=0, le=9)
 
 
@@ -297,6 +298,11 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> tu
     if http:
         data = {**data, "http": http}
     return data, problems
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One ``key.path: message`` line per problem (also used for workflow specs)."""
+    return _describe(exc)
 
 
 def _describe(exc: ValidationError) -> list[str]:

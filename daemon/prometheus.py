@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from daemon.memory.metrics import memory_manager_families
 from daemon.stats import StatsBoard
+from daemon.workflows.metrics import runs_families
 
 __all__ = ["FAMILIES", "SnapshotCollector", "build_registry"]
 
@@ -73,7 +75,9 @@ def loop_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 # Other rooms append their builders here (memory caches, runs, outcomes, ...).
-FAMILIES: list[FamilyBuilder] = [daemon_families, memory_families, loop_families]
+FAMILIES: list[FamilyBuilder] = [
+    daemon_families, memory_families, loop_families, memory_manager_families, runs_families,
+]
 
 
 class SnapshotCollector(Collector):

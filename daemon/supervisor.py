@@ -27,9 +27,12 @@ from daemon.api import build_app
 from daemon.auth import resolve_api_token
 from daemon.config import Config
 from daemon.health import LoopLagMeter
+from daemon.memory.manager import MemoryManager
 from daemon.memory.monitor import Monitor, discover_limit
 from daemon.notify import Notifier, run_watchdog, status_line
 from daemon.stats import StatsBoard
+from daemon.storage.outcomes import JOURNAL_FILE, OutcomeJournal
+from daemon.workflows.service import WorkflowService
 
 __all__ = ["Lifecycle", "StateDirLocked", "Supervisor", "main"]
 
@@ -107,6 +110,7 @@ class Supervisor:
             hysteresis=config.memory.hysteresis,
             history_size=config.memory.history_size,
         )
+        self.memory = MemoryManager(config, self.monitor)
         self.api_token: str | None = None
         self.addresses: list[tuple[str, int]] = []
         self.stop_event = asyncio.Event()
@@ -118,6 +122,11 @@ class Supervisor:
         self.stats.register("memory", self._memory_stats)
         self.stats.register("loop", self._loop_stats)
         self.stats.register("gc", _gc_stats)
+        self.memory.register_stats(self.stats)
+        self.outcomes: OutcomeJournal | None = None
+        # Loads the startup workflow specs now, so a bad one fails before the state dir is locked.
+        self.workflows = WorkflowService(config, memory=self.memory)
+        self.stats.register("runs", self.workflows.stats)
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.state} pid={os.getpid()} tasks={len(self._tasks)} {self.monitor!r}>"
@@ -136,6 +145,8 @@ class Supervisor:
         """Whether we accept work, and why not."""
         if self.state is not Lifecycle.RUNNING:
             return False, self.state.value
+        if self.memory.admission.paused:
+            return False, f"admission paused: {self.memory.admission.reason}"
         return True, "ready"
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
@@ -167,12 +178,18 @@ class Supervisor:
         try:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             self.api_token = resolve_api_token(self.config, self.state_dir)
+            await asyncio.to_thread(self.memory.load_persisted)
+            if self.config.outcomes.enabled:
+                self.outcomes = await asyncio.to_thread(
+                    OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=self.config.outcomes.max_outcomes
+                )
             self.monitor.sample()
             self.stats.refresh()
             await self._start_http()
             self.lag.reset()
             self.spawn(self.lag.run(self.stop_event), name="loop-lag")
             self.spawn(self._monitor_loop(), name="monitor")
+            self.spawn(self.memory.run(self.stop_event), name="cleanup")
         except BaseException:
             await self.shutdown()
             raise
@@ -190,6 +207,8 @@ class Supervisor:
             ),
             name="sd-watchdog",
         )
+        # Work starts only once we are ready: resumed runs first, then startup workflows.
+        self.workflows.start()
         log.info(
             "tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)",
             __version__,
@@ -217,6 +236,8 @@ class Supervisor:
         self.notifier.stopping()
         log.info("stopping")
         self.stop_event.set()
+        # 0. Runs: no new containers; in-flight ones get graceful_timeout, the rest are cancelled.
+        await self.workflows.close(self.config.graceful_timeout)
         # 1. Background tasks got the stop event; give them a moment, then cancel.
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.graceful_timeout)
@@ -224,6 +245,11 @@ class Supervisor:
                 task.cancel("tradingd is stopping")
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
+        # Persist caches once nothing fills them any more (a no-op if they were never loaded).
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.memory.persist), self.config.graceful_timeout + 2.0)
+        except TimeoutError:
+            log.warning("persisting caches did not finish within its timeout")
         # 2. HTTP last, so /ready answers 503 while we drain.
         if self._runner is not None:
             try:
@@ -231,6 +257,8 @@ class Supervisor:
             except TimeoutError:
                 log.warning("HTTP server did not close within its timeout")
             self._runner = None
+        if self.outcomes is not None:
+            self.outcomes.close()
         self._lock.release()
         self.notifier.close()
         self.state = Lifecycle.STOPPED

@@ -1,0 +1,115 @@
+"""`tradingd run-workflow` (one-shot, progress output) and `tradingd submit` (to a running daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon.supervisor import Supervisor
+from tests.conftest import REPO, base_url
+
+SPEC: dict[str, Any] = {
+    "name": "cli_study",
+    "type": "train_test",
+    "data": {"source": "sample", "symbols": ["SYM01", "SYM02"], "start": "2020-01-01"},
+    "strategy": {"name": "momentum", "grid": {"lookback": [5, 10, 20, 40], "threshold": [0.0, 0.01]}},
+    "execution": {"chunk_size": 2, "batch_size": 1},
+}
+
+
+def write(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def tradingd(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, **kwargs)
+
+
+def config_file(tmp_path: Path) -> Path:
+    return write(tmp_path, "cfg.yaml", {"paths": {"state_dir": str(tmp_path / "state"),
+                                                  "results_dir": str(tmp_path / "results")}})
+
+
+def test_run_workflow_prints_plain_progress_lines_and_writes_results(tmp_path: Path) -> None:
+    result = tradingd("run-workflow", str(write(tmp_path, "s.yaml", SPEC)), "--config", str(config_file(tmp_path)),
+                      "--run-id", "cli-1")
+    assert result.returncode == 0, result.stderr
+    assert "run cli-1 completed: 10/10 containers" in result.stdout
+    progress = [line for line in result.stderr.splitlines() if line.startswith("run cli-1: ")]
+    assert progress and "\r" not in result.stderr
+    assert progress[-1] == "run cli-1: completed, 10/10 containers (100%), phase testing"
+    assert (tmp_path / "results" / "cli-1" / "testing" / "aggregate_results.json").is_file()
+    # The same id again: already completed, nothing redone.
+    again = tradingd("run-workflow", str(tmp_path / "s.yaml"), "--config", str(tmp_path / "cfg.yaml"),
+                     "--run-id", "cli-1")
+    assert again.returncode == 0 and "run cli-1 completed" in again.stdout
+
+
+def test_run_workflow_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon", "run-workflow", str(write(tmp_path, "s.yaml", SPEC)),
+             "--config", str(config_file(tmp_path))],
+            stdout=subprocess.PIPE, stderr=follower, timeout=60, cwd=REPO, check=False,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "\r[" in screen and "10/10" in screen and "#" * 24 in screen
+
+
+def test_run_workflow_reports_spec_errors_with_key_paths(tmp_path: Path) -> None:
+    bad = write(tmp_path, "bad.yaml", {**SPEC, "execution": {"chunk_sise": 3}})
+    result = tradingd("run-workflow", str(bad), "--config", str(config_file(tmp_path)))
+    assert result.returncode == 2
+    assert f"{bad}: execution.chunk_sise: unknown key" in result.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+async def test_submit_sends_the_spec_with_the_state_dir_token(supervisor: Supervisor, tmp_path: Path) -> None:
+    spec = write(tmp_path, "s.yaml", SPEC)
+    config = config_file(tmp_path)  # same state dir as the fixture: the token file is found there
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "submit", str(spec), "--url", base_url(supervisor), "--config", str(config),
+        "--run-id", "submitted", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRADINGD_API_TOKEN")},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("submitted run submitted (")
+    run = supervisor.workflows.queue.get("submitted")
+    assert run.task is not None
+    await asyncio.wait_for(asyncio.shield(run.task), 60)
+    assert run.status == "completed"
+    manifest = json.loads((run.layout.manifest).read_text())
+    assert manifest["spec"]["strategy"]["name"] == "momentum"
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "submit", str(spec), "--url", base_url(supervisor), "--token", "wrong",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and "rejected the token" in err.decode()
