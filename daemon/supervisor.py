@@ -32,6 +32,7 @@ from daemon.memory.monitor import Monitor, discover_limit
 from daemon.notify import Notifier, run_watchdog, status_line
 from daemon.stats import StatsBoard
 from daemon.storage.outcomes import JOURNAL_FILE, OutcomeJournal
+from daemon.workflows.journal import journal_sink
 from daemon.workflows.service import WorkflowService
 
 __all__ = ["Lifecycle", "StateDirLocked", "Supervisor", "main"]
@@ -183,6 +184,7 @@ class Supervisor:
                 self.outcomes = await asyncio.to_thread(
                     OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=self.config.outcomes.max_outcomes
                 )
+                self.workflows.services.on_trades = journal_sink(self.outcomes)
             self.monitor.sample()
             self.stats.refresh()
             await self._start_http()

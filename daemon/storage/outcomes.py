@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     pnl REAL NOT NULL,
     ret REAL NOT NULL,
     regime TEXT NOT NULL,
-    features BLOB NOT NULL
+    features BLOB NOT NULL,
+    trade_key TEXT
 )
 """
 _COLUMNS = (
@@ -77,6 +78,9 @@ class TradeOutcome:
     ret: float  # fractional return of the trade
     regime: str  # see daemon.storage.regime
     features: Sequence[float] = field(default_factory=tuple)
+    # Identifies the trade across re-runs (e.g. run/phase/container/combination/entry bar):
+    # a container re-run after a crash appends its trades again, and the journal keeps one copy.
+    key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict (NaN/inf become None)."""
@@ -120,6 +124,7 @@ class OutcomeJournal:
         with conn:
             conn.execute(_SCHEMA)
             conn.execute("CREATE INDEX IF NOT EXISTS outcomes_strategy ON outcomes(strategy)")
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS outcomes_trade_key ON outcomes(trade_key)")
         self._cull(conn)
         self._refresh()
         log.info("outcome journal %s: %d outcomes loaded", self.path, len(self))
@@ -146,7 +151,10 @@ class OutcomeJournal:
         return conn
 
     def append_many(self, records: Iterable[TradeOutcome]) -> int:
-        """Append outcomes in one durable transaction; returns how many."""
+        """Append outcomes in one durable transaction; returns how many were new.
+
+        An outcome whose ``key`` is already in the journal is skipped.
+        """
         now = time.time()
         rows = [
             (
@@ -164,6 +172,7 @@ class OutcomeJournal:
                 float(r.ret),
                 r.regime,
                 np.asarray(r.features, dtype="<f8").tobytes(),
+                r.key,
             )
             for r in records
         ]
@@ -172,9 +181,14 @@ class OutcomeJournal:
         conn = self._conn()
         with conn:  # one transaction: all of them or none
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(f"INSERT INTO outcomes (recorded_at, {_COLUMNS}) VALUES ({', '.join('?' * 14)})", rows)
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT OR IGNORE INTO outcomes (recorded_at, {_COLUMNS}, trade_key) VALUES ({', '.join('?' * 15)})",
+                rows,
+            )
+            added = conn.total_changes - before
             self._cull(conn, commit=False)
-        return len(rows)
+        return added
 
     def _cull(self, conn: sqlite3.Connection, *, commit: bool = True) -> None:
         lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM outcomes").fetchone()

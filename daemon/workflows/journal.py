@@ -36,6 +36,7 @@ def trade_outcomes(batch: ClosedTrades) -> list[TradeOutcome]:
             ret=float(trade["return"]),
             regime=regime,
             features=features,
+            key=f"{batch.run_id}/{batch.phase}/{batch.container_id}/{trade['combo']}/{trade['entry_bar']}",
         ))
     return outcomes
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
+from daemon.reports import publish_run_report
 from daemon.storage.atomic import atomic_write_json
 from daemon.trading.data import DataError
 from daemon.trading.strategies import StrategyError
@@ -161,6 +162,8 @@ class WorkflowRun:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("run %s failed", self.id)
         self._finish()
+        if self.status == "completed":
+            await publish_run_report(self.layout.root)
 
     async def _execute(self, services: RunServices, should_stop: Callable[[], bool]) -> None:
         executor = services.executor

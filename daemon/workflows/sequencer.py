@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.reports import publish_phase_report
 from daemon.storage.atomic import atomic_write_json
 from daemon.trading.data import MarketData
 from daemon.trading.strategies import get_strategy
@@ -251,6 +252,8 @@ class Sequencer:
         plan.finished_at = time.time()
         await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts)
         self._on_change()
+        # Reads the files just written; never raises (a report is not worth failing a run for).
+        await publish_phase_report(phase_layout.root)
 
     def _already_completed(self, containers: Sequence[Container]) -> set[str]:
         return {

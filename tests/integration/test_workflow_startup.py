@@ -59,6 +59,18 @@ def test_default_config_runs_the_sample_train_test_study(
     assert first_event["type"] in ("POSITION_OPEN", "POSITION_CLOSE")
     testing = json.loads((root / "testing" / "aggregate_results.json").read_text())
     assert len(testing["best_by_symbol"]) == 10
+    for phase in ("training", "testing"):
+        report = (root / phase / "report.html").read_text()
+        assert "heatmap.png" in report and (root / phase / "heatmap.png").stat().st_size > 1000
+    # The run's report follows its final manifest.
+    while not (root / "report.html").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (root / "report.html").is_file()
+
+    # The testing phase's closed trades went into the outcome journal.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/outcomes/summary", timeout=5) as resp:
+        journal = json.loads(resp.read())
+    assert journal["outcomes"] > 0 and set(journal["by_strategy"]) == {runs[0]["strategy"]}
 
     # A restart neither redoes nor duplicates the completed startup study.
     daemon.signal(signal.SIGTERM)
@@ -68,6 +80,8 @@ def test_default_config_runs_the_sample_train_test_study(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=5) as resp:
         assert [r["id"] for r in json.loads(resp.read())["runs"]] == [runs[0]["id"]]
     assert "is already completed" in again.log()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/outcomes/summary", timeout=5) as resp:
+        assert json.loads(resp.read())["outcomes"] == journal["outcomes"], "reloaded, not duplicated"
     again.signal(signal.SIGTERM)
     assert again.wait(timeout=15) == 0
 
