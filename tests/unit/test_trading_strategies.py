@@ -85,7 +85,8 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 
 
 def test_registry_lists_all_shipped_strategies() -> None:
-    assert strategy_names() == sorted(GRIDS)
+    # Other tests register strategies of their own (e.g. a leaky one for worker recycling).
+    assert set(GRIDS) <= set(strategy_names())
     with pytest.raises(StrategyError, match="unknown strategy 'nope'; known: adaptive_trend"):
         get_strategy("nope")
 
