@@ -1,0 +1,198 @@
+"""The Dask executor on a LocalCluster of two worker processes: same results tree as one machine,
+a worker killed mid-run, cancelled runs cancel their futures, per-worker memory in stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import ExecutorConfig
+from daemon.trading.data import MarketData
+from daemon.trading.indicators import IndicatorCache
+from daemon.trading.strategies import SmaCrossover, register_strategy
+from daemon.workflows.container import RunServices
+from daemon.workflows.dask_executor import DaskExecutor
+from daemon.workflows.executors import Executor, ThreadExecutor, create_executor
+from daemon.workflows.process_executor import ProcessExecutor
+from daemon.workflows.runs import RunQueue, WorkflowRun
+from daemon.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text
+
+pytestmark = pytest.mark.timeout(120)
+
+SLOW_SECONDS = 0.15
+
+
+class SlowSma(SmaCrossover):
+    """An SMA crossover that takes its time, so a test can act while tasks run."""
+
+    name = "slow_sma"
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Any:
+        time.sleep(SLOW_SECONDS)
+        return super().positions(data, grid, cache=cache, models=models)
+
+
+register_strategy(SlowSma())
+PRELOAD = (__name__,)  # every Dask worker, including restarted ones, imports this module first
+
+
+def sample_study() -> WorkflowSpec:
+    text = resources.files("daemon").joinpath("defaults/workflows/sample_study.yaml").read_text(encoding="utf-8")
+    return parse_spec_text(text, source="bundled:sample_study")
+
+
+def slow_study(symbols: int = 4, fast: int = 20) -> WorkflowSpec:
+    return parse_spec({
+        "name": "slow_study",
+        "type": "train_test",
+        "data": {"source": "sample", "symbols": [f"SYM{i:02d}" for i in range(1, symbols + 1)]},
+        "strategy": {"name": "slow_sma", "grid": {"fast": {"min": 5, "max": fast, "step": 5},
+                                                  "slow": {"min": 40, "max": 100, "step": 20}}},
+        "objective": "sharpe",
+        "backtest": {"fill": "next_open", "commission": 0.001},
+        "selection": {"top": 2, "scope": "per_symbol"},
+        "execution": {"chunk_size": 8, "batch_size": 4},
+    }, source="test")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[DaskExecutor]:
+    executor = DaskExecutor(n_workers=2, threads_per_worker=1, preload=PRELOAD, stats_interval=0.5)
+    executor.wait_ready(60)
+    yield executor
+    executor.close(wait=True)
+
+
+async def run_workflow(spec: WorkflowSpec, executor: Executor, results_dir: Path, run_id: str = "run") -> Path:
+    run = WorkflowRun(spec, run_id, results_dir)
+    await run.execute(RunServices(executor=executor), lambda: False)
+    assert run.status == "completed", run.error
+    return results_dir / run_id
+
+
+VOLATILE = {"timings", "memory", "created_at", "started_at", "finished_at", "progress", "attempts", "version"}
+
+
+def results_tree(root: Path) -> dict[str, Any]:
+    """Every file of a run, with wall-clock and memory figures removed."""
+    tree: dict[str, Any] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = str(path.relative_to(root))
+        if path.suffix == ".json":
+            doc = json.loads(path.read_text())
+            tree[name] = {k: v for k, v in doc.items() if k not in VOLATILE} if name != "manifest.json" else (
+                doc["status"], doc["symbols"], doc["grid"], [p["status"] for p in doc["phases"]])
+        else:
+            tree[name] = path.read_bytes()
+    return tree
+
+
+@pytest.mark.slow
+async def test_the_sample_study_gives_the_same_results_tree_on_thread_process_and_dask(
+        cluster: DaskExecutor, tmp_path: Path) -> None:
+    spec = sample_study()
+    thread = ThreadExecutor(2)
+    process = ProcessExecutor(2, max_tasks_per_child=10, data_dir=tmp_path / "data")
+    # kind: dask with a scheduler address: connect to the running cluster, as to one started by `dask scheduler`.
+    remote = create_executor(ExecutorConfig.model_validate(
+        {"kind": "dask", "dask": {"scheduler_address": cluster.client.scheduler.address}}))
+    try:
+        trees = {}
+        for name, executor in (("thread", thread), ("process", process), ("dask-local", cluster),
+                               ("dask-address", remote)):
+            trees[name] = results_tree(await run_workflow(spec, executor, tmp_path / name))
+    finally:
+        thread.close()
+        await asyncio.to_thread(process.close, wait=True)
+        await asyncio.to_thread(remote.close, wait=True)
+    reference = trees.pop("thread")
+    assert any(name.endswith("aggregate_results.json") for name in reference)
+    assert any(name.startswith("training/events/") for name in reference)
+    for name, tree in trees.items():
+        assert tree.keys() == reference.keys(), name
+        for file in reference:
+            assert tree[file] == reference[file], f"{name}: {file}"
+    # Closing an executor that connected to a cluster leaves the cluster running.
+    assert cluster.client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+async def test_stats_show_per_worker_memory(cluster: DaskExecutor) -> None:
+    await asyncio.to_thread(cluster.refresh_stats)
+    stats = cluster.stats()
+    assert stats["kind"] == "dask" and stats["connected"] and stats["local_cluster"]
+    assert stats["n_workers"] == 2 and stats["total_threads"] == 2 and stats["max_workers"] == 2
+    for worker in stats["workers"]:
+        assert worker["memory_bytes"] > 10 * 2**20 and worker["peak_memory_bytes"] >= worker["memory_bytes"]
+        assert isinstance(worker["pid"], int) and worker["pid"] != os.getpid()
+        assert worker["memory_limit_bytes"] > 0
+    assert stats["workers_memory_bytes"] == sum(w["memory_bytes"] for w in stats["workers"])
+    json.dumps(stats)  # /stats serves it as JSON
+
+
+async def _executing_worker(executor: DaskExecutor) -> str:
+    """The address of a worker running a task right now."""
+    for _ in range(200):
+        processing: dict[str, Any] = await asyncio.to_thread(executor.client.processing)
+        busy = [address for address, keys in processing.items() if keys]
+        if busy and executor.stats()["completed"] >= 3:
+            return busy[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no task started")
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes_identically(
+        cluster: DaskExecutor, tmp_path: Path) -> None:
+    spec = slow_study()
+    thread = ThreadExecutor(2)
+    try:
+        reference = results_tree(await run_workflow(spec, thread, tmp_path / "thread"))
+    finally:
+        thread.close()
+    run = asyncio.create_task(run_workflow(spec, cluster, tmp_path / "dask"))
+    address = await _executing_worker(cluster)
+    victim = (await asyncio.to_thread(cluster.worker_pids))[address]
+    os.kill(victim, signal.SIGKILL)
+    assert not run.done()
+    tree = results_tree(await run)
+    assert tree == reference
+    # The nanny started a new worker process in its place.
+    for _ in range(100):
+        pids = await asyncio.to_thread(cluster.worker_pids)
+        if len(pids) == 2 and victim not in pids.values():
+            break
+        await asyncio.sleep(0.1)
+    assert len(pids) == 2 and victim not in pids.values()
+
+
+def _scheduler_tasks(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+async def test_cancelling_a_run_cancels_its_futures(cluster: DaskExecutor, tmp_path: Path) -> None:
+    queue = RunQueue(tmp_path, RunServices(executor=cluster))
+    before = cluster.stats()["cancelled"]
+    run = queue.submit(slow_study(symbols=6, fast=40))
+    await _executing_worker(cluster)
+    assert cluster.stats()["active"] > 0
+    await queue.cancel(run.id)
+    assert run.status == "cancelled"
+    assert cluster.stats()["active"] == 0 and cluster.stats()["cancelled"] > before
+    # The scheduler forgets the cancelled tasks: nothing is left queued or running for this run.
+    for _ in range(100):
+        left = await asyncio.to_thread(cluster.client.run_on_scheduler, _scheduler_tasks)
+        if left == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert left == 0
+    await queue.close(1.0)

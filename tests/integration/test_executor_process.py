@@ -1,0 +1,234 @@
+"""The process executor: same results as in-process, recycled workers, leaks contained, lost workers replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from daemon.config import ExecutorConfig
+from daemon.trading.data import MarketData, load_sample_data
+from daemon.trading.indicators import IndicatorCache
+from daemon.trading.strategies import SmaCrossover, StrategyError, get_strategy, register_strategy
+from daemon.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
+from daemon.workflows.dataref import store_location
+from daemon.workflows.executors import ExecutorClosed, ThreadExecutor, create_executor
+from daemon.workflows.process_executor import ProcessExecutor, RemoteTraceback, WorkerLost
+
+pytestmark = pytest.mark.timeout(90)
+
+LEAK_BYTES = 16 * 2**20
+# Grows in whichever process runs the leaky strategy; must stay empty in the daemon.
+LEAKED: list[bytes] = []
+
+
+class LeakySma(SmaCrossover):
+    """An SMA crossover that keeps 16 MB forever on every call: code we 'do not control'."""
+
+    name = "leaky_sma"
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Any:
+        LEAKED.append(b"\x01" * LEAK_BYTES)
+        return super().positions(data, grid, cache=cache, models=models)
+
+
+register_strategy(LeakySma())
+PRELOAD = (__name__,)  # workers import this module, which registers the strategy
+
+
+def worker_pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def is_mapped(data: MarketData) -> bool:
+    return store_location(data) is not None
+
+
+def rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+@pytest.fixture(scope="module")
+def sample() -> dict[str, MarketData]:
+    return load_sample_data(["SYM01", "SYM02", "SYM03"])
+
+
+def task(data: MarketData, strategy: str = "sma_crossover", start: int = 0) -> BatchTask:
+    params = ({"fast": 5, "slow": 20}, {"fast": 10, "slow": 50}, {"fast": 20, "slow": 100})
+    return BatchTask(
+        data=data,
+        strategy=strategy,
+        indices=tuple(range(start, start + len(params))),
+        params=params,
+        backtest={"fill": "next_open", "commission": 0.001, "slippage_bps": 1.0},
+        trace=TraceConfig(types=("FILL", "POSITION_OPEN", "POSITION_CLOSE"), policy="trade_complete", window=0,
+                          stream=True, track_equity=True),
+    )
+
+
+@pytest.fixture
+async def make_executor(tmp_path: Path) -> AsyncIterator[Callable[..., ProcessExecutor]]:
+    made: list[ProcessExecutor] = []
+
+    def make(max_workers: int = 2, **kwargs: Any) -> ProcessExecutor:
+        kwargs.setdefault("data_dir", tmp_path / "data")
+        executor = ProcessExecutor(max_workers, preload=PRELOAD, **kwargs)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        await asyncio.to_thread(executor.close, wait=True)
+
+
+def same_output(a: BatchOutput, b: BatchOutput) -> None:
+    assert a.rows == b.rows
+    assert a.trace == b.trace and a.events == b.events
+    assert a.equity == b.equity and a.equity_times == b.equity_times
+
+
+async def test_batches_give_the_same_output_as_in_process(make_executor: Callable[..., ProcessExecutor],
+                                                          sample: dict[str, MarketData]) -> None:
+    executor = make_executor()
+    tasks = [task(sample[s].slice(0, 1200)) for s in sample] + [task(sample[s].slice(1200, 2500)) for s in sample]
+    outputs = await asyncio.gather(*(executor.submit(run_batch, t, None) for t in tasks))
+    for t, out in zip(tasks, outputs, strict=True):
+        same_output(out, run_batch(t))
+    # The bars went through the store: imported once per distinct slice, mapped in the worker.
+    stats = executor.stats()
+    assert stats["data_imported"] == len(tasks) and stats["completed"] == len(tasks)
+    assert await executor.submit(is_mapped, sample["SYM01"]) is True
+    # A model trained in a worker predicts what one trained here does.
+    ml = get_strategy("ml_classifier")
+    params = ml.validate_params({})
+    remote = await executor.submit(train_model, sample["SYM02"].slice(0, 1500), "ml_classifier", params)
+    local = train_model(sample["SYM02"].slice(0, 1500), "ml_classifier", params)
+    test_bars = sample["SYM02"].slice(1500, 2500)
+    assert np.array_equal(ml.positions(test_bars, [params], models=[remote]),
+                          ml.positions(test_bars, [params], models=[local]), equal_nan=True)
+
+
+async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Callable[..., ProcessExecutor],
+                                                              sample: dict[str, MarketData]) -> None:
+    executor = make_executor(2, max_tasks_per_child=2)
+    assert all(w["pid"] is None for w in executor.stats()["workers"])  # nothing runs before it is needed
+    executor.start()
+    # Worker RSS right after start, before any leak.
+    for _ in range(50):
+        if all(w["pid"] for w in executor.stats()["workers"]):
+            break
+        await asyncio.sleep(0.1)
+    first_pids = {w["pid"] for w in executor.stats()["workers"]}
+    fresh_worker = max(w["rss_bytes"] for w in executor.stats()["workers"])
+    daemon_before = rss()
+    n_tasks = 20
+    outputs = await asyncio.gather(*(executor.submit(run_batch, task(sample["SYM01"], "leaky_sma", i * 3), None)
+                                     for i in range(n_tasks)))
+    assert [row["index"] for out in outputs for row in out.rows] == list(range(n_tasks * 3))
+    for _ in range(50):  # a slot retires its worker just after handing back the last result
+        stats = executor.stats()
+        if all(w["tasks"] < 2 and w["pid"] for w in stats["workers"]):
+            break
+        await asyncio.sleep(0.05)
+    # Each worker retired after 2 tasks: at least (20 - 2 leftovers per slot) / 2 retirements.
+    assert stats["recycled"]["tasks"] >= (n_tasks - 2 * 2) // 2 and stats["recycled"]["rss"] == 0
+    assert stats["workers_started"] == 2 + stats["recycled"]["tasks"]
+    assert all(w["tasks"] < 2 for w in stats["workers"])
+    assert first_pids.isdisjoint({w["pid"] for w in stats["workers"]})
+    # The leak (20 x 16 MB = 320 MB) stayed in the workers, and each worker held at most two leaks.
+    assert LEAKED == []
+    assert rss() - daemon_before < 64 * 2**20
+    assert stats["peak_worker_rss_bytes"] < fresh_worker + 2 * LEAK_BYTES + 64 * 2**20
+
+
+async def test_the_same_strategy_in_threads_grows_the_daemon(sample: dict[str, MarketData]) -> None:
+    # The contrast that makes the test above meaningful: in-process, the leak is the daemon's.
+    executor = ThreadExecutor(2)
+    try:
+        await asyncio.gather(*(executor.submit(run_batch, task(sample["SYM01"], "leaky_sma"), None)
+                               for _ in range(3)))
+        assert len(LEAKED) == 3
+    finally:
+        LEAKED.clear()
+        executor.close()
+
+
+async def test_a_worker_over_its_rss_limit_is_replaced(make_executor: Callable[..., ProcessExecutor],
+                                                       sample: dict[str, MarketData]) -> None:
+    probe = make_executor(1)
+    await probe.submit(run_batch, task(sample["SYM01"]), None)
+    base_mb = probe.stats()["workers"][0]["rss_bytes"] / 2**20
+    executor = make_executor(1, max_tasks_per_child=1000, max_worker_rss_mb=base_mb + 40)
+    for i in range(8):
+        await executor.submit(run_batch, task(sample["SYM01"], "leaky_sma", i), None)
+    stats = executor.stats()
+    # 16 MB per task over a 40 MB allowance: replaced after the third leak, twice in eight tasks.
+    assert stats["recycled"] == {"tasks": 0, "rss": 2}
+    assert stats["workers"][0]["tasks"] == 2
+
+
+async def test_a_killed_worker_fails_only_its_task_and_is_replaced(
+        make_executor: Callable[..., ProcessExecutor]) -> None:
+    executor = make_executor(1)
+    running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0))
+    for _ in range(100):
+        busy = [w for w in executor.stats()["workers"] if w["busy"]]
+        if busy:
+            break
+        await asyncio.sleep(0.05)
+    victim = busy[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(WorkerLost, match=str(victim)):
+        await running
+    assert await executor.submit(worker_pid_after, 0.0) not in (victim, os.getpid())
+    stats = executor.stats()
+    assert stats["lost"] == 1 and stats["failed"] == 1 and stats["completed"] == 1
+
+
+async def test_errors_come_back_with_their_type_and_the_worker_traceback(
+        make_executor: Callable[..., ProcessExecutor], sample: dict[str, MarketData]) -> None:
+    executor = make_executor(1)
+    with pytest.raises(StrategyError, match="no_such_strategy") as caught:
+        await executor.submit(run_batch, task(sample["SYM01"], "no_such_strategy"), None)
+    assert isinstance(caught.value.__cause__, RemoteTraceback) and "get_strategy" in caught.value.__cause__.text
+    with pytest.raises(Exception, match="pickle"):
+        await executor.submit(worker_pid_after, lambda: None)  # an argument that cannot be sent
+    assert executor.stats()["failed"] == 2 and executor.stats()["lost"] == 0
+
+
+async def test_close_refuses_work_stops_workers_and_removes_its_own_data_dir(
+        sample: dict[str, MarketData]) -> None:
+    executor = ProcessExecutor(2)
+    await executor.submit(run_batch, task(sample["SYM01"]), None)
+    pids = [w["pid"] for w in executor.stats()["workers"]]
+    data_dir = executor.data_dir
+    assert data_dir.is_dir() and any(data_dir.iterdir())
+    await asyncio.to_thread(executor.close, wait=True)
+    executor.close()  # idempotent
+    with pytest.raises(ExecutorClosed):
+        executor.submit(worker_pid_after, 0.0)
+    assert not data_dir.exists()
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+
+
+async def test_config_builds_a_process_executor() -> None:
+    executor = create_executor(ExecutorConfig.model_validate(
+        {"kind": "process", "max_workers": 1, "process": {"max_tasks_per_child": 7, "max_worker_rss_mb": 512}}))
+    try:
+        assert isinstance(executor, ProcessExecutor) and not executor.shares_memory
+        stats = executor.stats()
+        assert (stats["kind"], stats["max_workers"], stats["max_tasks_per_child"], stats["max_worker_rss_mb"]) == (
+            "process", 1, 7, 512)
+        assert np.isclose(await executor.submit(float, "2.5"), 2.5)
+    finally:
+        await asyncio.to_thread(executor.close, wait=True)
