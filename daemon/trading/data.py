@@ -8,6 +8,7 @@ C-contiguous.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -75,9 +76,15 @@ class DataError(ValueError):
             if line is not None:
                 where += f" (line {line})"
         super().__init__(f"{where}: {message}")
+        self.detail = message
         self.path = path
         self.row = row
         self.line = line
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments are lost by the default exception pickling; errors raised
+        # in a worker process or on a Dask worker must arrive with their file and row intact.
+        return (functools.partial(DataError, path=self.path, row=self.row, line=self.line), (self.detail,))
 
 
 def timeframe_seconds(timeframe: str) -> int:

@@ -151,7 +151,7 @@ async def run_workflow_once(config: Config, spec: WorkflowSpec, *, run_id: str |
                             out: TextIO | None = None, handle_signals: bool = False) -> WorkflowRun:
     """Run ``spec`` (or resume run ``run_id``) in this process and return the finished run."""
     stream = out if out is not None else sys.stderr
-    executor = create_executor(config.executor)
+    executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
     services = RunServices(executor=executor, indicator_cache=_local_cache(config))
     queue = RunQueue(config.results_dir, services, max_concurrent_runs=1)
     stopping: set[asyncio.Task[None]] = set()

@@ -17,6 +17,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from daemon.config import ExecutorConfig
@@ -155,36 +156,41 @@ class ThreadExecutor(Executor):
         }
 
 
-def _thread(config: ExecutorConfig) -> Executor:
+def _thread(config: ExecutorConfig, data_dir: Path | None) -> Executor:
     return ThreadExecutor(config.max_workers)
 
 
-def _process(config: ExecutorConfig) -> Executor:
+def _process(config: ExecutorConfig, data_dir: Path | None) -> Executor:
     from daemon.workflows.process_executor import ProcessExecutor
 
     return ProcessExecutor(config.max_workers, max_tasks_per_child=config.process.max_tasks_per_child,
-                           max_worker_rss_mb=config.process.max_worker_rss_mb)
+                           max_worker_rss_mb=config.process.max_worker_rss_mb, data_dir=data_dir)
 
 
-def _dask(config: ExecutorConfig) -> Executor:
+def _dask(config: ExecutorConfig, data_dir: Path | None) -> Executor:
     # Imported lazily: dask is an optional extra; DaskExecutor names the extra when it is missing.
     from daemon.workflows.dask_executor import create_dask_executor
 
     return create_dask_executor(config)
 
 
-EXECUTOR_KINDS: dict[str, Callable[[ExecutorConfig], Executor]] = {
+EXECUTOR_KINDS: dict[str, Callable[[ExecutorConfig, Path | None], Executor]] = {
     "thread": _thread,
     "process": _process,
     "dask": _dask,
 }
 
 
-def create_executor(config: ExecutorConfig) -> Executor:
-    """The executor ``config.kind`` names."""
+def create_executor(config: ExecutorConfig, *, data_dir: Path | None = None) -> Executor:
+    """The executor ``config.kind`` names.
+
+    ``data_dir``: where an executor that cannot share memory (process) imports
+    market data into a memory-mapped store; the daemon passes a directory in its
+    state dir so the data sits on disk, not in a tmpfs.
+    """
     factory = EXECUTOR_KINDS.get(config.kind)
     if factory is None:
         raise ExecutorUnavailable(
             f"executor.kind {config.kind!r} is not available (available: {', '.join(sorted(EXECUTOR_KINDS))})"
         )
-    return factory(config)
+    return factory(config, data_dir)

@@ -72,7 +72,7 @@ class WorkflowService:
                  on_trades: TradeSink | None = None, max_concurrent_runs: int = 2) -> None:
         self.startup_specs = load_startup_specs(config)
         try:
-            self.executor = create_executor(config.executor)
+            self.executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
         except ExecutorUnavailable as exc:
             raise ConfigError([f"{config.source}: executor.kind: {exc}"]) from None
         self.services = RunServices(

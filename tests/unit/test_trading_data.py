@@ -166,3 +166,14 @@ def test_sample_data_matches_its_generator() -> None:
     spec.loader.exec_module(module)
     for name, payload in module.build().items():
         assert (sample_data_dir() / name).read_bytes() == payload, name
+
+
+def test_data_error_survives_pickling_with_file_and_row() -> None:
+    import pickle
+
+    from daemon.trading.data import DataError
+
+    error = DataError("high < low", path="prices.csv", row=17, line=18)
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) == "prices.csv: row 17 (line 18): high < low"
+    assert (again.path, again.row, again.line) == ("prices.csv", 17, 18)
