@@ -40,6 +40,7 @@ __all__ = [
     "describe_validation_error",
     "load_config",
     "parse_config",
+    "yaml_error_line",
 ]
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
@@ -247,12 +248,8 @@ def load_config(path: Path | str | None, *, check_paths: bool = True) -> Config:
             raise ConfigError([f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     try:
         raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{name}: YAML error: {exc}"]) from None
+        raise ConfigError([yaml_error_line(exc, name)]) from None
     config = parse_config(raw, name=name, environ=os.environ)
     if check_paths:
         problems = [
@@ -263,6 +260,15 @@ def load_config(path: Path | str | None, *, check_paths: bool = True) -> Config:
         if problems:
             raise ConfigError(problems)
     return config
+
+
+def yaml_error_line(exc: yaml.YAMLError, source: str) -> str:
+    """One line naming the file, line and column of a YAML syntax error."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        return f"{where}: YAML syntax error: {exc.problem or exc.context}"
+    return f"{source}: YAML error: {exc}"
 
 
 def parse_config(raw: object, *, name: str = DEFAULT_CONFIG_NAME, environ: Mapping[str, str] | None = None) -> Config:

@@ -31,6 +31,30 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _durable_temp(target: Path, data: bytes, mode: int) -> str:
+    """Write ``data`` to a fsynced temp file beside ``target`` (created with ``mode``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+    except BaseException:
+        # Includes CancelledError/KeyboardInterrupt: never leave temp files behind.
+        _discard(tmp_name)
+        raise
+    return tmp_name
+
+
+def _discard(tmp_name: str) -> None:
+    try:
+        os.unlink(tmp_name)
+    except FileNotFoundError:
+        pass
+
+
 def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -38,24 +62,13 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> N
     secret is never readable by others, not even for a moment.
     """
     target = Path(path)
-    directory = target.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp_name = _durable_temp(target, data, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
         os.replace(tmp_name, target)
     except BaseException:
-        # Includes CancelledError/KeyboardInterrupt: never leave temp files behind.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        _discard(tmp_name)
         raise
-    fsync_dir(directory)
+    fsync_dir(target.parent)
 
 
 def atomic_write_text(path: Path | str, text: str, *, mode: int = 0o644) -> None:
@@ -81,15 +94,8 @@ def atomic_create_bytes(path: Path | str, data: bytes, *, mode: int = 0o600) -> 
     this call created the file, False when another writer got there first.
     """
     target = Path(path)
-    directory = target.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp_name = _durable_temp(target, data, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
         try:
             os.link(tmp_name, target)
         except FileExistsError:
@@ -100,9 +106,6 @@ def atomic_create_bytes(path: Path | str, data: bytes, *, mode: int = 0o600) -> 
                 return False
             os.replace(tmp_name, target)
     finally:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-    fsync_dir(directory)
+        _discard(tmp_name)
+    fsync_dir(target.parent)
     return True

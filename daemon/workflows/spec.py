@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from daemon.config import describe_validation_error
+from daemon.config import describe_validation_error, yaml_error_line
 
 __all__ = [
     "EVENT_TYPES",
@@ -394,12 +394,8 @@ def parse_spec_text(text: str, *, source: str = "<spec>", base_dir: Path | None 
     """Parse YAML (JSON is a subset) and validate it."""
     try:
         raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise SpecError([f"{where}: YAML syntax error: {exc.problem or exc.context}"]) from None
     except yaml.YAMLError as exc:
-        raise SpecError([f"{source}: YAML error: {exc}"]) from None
+        raise SpecError([yaml_error_line(exc, source)]) from None
     return parse_spec(raw, source=source, base_dir=base_dir)
 
 
