@@ -240,9 +240,9 @@ def _is_healthy(healthy: Callable[[], bool]) -> bool:
 def status_line(snapshot: Mapping[str, Any]) -> str:
     """The one-line ``STATUS=`` summary built from a stats snapshot.
 
-    Reads ``memory.used_bytes``/``limit_bytes``/``level`` and, when those
-    sections exist, ``runs.running`` and ``containers.running``; anything
-    missing is left out rather than guessed. Example:
+    Reads ``memory.used_bytes``/``limit_bytes``/``level`` and, when the runs
+    section exists, ``runs.by_status.running`` and ``runs.containers_running``;
+    anything missing is left out rather than guessed. Example:
     ``mem 412/2048 MB (20%), level ok, runs 1 running, containers 3 running``.
     """
     parts: list[str] = []
@@ -254,8 +254,12 @@ def status_line(snapshot: Mapping[str, Any]) -> str:
         level = memory.get("level")
         if isinstance(level, str):
             parts.append(f"level {level}")
-    for section in ("runs", "containers"):
-        block = snapshot.get(section)
-        if isinstance(block, Mapping) and isinstance(block.get("running"), int):
-            parts.append(f"{section} {block['running']} running")
+    runs = snapshot.get("runs")
+    if isinstance(runs, Mapping):
+        by_status = runs.get("by_status")
+        running = by_status.get("running", 0) if isinstance(by_status, Mapping) else None
+        if isinstance(running, int):
+            parts.append(f"runs {running} running")
+        if isinstance(runs.get("containers_running"), int):
+            parts.append(f"containers {runs['containers_running']} running")
     return ", ".join(parts) if parts else "running"

@@ -423,8 +423,7 @@ async def test_full_lifecycle_in_order(systemd: FakeSystemd, notifier_for: Notif
 def test_status_line_summarises_memory_level_runs_and_containers() -> None:
     snapshot = {
         "memory": {"used_bytes": 412 * 2**20, "limit_bytes": 2048 * 2**20, "level": "pressure"},
-        "runs": {"running": 1},
-        "containers": {"running": 3},
+        "runs": {"by_status": {"running": 1, "completed": 4}, "containers_running": 3},
     }
     assert status_line(snapshot) == "mem 412/2048 MB (20%), level pressure, runs 1 running, containers 3 running"
 
@@ -432,3 +431,6 @@ def test_status_line_summarises_memory_level_runs_and_containers() -> None:
 def test_status_line_leaves_out_what_is_missing() -> None:
     assert status_line({"memory": {"used_bytes": None, "limit_bytes": 100, "level": "normal"}}) == "level normal"
     assert status_line({}) == "running"
+    assert status_line({"runs": {"by_status": {"completed": 2}, "containers_running": 0}}) == (
+        "runs 0 running, containers 0 running"
+    )
