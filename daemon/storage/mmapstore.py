@@ -48,6 +48,7 @@ __all__ = [
     "StoreIndex",
     "SymbolEntry",
     "import_files",
+    "is_store",
     "open_store",
 ]
 
@@ -317,6 +318,11 @@ class MmapStore:
     def load(self, symbols: Sequence[str] | None = None) -> dict[str, MarketData]:
         """``{symbol: MarketData}`` for the given symbols (default: all)."""
         return {s: self.market_data(s) for s in (self.symbols if symbols is None else symbols)}
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is a store directory (it has an index)."""
+    return (Path(path) / INDEX_FILE).is_file()
 
 
 def open_store(store_dir: str | Path) -> MmapStore:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from daemon.storage.mmapstore import StoreError, is_store, open_store
 from daemon.trading.data import DataError, MarketData, load_market_data, load_sample_data
 from daemon.trading.engine import BacktestConfig, run_sweep
 from daemon.trading.indicators import IndicatorCache
@@ -170,6 +171,13 @@ def load_data(
     """Market data for a spec's ``data`` section; symbol names must be path-safe."""
     if source == "sample":
         found = load_sample_data(symbols, start=start, end=end)
+    elif is_store(source):
+        # Memory-mapped columns: every container (and worker process) shares the page cache.
+        try:
+            mapped = open_store(source).load(symbols)
+        except StoreError as exc:
+            raise DataError(str(exc), path=source) from None
+        found = {name: data.between(start, end) for name, data in mapped.items()}
     else:
         found = load_market_data(source, symbols=symbols, start=start, end=end, timeframe=timeframe)
     for symbol in found:
