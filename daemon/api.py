@@ -22,7 +22,7 @@ from daemon.memory.cleanup import parse_level
 from daemon.prometheus import build_registry
 from daemon.storage.outcomes import OutcomeJournal, parse_similar_query
 from daemon.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, WorkflowRun
-from daemon.workflows.spec import SpecError, parse_spec, parse_spec_text
+from daemon.workflows.spec import SAFE_NAME, SpecError, parse_spec, parse_spec_text
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -246,6 +246,27 @@ async def cancel_run(request: web.Request) -> web.Response:
     return ok(run.describe())
 
 
+_REPORT_TYPES = {".html": "text/html", ".png": "image/png", ".json": "application/json"}
+
+
+async def run_report(request: web.Request) -> web.StreamResponse:
+    """The run's report.html and what it links to (phase reports, plots, JSON results)."""
+    run_id = request.match_info["run_id"]
+    relative = request.match_info["path"] or "report.html"
+    if not SAFE_NAME.fullmatch(run_id):
+        raise web.HTTPNotFound(text=f"no run {run_id!r}")
+    root = (request.app[SUPERVISOR].results_dir / run_id).resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root) or target.suffix not in _REPORT_TYPES or not target.is_file():
+        raise web.HTTPNotFound(text=f"no report {relative!r} for run {run_id!r} (reports appear as phases finish)")
+    return web.FileResponse(target, headers={"Content-Type": _REPORT_TYPES[target.suffix]})
+
+
+async def run_report_redirect(request: web.Request) -> web.StreamResponse:
+    # Relative links inside report.html need the trailing slash.
+    raise web.HTTPFound(f"/runs/{request.match_info['run_id']}/report/")
+
+
 # --- outcomes ------------------------------------------------------------------
 
 
@@ -290,6 +311,8 @@ def build_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/runs", submit_run)
     app.router.add_get("/runs/{run_id}", get_run)
     app.router.add_delete("/runs/{run_id}", cancel_run)
+    app.router.add_get("/runs/{run_id}/report", run_report_redirect)
+    app.router.add_get("/runs/{run_id}/report/{path:.*}", run_report)
     app.router.add_get("/outcomes/summary", outcomes_summary)
     app.router.add_get("/outcomes/similar", outcomes_similar)
     return app

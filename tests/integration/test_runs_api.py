@@ -185,3 +185,29 @@ async def test_503_while_admission_paused_or_stopping(supervisor: Supervisor, ht
     await supervisor.workflows.queue.close(0.0)
     status, body = await post(http, supervisor, SPEC)
     assert status == 503 and "stopping" in body["error"]
+
+
+async def test_run_report_is_served_with_its_plots(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    async with Supervisor(make_config()) as sup:
+        url = f"http://127.0.0.1:{sup.port}"
+        run_dir = sup.results_dir / "r1"
+        (run_dir / "training").mkdir(parents=True)
+        (run_dir / "report.html").write_text('<a href="training/report.html">training</a>')
+        (run_dir / "training" / "report.html").write_text('<img src="heatmap.png">')
+        (run_dir / "training" / "heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        (sup.results_dir / "secret.html").write_text("outside the run")
+        async with http.get(f"{url}/runs/r1/report", allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/runs/r1/report/"
+        async with http.get(f"{url}/runs/r1/report/") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            assert "training/report.html" in await resp.text()
+        async with http.get(f"{url}/runs/r1/report/training/heatmap.png") as resp:
+            assert resp.status == 200 and resp.content_type == "image/png"
+        for bad in ("../secret.html", "training/missing.png", "%2e%2e/secret.html"):
+            async with http.get(f"{url}/runs/r1/report/{bad}") as resp:
+                assert resp.status == 404, bad
+                assert "error" in await resp.json()
+        async with http.get(f"{url}/runs/..%2F..%2Fetc/report/passwd") as resp:
+            assert resp.status == 404
