@@ -128,6 +128,7 @@ class Supervisor:
         # Loads the startup workflow specs now, so a bad one fails before the state dir is locked.
         self.workflows = WorkflowService(config, memory=self.memory)
         self.stats.register("runs", self.workflows.stats)
+        self.stats.register("outcomes", self._outcome_stats)
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.state} pid={os.getpid()} tasks={len(self._tasks)} {self.monitor!r}>"
@@ -226,9 +227,7 @@ class Supervisor:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.addresses = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in sockets]
+        self.addresses = [(str(address[0]), int(address[1])) for address in self._runner.addresses]
 
     async def shutdown(self) -> None:
         """Stop in order, each step bounded; idempotent."""
@@ -238,27 +237,29 @@ class Supervisor:
         self.notifier.stopping()
         log.info("stopping")
         self.stop_event.set()
-        # 0. Runs: no new containers; in-flight ones get graceful_timeout, the rest are cancelled.
+        # 1. Runs: no new containers; in-flight ones get graceful_timeout, the rest are cancelled
+        #    (their teardown still writes a result, with status cancelled).
         await self.workflows.close(self.config.graceful_timeout)
-        # 1. Background tasks got the stop event; give them a moment, then cancel.
+        # 2. Background tasks got the stop event; give them a moment, then cancel.
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.graceful_timeout)
             for task in pending:
                 task.cancel("tradingd is stopping")
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        # Persist caches once nothing fills them any more (a no-op if they were never loaded).
+        # 3. Persist caches once nothing fills them any more (a no-op if they were never loaded).
         try:
             await asyncio.wait_for(asyncio.to_thread(self.memory.persist), self.config.graceful_timeout + 2.0)
         except TimeoutError:
             log.warning("persisting caches did not finish within its timeout")
-        # 2. HTTP last, so /ready answers 503 while we drain.
+        # 4. HTTP last, so /ready answers 503 while we drain.
         if self._runner is not None:
             try:
                 await asyncio.wait_for(self._runner.cleanup(), self.config.http.shutdown_timeout + 1.0)
             except TimeoutError:
                 log.warning("HTTP server did not close within its timeout")
             self._runner = None
+        # 5. Files: the journal, then the lock.
         if self.outcomes is not None:
             self.outcomes.close()
         self._lock.release()
@@ -311,6 +312,14 @@ class Supervisor:
                 "used_bytes": [s.used_bytes for s in history],
                 "rss_bytes": [s.rss_bytes for s in history],
             },
+        }
+
+    def _outcome_stats(self) -> dict[str, Any]:
+        journal = self.outcomes
+        return {
+            "enabled": journal is not None,
+            "outcomes": journal.count() if journal is not None else 0,
+            "max_outcomes": self.config.outcomes.max_outcomes,
         }
 
     def _loop_stats(self) -> dict[str, Any]:

@@ -134,7 +134,13 @@ class OutcomeJournal:
         return f"<OutcomeJournal {self.path.name} {state} max {self.max_outcomes}>"
 
     def __len__(self) -> int:
+        """Outcomes as of the last query (cheap; see :meth:`count` for an exact figure)."""
         return int(self._mirror.ids.size)
+
+    def count(self) -> int:
+        """Outcomes in the journal now, including those other writers just appended."""
+        (total,) = self._conn().execute("SELECT COUNT(*) FROM outcomes").fetchone()
+        return int(total)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:

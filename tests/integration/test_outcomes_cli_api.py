@@ -54,6 +54,9 @@ async def test_outcomes_endpoints(make_config: Callable[..., Config], http: aioh
         assert summary["outcomes"] == 6
         assert summary["by_strategy"]["sma_crossover"]["trades"] == 3
         assert summary["by_regime"]["trending"]["trades"] == 6
+        sup.stats.refresh()
+        async with http.get(f"{url}/stats") as resp:
+            assert (await resp.json())["outcomes"] == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000}
         async with http.get(f"{url}/outcomes/similar", params={"features": "4,1", "k": "2"}) as resp:
             assert resp.status == 200
             similar = await resp.json()
