@@ -1,9 +1,10 @@
 """Named, thread-safe caches with LRU, TTL, entry and byte limits.
 
-Every :class:`ManagedCache` draws from one :class:`CacheBudget`, so the sum of
-all cache bytes stays under ``caches.budget_mb`` however the caches are sized
-individually; when the budget overflows, the least recently used entry across
-all caches goes first.
+Every :class:`ManagedCache` draws from one :class:`CacheBudget` (see
+:mod:`daemon.memory.budget`, re-exported here), so the sum of all cache bytes
+stays under ``caches.budget_mb`` however the caches are sized individually;
+when the budget overflows, the least recently used entry across all caches
+goes first.
 
 Sizes come from :func:`daemon.memory.sizeof.sizeof` once per put (never per
 get), so the hot path is a dict lookup under one lock. Expiry is tracked in a
@@ -12,7 +13,7 @@ values without anyone touching them, in time proportional to what expired.
 
 :meth:`ManagedCache.get_or_compute` is single-flight: when many threads (or
 tasks, with :meth:`ManagedCache.aget_or_compute`) miss the same key at once,
-one computes and the others wait for its result.
+one computes and the others wait for its result (:mod:`daemon.memory.flight`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
+from daemon.memory.budget import CacheBudget
+from daemon.memory.flight import Flight
 from daemon.memory.sizeof import ARRAY_HEADER_BYTES, sizeof
 
 __all__ = ["EVICTION_REASONS", "CacheBudget", "EvictionReason", "ManagedCache", "PersistedEntry"]
@@ -47,102 +50,10 @@ V = TypeVar("V")
 _MB = 1024 * 1024
 
 
-class CacheBudget:
-    """One byte budget shared by every cache attached to it."""
-
-    def __init__(self, total_bytes: int) -> None:
-        if total_bytes <= 0:
-            raise ValueError("cache budget must be positive")
-        self.total_bytes = int(total_bytes)
-        self._caches: list[ManagedCache] = []
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        used, total = self.used_bytes / _MB, self.total_bytes / _MB
-        return f"<CacheBudget {used:.1f} of {total:.1f} MB, {len(self._caches)} caches>"
-
-    @property
-    def caches(self) -> tuple[ManagedCache, ...]:
-        return tuple(self._caches)
-
-    @property
-    def used_bytes(self) -> int:
-        return sum(cache.bytes for cache in self._caches)
-
-    def attach(self, cache: ManagedCache) -> None:
-        with self._lock:
-            if cache not in self._caches:
-                self._caches = [*self._caches, cache]  # copy-on-write: readers never lock
-
-    def detach(self, cache: ManagedCache) -> None:
-        with self._lock:
-            self._caches = [c for c in self._caches if c is not cache]
-
-    def settle(self) -> int:
-        """Evict globally least recently used entries until the budget holds; return bytes freed.
-
-        Runs outside every cache's lock and takes one cache lock at a time, so
-        two caches settling at once cannot deadlock.
-        """
-        freed = 0
-        while True:
-            over = self.used_bytes - self.total_bytes
-            if over <= 0:
-                return freed
-            victim: ManagedCache | None = None
-            oldest = math.inf
-            for cache in self._caches:
-                last = cache._oldest_access()
-                if last is not None and last < oldest:
-                    victim, oldest = cache, last
-            if victim is None:
-                return freed
-            freed += victim._evict_oldest("size")
-
-
 # An entry is a plain list, [value, nbytes, expires, last_access, seq]: creating
 # and indexing a list is several times cheaper than a slotted object, and
 # put/get are the hot path (bench/cache_vs_cachetools.py).
 _Entry = list[Any]
-
-
-class _Flight:
-    """One in-progress computation that concurrent callers wait on.
-
-    Waiters register while holding the cache lock and the leader removes the
-    flight from the cache under that same lock before finishing it, so no
-    waiter can register after the wake-up went out.
-    """
-
-    __slots__ = ("async_waiters", "done", "error", "retry", "value")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.retry = False
-        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def add_async_waiter(self) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self.async_waiters.append((loop, future))
-        return future
-
-    def finish(self) -> None:
-        self.done.set()
-        for loop, future in self.async_waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop is closed; nobody is waiting any more
-                pass
-        self.async_waiters = []
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
 
 _seq = itertools.count()
 _heappush = heapq.heappush
@@ -188,7 +99,7 @@ class ManagedCache:
         # evicted keys) are recognised by their sequence number.
         self._deadlines: OrderedDict[Hashable, float] = OrderedDict()
         self._expiry: list[tuple[float, int, Hashable]] = []
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights: dict[Hashable, Flight] = {}
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -319,7 +230,7 @@ class ManagedCache:
 
     # --- single flight -------------------------------------------------------
 
-    def _lookup_or_join(self, key: Hashable) -> tuple[bool, Any, _Flight | None, bool]:
+    def _lookup_or_join(self, key: Hashable) -> tuple[bool, Any, Flight | None, bool]:
         """Under the lock: (hit, value, flight, leader)."""
         entry = self._data.get(key)
         if entry is not None:
@@ -334,14 +245,14 @@ class ManagedCache:
         if flight is not None:
             self.coalesced += 1
             return False, None, flight, False
-        flight = self._flights[key] = _Flight()
+        flight = self._flights[key] = Flight()
         self.misses += 1
         return False, None, flight, True
 
     def _land(
         self,
         key: Hashable,
-        flight: _Flight,
+        flight: Flight,
         *,
         value: Any = None,
         error: BaseException | None = None,

@@ -194,14 +194,14 @@ def import_files(
 ) -> StoreIndex:
     """Convert CSV/Parquet OHLCV files (or directories of them) into a store.
 
-    Files are read and validated with ``daemon.trading.data.load_market_data``
+    Files are read and validated with ``daemon.trading.loaders.load_market_data``
     one path at a time. The store is built in a temporary directory next to
     ``store_dir`` and renamed into place: on any error (disk full, permission
     denied, invalid data) nothing is left behind and :class:`StoreError` (or the
     loader's ``DataError``) says why. An existing store is replaced only with
     ``overwrite``, and then atomically (old store intact until the swap).
     """
-    from daemon.trading.data import load_market_data  # trading/ is optional for readers
+    from daemon.trading.loaders import load_market_data  # trading/ is optional for readers
 
     target = Path(store_dir)
     if target.exists() and not overwrite:

@@ -18,9 +18,10 @@ import numpy as np
 import psutil
 
 from daemon.storage.mmapstore import StoreError, is_store, open_store
-from daemon.trading.data import DataError, MarketData, load_market_data, load_sample_data
+from daemon.trading.data import DataError, MarketData
 from daemon.trading.engine import BacktestConfig, run_sweep
 from daemon.trading.indicators import IndicatorCache
+from daemon.trading.loaders import load_market_data, load_sample_data
 from daemon.trading.strategies import StrategyConstraintError, StrategyError, expand_grid, get_strategy
 from daemon.workflows.dataref import DataRef, resolve_market_data
 from daemon.workflows.spec import SAFE_NAME, EventType, RetentionPolicy

@@ -17,6 +17,9 @@ Market data crosses as :class:`~daemon.workflows.dataref.DataRef` (see that
 module): workers map it read-only from the mmap store; data that is not in a
 store is imported once per ``(symbol, version)`` into ``data_dir``.
 
+The worker's side (its loop, the pipe protocol, starting and stopping one)
+is :mod:`daemon.workflows.process_worker`; this module is the daemon's side.
+
 A task already running in a worker is not interrupted when its awaiting task
 is cancelled (like a thread); it finishes and its result is dropped.
 """
@@ -28,13 +31,10 @@ import logging
 import multiprocessing
 import pickle
 import queue
-import resource
 import shutil
-import signal
 import tempfile
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
@@ -46,8 +46,9 @@ from typing import Any, TypeVar
 
 import psutil
 
-from daemon.workflows.dataref import DataPlane, call_with_refs
+from daemon.workflows.dataref import DataPlane
 from daemon.workflows.executors import Executor, ExecutorClosed, available_cores
+from daemon.workflows.process_worker import RemoteTraceback, start_worker, stop_worker
 
 __all__ = ["ProcessExecutor", "RemoteTraceback", "WorkerLost"]
 
@@ -57,60 +58,10 @@ T = TypeVar("T")
 
 # Imported once in the forkserver, so every worker forks with numpy, pandas and the engine loaded.
 _FORKSERVER_PRELOAD = ["daemon.workflows.compute", "daemon.workflows.runs"]
-_STOP = b""
-_RETIRE_TIMEOUT = 5.0
 
 
 class WorkerLost(RuntimeError):
     """The worker process died while running a task (killed, out of memory, crashed)."""
-
-
-class RemoteTraceback(Exception):
-    """The worker-side traceback, attached as ``__cause__`` of a task's exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
-# --- the worker process ---------------------------------------------------------------
-
-
-def _worker_main(conn: Connection, data_dir: str, preload: tuple[str, ...]) -> None:
-    """Loop: receive a pickled (fn, args), run it, send back (status, value, traceback, rss, peak rss)."""
-    # Ctrl-C reaches the whole process group; the daemon decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    me = psutil.Process()
-    while True:
-        try:
-            raw = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the daemon went away
-        if raw == _STOP:
-            return
-        try:
-            fn, args = pickle.loads(raw)
-            reply: tuple[Any, ...] = ("ok", call_with_refs(fn, args, data_dir, preload), "")
-        except BaseException as exc:
-            reply = ("error", exc, traceback.format_exc())
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        stats = (me.memory_info().rss, peak)
-        try:
-            data = pickle.dumps((*reply, *stats), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # an unpicklable result or exception
-            problem = RuntimeError(f"the task's {'result' if reply[0] == 'ok' else 'exception'} cannot be "
-                                   f"sent back: {type(exc).__name__}: {exc}")
-            data = pickle.dumps(("error", problem, str(reply[2]), *stats))
-        try:
-            conn.send_bytes(data)
-        except OSError:
-            return
-
-
-# --- the daemon side -------------------------------------------------------------------
 
 
 @dataclass
@@ -399,13 +350,8 @@ class ProcessExecutor(Executor):
         return True
 
     def _spawn(self, slot: _Slot) -> None:
-        parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_worker_main, args=(child, str(self.data_dir), self.preload),
-            name=f"tradingd-worker-{slot.index}", daemon=True,
-        )
-        process.start()
-        child.close()
+        process, parent = start_worker(self._context, f"tradingd-worker-{slot.index}", str(self.data_dir),
+                                       self.preload)
         with self._lock:
             slot.process, slot.conn = process, parent
             slot.tasks, slot.rss_bytes, slot.peak_rss_bytes = 0, 0, 0
@@ -418,22 +364,7 @@ class ProcessExecutor(Executor):
         process, conn = slot.process, slot.conn
         if process is None:
             return
-        if conn is not None:
-            try:
-                conn.send_bytes(_STOP)
-            except OSError:
-                pass
-        process.join(_RETIRE_TIMEOUT)
-        if process.is_alive():
-            log.warning("worker pid %s did not stop in %.0f s; killing it", process.pid, _RETIRE_TIMEOUT)
-            process.kill()
-            process.join(_RETIRE_TIMEOUT)
-        if conn is not None:
-            conn.close()
-        try:
-            process.close()
-        except ValueError:  # still running after SIGKILL: leave it to the OS
-            log.error("worker pid %s could not be stopped", process.pid)
+        stop_worker(process, conn)
         with self._lock:
             slot.process, slot.conn = None, None
             if reason is not None:

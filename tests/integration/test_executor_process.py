@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from daemon.config import ExecutorConfig
-from daemon.trading.data import MarketData, load_sample_data
+from daemon.trading.data import MarketData
 from daemon.trading.indicators import IndicatorCache
+from daemon.trading.loaders import load_sample_data
 from daemon.trading.strategies import SmaCrossover, StrategyError, get_strategy, register_strategy
 from daemon.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
 from daemon.workflows.dataref import store_location

@@ -16,7 +16,7 @@ from daemon.config import Config
 from daemon.storage.mmapstore import open_store
 from daemon.storage.outcomes import TradeOutcome
 from daemon.supervisor import Supervisor
-from daemon.trading.data import load_sample_data, sample_data_dir
+from daemon.trading.loaders import load_sample_data, sample_data_dir
 from tests.conftest import base_url
 
 

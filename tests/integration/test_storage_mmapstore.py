@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from daemon.storage.mmapstore import StoreError, import_files, open_store
-from daemon.trading.data import load_market_data, sample_data_dir
 from daemon.trading.engine import BacktestConfig, run_sweep
+from daemon.trading.loaders import load_market_data, sample_data_dir
 from daemon.trading.strategies import expand_grid
 
 SAMPLE = sample_data_dir()

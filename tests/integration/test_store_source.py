@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from daemon.cli import main
-from daemon.trading.data import sample_data_dir
+from daemon.trading.loaders import sample_data_dir
 
 
 def spec(source: str) -> dict[str, object]:

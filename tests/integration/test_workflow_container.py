@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from daemon.trading import strategies
-from daemon.trading.data import MarketData, load_sample_data
+from daemon.trading.data import MarketData
 from daemon.trading.indicators import IndicatorCache
+from daemon.trading.loaders import load_sample_data
 from daemon.trading.strategies import Strategy
 from daemon.workflows.container import ClosedTrades, Container, RunServices, load_completed
 from daemon.workflows.executors import ThreadExecutor

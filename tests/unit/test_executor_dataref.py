@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from daemon.storage.mmapstore import import_files, open_store
-from daemon.trading.data import MarketData, load_sample_data, sample_data_dir
+from daemon.trading.data import MarketData
+from daemon.trading.loaders import load_sample_data, sample_data_dir
 from daemon.workflows.compute import BatchTask, TraceConfig, run_batch
 from daemon.workflows.dataref import (
     DataPlane,

@@ -142,7 +142,7 @@ def test_ohlcv_frame_round_trips_natively_with_columns_against_close() -> None:
     assert header["kind"] == "frame"
     placed = zip(header["pos"], header["table"]["cols"], strict=True)
     ops = {header["labels"][pos]: col.get("op") for pos, col in placed if pos >= 0}
-    assert ops["Close"] == "delta"
+    assert ops["Close"] in {"delta", "none"}  # delta only when it saves >20% (decode speed)
     assert {ops["Open"], ops["High"], ops["Low"]} <= {"ref", "delta"}
     back = decode(blob)
     assert isinstance(back, pd.DataFrame)

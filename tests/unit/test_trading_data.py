@@ -9,14 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daemon.trading.data import (
-    DataError,
-    MarketData,
-    infer_timeframe,
-    load_market_data,
-    load_sample_data,
-    sample_data_dir,
-)
+from daemon.trading.data import DataError, MarketData, infer_timeframe
+from daemon.trading.loaders import load_market_data, load_sample_data, sample_data_dir
 
 HEADER = "timestamp,open,high,low,close,volume\n"
 GOOD_ROWS = [

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.trading.data import MarketData, load_sample_data
+from daemon.trading.data import MarketData
 from daemon.trading.engine import BacktestConfig, run_sweep
+from daemon.trading.loaders import load_sample_data
 from daemon.trading.ml import ClassifierModel
 from daemon.trading.strategies import (
     StrategyConstraintError,
