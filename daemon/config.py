@@ -165,7 +165,7 @@ class ExecutorConfig(_Section):
 
 class CompressionConfig(_Section):
     enabled: bool = True
-    codec: Literal["zstd", "lz4", "lz4hc", "blosclz", "zlib"] = "zstd"
+    codec: Literal["zstd", "lz4", "lz4hc", "blosclz", "zlib"] = "lz4hc"
     level: int = Field(default=5, ge=0, le=9)
 
 

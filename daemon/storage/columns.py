@@ -35,10 +35,11 @@ import numpy.typing as npt
 
 from .chunks import BloscParams, compress_bytes
 
-__all__ = ["Column", "ColumnCodecError", "decode_table", "encode_table"]
+__all__ = ["Column", "ColumnCodecError", "decode_table", "dtype_of", "encode_table"]
 
 _SAMPLE_ROWS = 65_536
 _MAX_SCALE = 10
+_DELTA_PENALTY = 1.25  # see _plan
 _EXACT_INT = 2**53  # ticks beyond this are not exact in float64
 _FILTER_CHAINS: tuple[tuple[blosc2.Filter, ...], ...] = (
     (blosc2.Filter.SHUFFLE,),
@@ -48,6 +49,8 @@ _FILTER_CHAINS: tuple[tuple[blosc2.Filter, ...], ...] = (
 
 Column = npt.NDArray[Any]
 Int64s = npt.NDArray[np.int64]
+_INT64 = np.dtype(np.int64)
+_FLOAT64 = np.dtype(np.float64)
 
 
 class ColumnCodecError(ValueError):
@@ -164,12 +167,15 @@ def _plan(values: Column, params: BloscParams, earlier: Sequence[_Plan]) -> _Pla
     for number, ref in enumerate(earlier):
         if ref.ticks is not None and ref.scale == scale:
             candidates.append(({"op": "ref", "ref": number}, t - ref.ticks))
-    best: tuple[int, dict[str, Any], Column] | None = None
+    best: tuple[float, dict[str, Any], Column] | None = None
     for op, r in candidates:
         base, gcd, stored = _narrow(r)
         size, _ = _best_chain(stored, params)
-        if best is None or size < best[0]:
-            best = (size, {"enc": "int", **op, "base": base, "gcd": gcd}, stored)
+        cost = size * (_DELTA_PENALTY if op["op"] == "delta" else 1.0)
+        if best is None or cost < best[0]:
+            # base 0 and gcd 1 are left out: a smaller header parses faster.
+            extra = ({"base": base} if base else {}) | ({"gcd": gcd} if gcd != 1 else {})
+            best = (cost, {"enc": "int", **op, **extra}, stored)
     assert best is not None
     _, desc, stored = best
     return _Plan(desc, stored, ("int", stored.dtype.str, dtype, scale), scale, t)
@@ -204,65 +210,147 @@ def encode_table(
 # --- decoding ---------------------------------------------------------------
 
 
-def decode_table(
-    cols: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]], raws: Sequence[bytearray], rows: int
-) -> list[Column]:
-    """Inverse of :func:`encode_table`: one (k x rows) array per group, in group order.
+_DTYPES: dict[str, np.dtype[Any]] = {}
 
-    ``raws[g]`` is group g's decompressed segment. Row i of group g's array is
-    column ``groups[g]["cols"][i]``.
+
+def dtype_of(spec: str) -> np.dtype[Any]:
+    # np.dtype("<i2") parses its string every call; decoding asks for a few
+    # dtypes over and over.
+    found = _DTYPES.get(spec)
+    if found is None:
+        found = _DTYPES.setdefault(spec, np.dtype(spec))
+    return found
+
+
+def _exact_in_float(groups: Sequence[dict[str, Any]], numbers: Sequence[int], cols: Sequence[dict[str, Any]]) -> bool:
+    """Whether these groups' ops stay exact when done in float64.
+
+    Decimal ticks are below 2**53 (the encoder checks), so float64 holds them
+    and every partial sum of a delta or a reference exactly; what remains is
+    that ``s * gcd + base`` stays below 2**53 for any stored ``s``.
     """
-    if len(raws) != len(groups):
+    for g in numbers:
+        store = dtype_of(groups[g]["store"])
+        if store.kind not in "iu" or store.itemsize > 4:
+            return False
+        info = np.iinfo(store)
+        widest = max(abs(int(info.min)), int(info.max))
+        for c in groups[g]["cols"]:
+            desc = cols[c]
+            if widest * int(desc.get("gcd", 1)) + abs(int(desc.get("base", 0))) >= _EXACT_INT:
+                return False
+    return True
+
+
+def decode_table(
+    cols: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]], segments: Sequence[Column], rows: int
+) -> list[tuple[Column, list[int]]]:
+    """Inverse of :func:`encode_table`: the decoded columns as (k x rows) blocks.
+
+    ``segments[g]`` is group g's decompressed segment as a flat array of the
+    group's stored dtype. Groups that decode to the same dtype (and scale) come
+    back as one block, so a frame gets one block per dtype, as pandas would
+    build it. Returns (block, column numbers of its rows) pairs.
+    """
+    if len(segments) != len(groups):
         raise ColumnCodecError("segment count does not match the groups")
-    stored: list[Column] = []
-    for group, raw in zip(groups, raws, strict=True):
-        k = len(group["cols"])
-        arr = np.frombuffer(raw, dtype=np.dtype(group["store"]))
-        if arr.size != k * rows:
-            raise ColumnCodecError(f"group holds {arr.size} values, expected {k} x {rows}")
-        arr = arr.reshape(k, rows)
-        # One widening pass per group; the ops below then work in place.
-        stored.append(arr if group["enc"] == "raw" else arr.astype(np.int64))
-    ticks: list[Int64s | None] = [None] * len(cols)
+    outputs: dict[tuple[str, str, Any], list[int]] = {}
+    for number, (group, flat) in enumerate(zip(groups, segments, strict=True)):
+        if group["enc"] not in ("raw", "int"):
+            raise ColumnCodecError(f"unknown column encoding {group['enc']!r}")
+        if flat.dtype != dtype_of(group["store"]) or flat.size != len(group["cols"]) * rows:
+            raise ColumnCodecError(
+                f"group holds {flat.size} {flat.dtype} values, expected {len(group['cols'])} x {rows}"
+            )
+        if group["enc"] == "raw" and flat.dtype != dtype_of(group["dtype"]):
+            raise ColumnCodecError("raw group stored with another dtype")
+        outputs.setdefault((group["enc"], group["dtype"], group["scale"]), []).append(number)
+    work: list[Column] = [np.empty(0)] * len(groups)
+    float_blocks: list[tuple[Column, list[int], float]] = []
+    other: list[tuple[str, str, Any]] = []
+    for key, numbers in outputs.items():
+        enc, dtype_spec, scale = key
+        if (
+            enc == "int"
+            and scale is not None
+            and dtype_of(dtype_spec) == _FLOAT64
+            and _exact_in_float(groups, numbers, cols)
+        ):
+            # Decimal prices: widen the stored ints straight into the output
+            # block, undo the ops there and divide once, in place. No int64
+            # intermediate: a third of the allocations and passes.
+            members = [c for g in numbers for c in groups[g]["cols"]]
+            block = np.empty((len(members), rows), dtype=_FLOAT64)
+            at = 0
+            for g in numbers:
+                k = len(groups[g]["cols"])
+                work[g] = block[at : at + k]
+                np.copyto(work[g], segments[g].reshape(k, rows))
+                at += k
+            float_blocks.append((block, members, 10.0 ** int(scale)))
+            continue
+        other.append(key)
+        for g in numbers:
+            arr = segments[g].reshape(len(groups[g]["cols"]), rows)
+            # One widening pass per group (none when stored as int64: the
+            # segment array is ours and writable); the ops then work in place.
+            work[g] = arr if enc == "raw" or arr.dtype == _INT64 else arr.astype(np.int64)
+    _undo_ops(cols, work)
+    blocks: list[tuple[Column, list[int]]] = []
+    for block, members, divisor in float_blocks:
+        # Division, not multiplication by 10**-scale: the encoder verified
+        # exactly this expression, bit for bit.
+        block /= divisor
+        blocks.append((block, members))
+    for enc, dtype_spec, scale in other:
+        numbers = outputs[(enc, dtype_spec, scale)]
+        blocks.append(_materialise(enc, dtype_of(dtype_spec), scale, [work[g] for g in numbers], groups, numbers))
+    return blocks
+
+
+def _undo_ops(cols: Sequence[dict[str, Any]], work: Sequence[Column]) -> None:
+    ticks: list[Column | None] = [None] * len(cols)
     for number, desc in enumerate(cols):  # column order: references come first
         if desc["enc"] == "raw":
             continue
-        t = stored[int(desc["group"])][int(desc["row"])]
-        gcd, base = int(desc["gcd"]), int(desc["base"])
+        t = work[desc["group"]][desc["row"]]
+        gcd, base, op = desc.get("gcd", 1), desc.get("base", 0), desc["op"]
         if gcd != 1:
-            t *= np.int64(gcd)
+            t *= gcd
         if base:
-            t += np.int64(base)
-        op = desc["op"]
-        if op == "delta":
-            np.cumsum(t, out=t)
-            t += np.int64(int(desc["first"]))
-        elif op == "ref":
-            ref = int(desc["ref"])
-            source = ticks[ref] if 0 <= ref < number else None
+            t += base
+        if op == "ref":
+            ref = desc["ref"]
+            source = ticks[ref] if type(ref) is int and 0 <= ref < number else None
             if source is None:
                 raise ColumnCodecError(f"column {number} refers to {ref}, not an earlier int column")
-            t += source
+            # Either side may be float64 (exact integers below 2**53) or int64.
+            np.add(t, source, out=t, casting="unsafe")
+        elif op == "delta":
+            # r[0] is 0, so seeding it with the first value lets one cumsum
+            # do the whole job (same result modulo 2**64 as adding after).
+            t[0] = desc["first"]
+            np.cumsum(t, out=t)
         elif op != "none":
             raise ColumnCodecError(f"unknown column op {op!r}")
         ticks[number] = t
-    return [_materialise(group, arr) for group, arr in zip(groups, stored, strict=True)]
 
 
-def _materialise(group: dict[str, Any], arr: Column) -> Column:
-    dtype = np.dtype(group["dtype"])
-    if group["enc"] == "raw":
-        if arr.dtype != dtype:
-            raise ColumnCodecError("raw group stored with another dtype")
-        return arr
-    if group["enc"] != "int":
-        raise ColumnCodecError(f"unknown column encoding {group['enc']!r}")
-    scale = group["scale"]
-    if scale is not None:
-        # Division, not multiplication by 10**-scale: the encoder verified
-        # exactly this expression, bit for bit.
-        values = arr / (10.0 ** int(scale))
-        return values if dtype == values.dtype else values.astype(dtype)
-    if dtype.kind in "mM" or dtype == arr.dtype:
-        return arr.view(dtype)
-    return arr.astype(dtype)
+def _materialise(
+    enc: str,
+    dtype: np.dtype[Any],
+    scale: int | None,
+    parts: list[Column],
+    groups: Sequence[dict[str, Any]],
+    numbers: Sequence[int],
+) -> tuple[Column, list[int]]:
+    members = [c for g in numbers for c in groups[g]["cols"]]
+    if enc == "int" and scale is not None:
+        divisor = 10.0 ** int(scale)
+        parts = [part / divisor for part in parts]
+        parts = [part if part.dtype == dtype else part.astype(dtype) for part in parts]
+    elif enc == "int" and dtype.kind not in "mM" and dtype != _INT64:
+        parts = [part.astype(dtype) for part in parts]
+    else:
+        parts = [part.view(dtype) for part in parts]
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), members

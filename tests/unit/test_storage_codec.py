@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 import os
 import pickle
 import stat
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -247,10 +249,10 @@ def test_pickle_needs_a_secret_both_ways() -> None:
         decode(blob)
     with pytest.raises(AuthenticationError):
         decode(blob, secret=bytes(32))
-    # Strip the MAC and clear the flag: an unauthenticated pickle is refused.
+    # Strip the MAC and clear the flag: refused (a CRC instead: see below).
     stripped = bytearray(blob[:-32])
     stripped[6] = 0
-    with pytest.raises(AuthenticationError, match="unpickle"):
+    with pytest.raises(FormatError, match="trailer"):
         decode(bytes(stripped), secret=SECRET)
 
 
@@ -273,6 +275,90 @@ def test_bad_magic_version_and_length() -> None:
         decode(blob[:-1], secret=SECRET)
     with pytest.raises(FormatError, match="truncated"):
         decode(blob + b"\0", secret=SECRET)
+
+
+def test_native_frames_carry_a_crc_and_every_tampered_byte_is_refused() -> None:
+    blob = encode(ohlcv(40), secret=SECRET)
+    assert blob[4] == 2 and blob[6] == 0x02  # format 2, CRC-32 trailer, no HMAC
+    for pos in range(len(blob)):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x01
+        with pytest.raises((FormatError, CorruptPayloadError)):
+            decode(bytes(bad), secret=SECRET)
+
+
+def test_native_payloads_can_still_be_authenticated() -> None:
+    df = ohlcv(100)
+    blob = encode(df, secret=SECRET, authenticate="all")
+    assert blob[6] == 0x01
+    assert_frames_identical(df, decode(blob, secret=SECRET))  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError):
+        decode(blob, secret=bytes(32))
+    with pytest.raises(ValueError, match="authenticate"):
+        encode(df, secret=SECRET, authenticate="none")
+
+
+def test_a_crc_never_stands_in_for_the_hmac_on_a_pickle() -> None:
+    blob = encode({"a": 1}, secret=SECRET)
+    body = blob[:-32]
+    forged = bytearray(body)
+    forged[6] = 0x02
+    forged += struct.pack("<I", zlib.crc32(bytes(forged)))
+    with pytest.raises(AuthenticationError, match="unpickle"):
+        decode(bytes(forged), secret=SECRET)
+
+
+def test_version_2_needs_an_integrity_trailer() -> None:
+    blob = bytearray(encode(np.arange(10.0))[:-4])
+    blob[6] = 0
+    with pytest.raises(FormatError, match="trailer"):
+        decode(bytes(blob))
+
+
+def _version_1_blob(obj: object) -> bytes:
+    """What the version-1 writer produced: HMAC on every file, base/gcd spelt out."""
+    blob = encode(obj, secret=SECRET, authenticate="all")
+    header = header_of(blob)
+    for col in header["table"]["cols"]:
+        if col["enc"] == "int":
+            col.setdefault("base", 0)
+            col.setdefault("gcd", 1)
+    text = json.dumps(header).encode()
+    header_len = struct.unpack_from("<I", blob, 8)[0]
+    payload = blob[20 + header_len : -32]
+    body = struct.pack("<4sBBBBIQ", MAGIC, 1, blob[5], 0x01, 0, len(text), len(payload)) + text + payload
+    return body + hmac.digest(SECRET, body, "sha256")
+
+
+def test_version_1_files_still_load(state: tuple[Path, bytes]) -> None:
+    df = ohlcv(500)
+    old = _version_1_blob(df)
+    assert old[4] == 1
+    assert_frames_identical(df, decode(old, secret=SECRET))  # type: ignore[arg-type]
+    state_dir, _ = state
+    path = state_dir / "v1.bin"
+    path.write_bytes(_version_1_blob(ohlcv(50)))
+    back = read_state(path, secret=SECRET, quarantine_dir=state_dir / "q")
+    assert isinstance(back, pd.DataFrame) and not (state_dir / "q").exists()
+    # A version-1 file never had a CRC trailer.
+    bad = bytearray(old)
+    bad[6] = 0x02
+    with pytest.raises(FormatError, match="flags"):
+        decode(bytes(bad), secret=SECRET)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([2.0**52, 2.0**52 + 7, 2.0**52 - 3, -(2.0**52)]),  # ticks need int64 storage
+        2.0**52 + np.arange(300.0),  # narrow storage, huge base: still exact in float
+        np.round(1e9 + np.cumsum(np.random.default_rng(6).integers(-9, 10, 400)) * 0.001, 3),
+    ],
+    ids=["int64_ticks", "huge_base", "large_prices"],
+)
+def test_large_tick_values_decode_exactly(values: np.ndarray) -> None:
+    df = pd.DataFrame({"Close": values, "Open": values[::-1].copy()})
+    assert_frames_identical(df, decode(encode(df)))  # type: ignore[arg-type]
 
 
 def test_corrupt_payload_without_mac_is_a_codec_error() -> None:
@@ -304,7 +390,9 @@ def test_write_and_read_state(state: tuple[Path, bytes]) -> None:
     assert not (state_dir / "quarantine").exists()
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "version", "garbage", "legacy_garbage", "other_secret"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "version", "garbage", "legacy_garbage", "other_secret", "frame_flip"]
+)
 def test_bad_files_are_quarantined_and_logged(
     state: tuple[Path, bytes], damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -317,13 +405,16 @@ def test_bad_files_are_quarantined_and_logged(
     elif damage == "truncate":
         data = data[: len(data) // 2]
     elif damage == "version":
-        data[4] = 2
+        data[4] = 99
     elif damage == "garbage":
         data = bytearray(b"hello world")
     elif damage == "legacy_garbage":
         data = bytearray(b"\x80\x05garbage")
     elif damage == "other_secret":
         data = bytearray(encode({"x": 1}, secret=bytes(32)))
+    elif damage == "frame_flip":
+        data = bytearray(encode(ohlcv(200), secret=secret))
+        data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
     quarantine = state_dir / "quarantine"
     with caplog.at_level(logging.WARNING, logger="daemon.storage.codec"):
