@@ -130,10 +130,15 @@ def _column_sum(values: Array) -> Array:
     return np.asarray(np.cumsum(values, axis=0)[-1], dtype=np.float64)
 
 
+# Bar-return dispersion below this is floating-point noise, not risk: a flat equity
+# curve that picked up rounding in its last digits must not get a Sharpe of -8.
+_NOISE_STD = 1e-12
+
+
 def _ratio(numerator: Array, denominator: Array) -> Array:
-    """numerator / denominator, 0 where the denominator is 0 (no risk taken)."""
+    """numerator / denominator, 0 where the denominator is noise-level (no risk taken)."""
     out = np.zeros_like(numerator)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    np.divide(numerator, denominator, out=out, where=denominator > _NOISE_STD)
     return out
 
 
