@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+DASHBOARD = web.AppKey("dashboard", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,16 +114,9 @@ async def read_json_body(request: web.Request) -> Any:
 # --- handlers ------------------------------------------------------------------
 
 
-async def index(request: web.Request) -> web.StreamResponse:
-    page = resources.files("daemon").joinpath("web/index.html")
-    if page.is_file():
-        return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
-    return ok(
-        {
-            "service": "tradingd",
-            "endpoints": sorted({r.resource.canonical for r in request.app.router.routes() if r.resource}),
-        }
-    )
+async def index(request: web.Request) -> web.Response:
+    """The dashboard: one self-contained page that polls /stats and /runs."""
+    return web.Response(text=request.app[DASHBOARD], content_type="text/html")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -301,6 +295,7 @@ def build_app(supervisor: Supervisor) -> web.Application:
     )
     app[SUPERVISOR] = supervisor
     app[REGISTRY] = build_registry(supervisor.stats)
+    app[DASHBOARD] = resources.files("daemon").joinpath("web/index.html").read_text(encoding="utf-8")
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

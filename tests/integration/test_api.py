@@ -120,3 +120,13 @@ async def test_ready_is_503_while_stopping(make_config: Callable[..., Config], h
         assert (await resp.json())["reason"] == "stopping"
     await stopping
     assert not (sup.state_dir / "tradingd.lock").exists()
+
+
+async def test_root_serves_the_self_contained_dashboard(supervisor: Supervisor, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{base_url(supervisor)}/") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        page = await resp.text()
+    assert "<svg" in page or "<canvas" in page or "svg" in page
+    # Works offline: nothing is fetched from another origin.
+    for external in ("http://", "https://", "//cdn"):
+        assert f'src="{external}' not in page and f"href=\"{external}" not in page
