@@ -76,6 +76,7 @@ _FLAG_CRC = 0x02
 _MAC_BYTES = 32
 _CRC = struct.Struct("<I")
 _CODEC_STORED = 255
+_JSON = json.JSONDecoder()
 _CODECS = {
     "zstd": blosc2.Codec.ZSTD,
     "lz4": blosc2.Codec.LZ4,
@@ -199,8 +200,18 @@ def decode(data: bytes | bytearray | memoryview, *, secret: bytes | None = None)
         mac = hmac.digest(secret, view[:body_len], "sha256")
         if not hmac.compare_digest(mac, bytes(view[body_len:])):
             raise AuthenticationError("HMAC does not match (tampered, or written with another secret)")
+    header: dict[str, Any]
     try:
-        header: dict[str, Any] = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]))
+        # raw_decode on str skips json.loads' encoding sniffing and
+        # whitespace regexes (~1.5 us); anything it does not consume whole
+        # (surrounding whitespace, or an error to report) goes to json.loads.
+        text = str(view[_PREFIX.size : _PREFIX.size + header_len], "utf-8")
+        try:
+            header, end = _JSON.raw_decode(text)
+        except ValueError:
+            end = -1
+        if end != len(text):
+            header = json.loads(text)
     except ValueError as exc:
         raise CorruptPayloadError(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):

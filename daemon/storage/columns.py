@@ -222,6 +222,15 @@ def dtype_of(spec: str) -> np.dtype[Any]:
     return found
 
 
+# Largest magnitude of each stored integer type that float64 decoding accepts
+# (np.iinfo costs ~1 us a call; decoding asks for it on every group).
+_WIDEST: dict[str, int] = {
+    np.dtype(f"{kind}{size}").str: max(abs(int(np.iinfo(f"{kind}{size}").min)), int(np.iinfo(f"{kind}{size}").max))
+    for kind in "iu"
+    for size in (1, 2, 4)
+}
+
+
 def _exact_in_float(groups: Sequence[dict[str, Any]], numbers: Sequence[int], cols: Sequence[dict[str, Any]]) -> bool:
     """Whether these groups' ops stay exact when done in float64.
 
@@ -230,11 +239,9 @@ def _exact_in_float(groups: Sequence[dict[str, Any]], numbers: Sequence[int], co
     that ``s * gcd + base`` stays below 2**53 for any stored ``s``.
     """
     for g in numbers:
-        store = dtype_of(groups[g]["store"])
-        if store.kind not in "iu" or store.itemsize > 4:
+        widest = _WIDEST.get(groups[g]["store"])
+        if widest is None:
             return False
-        info = np.iinfo(store)
-        widest = max(abs(int(info.min)), int(info.max))
         for c in groups[g]["cols"]:
             desc = cols[c]
             if widest * int(desc.get("gcd", 1)) + abs(int(desc.get("base", 0))) >= _EXACT_INT:

@@ -486,3 +486,45 @@ def test_threads_encode_and_decode_concurrently() -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(round_trip, frames))
+
+
+def _with_header(blob: bytes, header_text: bytes) -> bytes:
+    """``blob`` (CRC-trailed) with its JSON header replaced and the CRC recomputed."""
+    header_len = struct.unpack_from("<I", blob, 8)[0]
+    payload = blob[20 + header_len : -4]
+    body = blob[:8] + struct.pack("<IQ", len(header_text), len(payload)) + header_text + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_a_header_that_places_a_column_twice_is_refused() -> None:
+    # The decoder builds frames without pandas' integrity pass; it must still
+    # refuse positions that do not cover each column exactly once.
+    blob = encode(ohlcv(200))
+    header = header_of(blob)
+    header["pos"][2] = header["pos"][1]
+    with pytest.raises(CorruptPayloadError):
+        decode(_with_header(blob, json.dumps(header).encode()))
+
+
+def test_a_header_with_surrounding_whitespace_still_parses() -> None:
+    df = ohlcv(50)
+    blob = encode(df)
+    text = b"  " + json.dumps(header_of(blob), indent=1).encode() + b"\n"
+    assert_frames_identical(df, decode(_with_header(blob, text)))  # type: ignore[arg-type]
+    with pytest.raises(CorruptPayloadError, match="JSON"):
+        decode(_with_header(blob, text + b"}"))
+
+
+def test_frames_mixing_block_kinds_round_trip() -> None:
+    rng = np.random.default_rng(11)
+    df = pd.DataFrame(
+        {
+            "Close": np.round(100 + rng.normal(size=300).cumsum(), 2),
+            "when": pd.date_range("2024-01-01", periods=300, freq="h").as_unit("ns"),
+            "flag": rng.integers(0, 2, 300).astype(bool),
+            "n": rng.integers(-5, 5, 300).astype(np.int16),
+            "ratio": rng.normal(size=300).astype(np.float32),
+        },
+        index=pd.date_range("2020-01-01", periods=300, freq="D", tz="Europe/Paris", name="t"),
+    )
+    assert_frames_identical(df, decode(encode(df)))  # type: ignore[arg-type]
