@@ -31,8 +31,10 @@ from daemon.auth import state_token_path
 from daemon.client import ClientError, DaemonClient, default_url
 from daemon.config import Config, load_config
 from daemon.memory.cache import ManagedCache
+from daemon.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from daemon.workflows.container import RunServices
 from daemon.workflows.executors import create_executor
+from daemon.workflows.journal import journal_sink
 from daemon.workflows.layout import RunLayout, read_json
 from daemon.workflows.runs import MANIFEST_FORMAT, RESUMABLE, RunQueue, WorkflowRun
 from daemon.workflows.spec import SpecError, WorkflowSpec, check_safe_name, load_spec_file
@@ -152,7 +154,17 @@ async def run_workflow_once(config: Config, spec: WorkflowSpec, *, run_id: str |
     """Run ``spec`` (or resume run ``run_id``) in this process and return the finished run."""
     stream = out if out is not None else sys.stderr
     executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
-    services = RunServices(executor=executor, indicator_cache=_local_cache(config))
+    # The same journal a daemon on this state dir uses: SQLite WAL lets both append at once.
+    journal = (
+        OutcomeJournal(config.state_dir / JOURNAL_FILE, max_outcomes=config.outcomes.max_outcomes)
+        if config.outcomes.enabled
+        else None
+    )
+    services = RunServices(
+        executor=executor,
+        indicator_cache=_local_cache(config),
+        on_trades=journal_sink(journal) if journal is not None else None,
+    )
     queue = RunQueue(config.results_dir, services, max_concurrent_runs=1)
     stopping: set[asyncio.Task[None]] = set()
     try:
@@ -168,6 +180,8 @@ async def run_workflow_once(config: Config, spec: WorkflowSpec, *, run_id: str |
     finally:
         await queue.close(0.0)
         executor.close(wait=False)
+        if journal is not None:
+            journal.close()
 
 
 def _install_interrupt(queue: RunQueue, graceful_timeout: float, stopping: set[asyncio.Task[None]]) -> None:

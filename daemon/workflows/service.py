@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.config import DEFAULT_CONFIG_NAME, Config, ConfigError
-from daemon.workflows.container import RunServices, TradeSink
+from daemon.workflows.container import RunServices
 from daemon.workflows.executors import ExecutorUnavailable, create_executor
 from daemon.workflows.runs import RunQueue
 from daemon.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
@@ -68,8 +68,7 @@ def load_startup_specs(config: Config) -> list[WorkflowSpec]:
 class WorkflowService:
     """Owns the executor and the run queue for the supervisor."""
 
-    def __init__(self, config: Config, *, memory: MemoryManager | None = None,
-                 on_trades: TradeSink | None = None, max_concurrent_runs: int = 2) -> None:
+    def __init__(self, config: Config, *, memory: MemoryManager | None = None, max_concurrent_runs: int = 2) -> None:
         self.startup_specs = load_startup_specs(config)
         try:
             self.executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
@@ -80,7 +79,6 @@ class WorkflowService:
             indicator_cache=memory.cache("indicators") if memory is not None else None,
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
-            on_trades=on_trades,
         )
         self.queue = RunQueue(config.results_dir, self.services, max_concurrent_runs=max_concurrent_runs)
         self._closed = False

@@ -113,3 +113,47 @@ def test_data_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert "bad.csv" in err and "row 2" in err
     assert not (tmp_path / "store2").exists()
+
+
+def test_one_shot_runs_record_their_trades_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "one_shot",
+                "type": "backtest",
+                "data": {"source": "sample", "symbols": ["SYM04"]},
+                "strategy": {"name": "sma_crossover", "grid": {"fast": [10], "slow": [50]}},
+            }
+        )
+    )
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"paths": {"state_dir": str(tmp_path / "s"), "results_dir": str(tmp_path / "r")}}))
+    assert main(["run-workflow", str(spec), "--config", str(cfg), "--run-id", "once"]) == 0
+    capsys.readouterr()
+    assert main(["outcomes", "--config", str(cfg), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outcomes"] > 0 and set(summary["by_strategy"]) == {"sma_crossover"}
+    # Resuming the finished run does not record its trades twice.
+    assert main(["run-workflow", str(spec), "--config", str(cfg), "--run-id", "once"]) == 0
+    capsys.readouterr()
+    assert main(["outcomes", "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcomes"] == summary["outcomes"]
+
+
+def test_keyed_outcomes_are_recorded_once(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from daemon.storage.outcomes import OutcomeJournal
+
+    journal = OutcomeJournal(tmp_path / "j.sqlite")
+    try:
+        first = [
+            replace(outcome(i, strategy="momentum", regime="ranging", ret=0.01), key=f"r/p/c/0/{i}") for i in range(3)
+        ]
+        assert journal.append_many(first) == 3
+        # A container re-run after a crash sends the same trades again, plus one unkeyed outcome.
+        assert journal.append_many([*first, outcome(9, strategy="momentum", regime="ranging", ret=0.0)]) == 1
+        assert journal.count() == 4
+    finally:
+        journal.close()
