@@ -104,11 +104,13 @@ async def read_json_body(request: web.Request) -> Any:
     try:
         return await request.json(loads=json.loads)
     except json.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            text=f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise _malformed_json(exc) from None
     except UnicodeDecodeError:
         raise web.HTTPBadRequest(text="body is not UTF-8") from None
+
+
+def _malformed_json(exc: json.JSONDecodeError) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}")
 
 
 # --- handlers ------------------------------------------------------------------
@@ -212,8 +214,7 @@ async def submit_run(request: web.Request) -> web.Response:
         else:
             spec = await asyncio.to_thread(parse_spec_text, text, source="spec")
     except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise web.HTTPBadRequest(text=f"malformed JSON body: {exc.msg} at {where}") from None
+        raise _malformed_json(exc) from None
     except SpecError as exc:
         return json_error(400, "invalid workflow spec: " + "; ".join(exc.lines), errors=exc.lines)
     try:

@@ -51,7 +51,9 @@ def resolve_api_token(config: Config, state_dir: Path) -> str:
     path = state_token_path(state_dir)
     if path.exists():
         return _read_token_file(path, "state token")
-    token = secrets.token_urlsafe(32)
+    # Hex, not urlsafe base64: a generated token must never start with "-", which a
+    # command line (`tradingd status --token TOKEN`) would read as an option.
+    token = secrets.token_hex(32)
     atomic_write_text(path, token + "\n", mode=0o600)
     log.info("generated an API token in %s (mode 0600)", path)
     return token

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import ConfigError, load_config
 from daemon.storage.commands import add_storage_commands
 from daemon.views import add_operator_commands
 from daemon.workflows.commands import add_workflow_commands
@@ -30,24 +30,17 @@ EXIT_USAGE = 2
 Command = Callable[[argparse.Namespace], int]
 
 
-def _load(path: Path | None) -> Config:
-    return load_config(path)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.auth import TokenError
     from daemon.logs import configure_logging
     from daemon.supervisor import StateDirLocked
     from daemon.supervisor import main as supervisor_main
 
-    config = _load(args.config)
+    config = load_config(args.config)
     configure_logging(config.logging)
     try:
         return asyncio.run(supervisor_main(config, handle_signals=True))
-    except StateDirLocked as exc:
-        print(f"tradingd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TokenError as exc:
+    except (StateDirLocked, TokenError) as exc:
         print(f"tradingd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
@@ -59,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from daemon.workflows.service import load_startup_specs
 
-    config = _load(args.path)
+    config = load_config(args.path)
     load_startup_specs(config)  # a bad startup workflow is a config error
     where = f"state {config.state_dir}, results {config.results_dir}"
     print(f"{config.source}: ok ({where}, http {config.http.host}:{config.http.port})")

@@ -278,21 +278,21 @@ def parse_config(raw: object, *, name: str = DEFAULT_CONFIG_NAME, environ: Mappi
     if not isinstance(raw, dict):
         raise ConfigError([f"{name}: top level must be a mapping of sections (got {type(raw).__name__})"])
     data: dict[str, Any] = dict(raw)
-    env_lines: list[str] = []
     if environ:
         data, env_lines = _apply_env_overrides(data, environ)
-    if env_lines:
-        raise ConfigError(env_lines)
+        if env_lines:
+            raise ConfigError(env_lines)
     try:
         return Config.model_validate({**data, "source": name})
     except ValidationError as exc:
-        raise ConfigError([f"{name}: {line}" for line in _describe(exc)]) from None
+        raise ConfigError([f"{name}: {line}" for line in describe_validation_error(exc)]) from None
 
 
 def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-    http = dict(data.get("http") or {}) if isinstance(data.get("http", {}), dict) else data.get("http")
+    http = data.get("http", {})
     if not isinstance(http, dict):
-        return data, []
+        return data, []  # validation reports the bad section
+    http = dict(http)
     problems: list[str] = []
     if host := environ.get("TRADINGD_HTTP_HOST"):
         http["host"] = host
@@ -308,10 +308,6 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> tu
 
 def describe_validation_error(exc: ValidationError) -> list[str]:
     """One ``key.path: message`` line per problem (also used for workflow specs)."""
-    return _describe(exc)
-
-
-def _describe(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from daemon.memory.flight import wake_async_waiters
+
 __all__ = ["Admission"]
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,7 @@ class Admission:
                 self.paused_seconds_total += time.time() - self.paused_since
             self.reason, self.paused_since = None, None
             waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # the waiter's loop is closed
-                pass
+        wake_async_waiters(waiters)
         log.info("admission resumed")
 
     async def wait(self) -> None:
@@ -77,8 +75,9 @@ class Admission:
         with self._lock:
             if not self.paused:
                 return
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append((asyncio.get_running_loop(), future))
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
         try:
             await future
         finally:
@@ -99,8 +98,3 @@ class Admission:
                 "paused_seconds_total": round(self.paused_seconds_total, 3),
                 "waiting": len(self._waiters),
             }
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -280,7 +280,7 @@ async def cleanup_loop(
     ttl_sweep_interval: float = 30.0,
     model_sweep_interval: float = 30.0,
     repeat_interval: float = 10.0,
-    wake: asyncio.Event | None = None,
+    wake: asyncio.Event,
     after_ladder: Callable[[], object] | None = None,
     persist: Callable[[], object] | None = None,
     persist_interval: float = 300.0,
@@ -329,14 +329,8 @@ async def cleanup_loop(
         await _sleep(stop, wake, interval)
 
 
-async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, interval: float) -> None:
+async def _sleep(stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
     """Wait ``interval`` seconds, or less if ``stop`` or ``wake`` is set."""
-    if wake is None:
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
-        return
     waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
     try:
         await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["Flight"]
+__all__ = ["Flight", "wake_async_waiters"]
 
 
 class Flight:
@@ -41,12 +42,17 @@ class Flight:
     def finish(self) -> None:
         """Wake every waiter, thread or task (the leader sets the outcome first)."""
         self.done.set()
-        for loop, future in self.async_waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop is closed; nobody is waiting any more
-                pass
+        wake_async_waiters(self.async_waiters)
         self.async_waiters = []
+
+
+def wake_async_waiters(waiters: Iterable[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Resolve each future on its own loop, from any thread; closed loops are skipped."""
+    for loop, future in waiters:
+        try:
+            loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:  # that loop is closed; nobody is waiting any more
+            pass
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -86,11 +86,16 @@ def compress_bytes(
 def decompress_into(chunks: Sequence[memoryview], nbytes: int) -> bytearray:
     """Decompress ``chunks`` into one writable buffer of exactly ``nbytes``."""
     out = bytearray(nbytes)
-    view = memoryview(out)
+    _fill(chunks, memoryview(out))
+    return out
+
+
+def _fill(chunks: Sequence[memoryview], view: memoryview) -> None:
+    """Decompress ``chunks`` back to back into the bytes of ``view``, which they must fill exactly."""
+    nbytes = len(view)
     pos = 0
     for chunk in chunks:
-        info = blosc2.get_cbuffer_sizes(chunk)
-        size = int(info[0])
+        size = int(blosc2.get_cbuffer_sizes(chunk)[0])
         if pos + size > nbytes:
             raise ChunkError("chunk larger than its segment")
         if size:
@@ -100,7 +105,6 @@ def decompress_into(chunks: Sequence[memoryview], nbytes: int) -> bytearray:
         pos += size
     if pos != nbytes:
         raise ChunkError(f"segment decompressed to {pos} bytes, expected {nbytes}")
-    return out
 
 
 def decompress_array(chunks: Sequence[memoryview], nbytes: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -119,17 +123,7 @@ def decompress_array(chunks: Sequence[memoryview], nbytes: int, dtype: np.dtype[
             raise ChunkError(f"segment decompresses to the wrong size, expected {nbytes}")
         blosc2.decompress(chunk, dst=out)
         return out
-    view = memoryview(out.view(np.uint8))  # type: ignore[arg-type]
-    pos = 0
-    for chunk in chunks:
-        size = int(blosc2.get_cbuffer_sizes(chunk)[0])
-        if pos + size > nbytes:
-            raise ChunkError("chunk larger than its segment")
-        if size:
-            blosc2.decompress(chunk, dst=view[pos : pos + size])
-        pos += size
-    if pos != nbytes:
-        raise ChunkError(f"segment decompressed to {pos} bytes, expected {nbytes}")
+    _fill(chunks, memoryview(out.view(np.uint8)))  # type: ignore[arg-type]
     return out
 
 

@@ -141,6 +141,7 @@ class _Plan:
     key: tuple[str, str, str, int | None]  # enc, stored dtype, dtype, scale
     scale: int | None = None
     ticks: Int64s | None = None
+    chain: tuple[blosc2.Filter, ...] | None = None  # best filters for ``stored`` alone, if tried
 
 
 def _compressed_size(arr: Column, params: BloscParams, chain: Sequence[blosc2.Filter]) -> int:
@@ -167,18 +168,18 @@ def _plan(values: Column, params: BloscParams, earlier: Sequence[_Plan]) -> _Pla
     for number, ref in enumerate(earlier):
         if ref.ticks is not None and ref.scale == scale:
             candidates.append(({"op": "ref", "ref": number}, t - ref.ticks))
-    best: tuple[float, dict[str, Any], Column] | None = None
+    best: tuple[float, dict[str, Any], Column, tuple[blosc2.Filter, ...]] | None = None
     for op, r in candidates:
         base, gcd, stored = _narrow(r)
-        size, _ = _best_chain(stored, params)
+        size, chain = _best_chain(stored, params)
         cost = size * (_DELTA_PENALTY if op["op"] == "delta" else 1.0)
         if best is None or cost < best[0]:
             # base 0 and gcd 1 are left out: a smaller header parses faster.
             extra = ({"base": base} if base else {}) | ({"gcd": gcd} if gcd != 1 else {})
-            best = (cost, {"enc": "int", **op, **extra}, stored)
+            best = (cost, {"enc": "int", **op, **extra}, stored, chain)
     assert best is not None
-    _, desc, stored = best
-    return _Plan(desc, stored, ("int", stored.dtype.str, dtype, scale), scale, t)
+    _, desc, stored, chain = best
+    return _Plan(desc, stored, ("int", stored.dtype.str, dtype, scale), scale, t, chain)
 
 
 def encode_table(
@@ -198,7 +199,10 @@ def encode_table(
     group_chunks: list[list[bytes]] = []
     for (enc, store, dtype, scale), numbers in members.items():
         block = np.stack([plans[i].stored for i in numbers]) if numbers else np.zeros((0, 0))
-        _, chain = _best_chain(block, params)
+        # A one-column group is the very sample _plan already tried the chains on.
+        chain = plans[numbers[0]].chain if len(numbers) == 1 else None
+        if chain is None:
+            _, chain = _best_chain(block, params)
         chunks = compress_bytes(block, params, typesize=block.dtype.itemsize, filters=chain)
         for row, i in enumerate(numbers):
             plans[i].desc.update(group=len(groups), row=row)

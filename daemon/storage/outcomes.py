@@ -125,7 +125,7 @@ class OutcomeJournal:
             conn.execute(_SCHEMA)
             conn.execute("CREATE INDEX IF NOT EXISTS outcomes_strategy ON outcomes(strategy)")
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS outcomes_trade_key ON outcomes(trade_key)")
-        self._cull(conn)
+            self._cull(conn)
         self._refresh()
         log.info("outcome journal %s: %d outcomes loaded", self.path, len(self))
 
@@ -138,9 +138,13 @@ class OutcomeJournal:
         return int(self._mirror.ids.size)
 
     def count(self) -> int:
-        """Outcomes in the journal now, including those other writers just appended."""
-        (total,) = self._conn().execute("SELECT COUNT(*) FROM outcomes").fetchone()
-        return int(total)
+        """Outcomes in the journal now, including those other writers just appended.
+
+        Cheap enough for every stats refresh: ids are assigned in order and only
+        ever leave from the low end (see ``_cull``), so the id span is the count.
+        """
+        lo, hi = self._conn().execute("SELECT MIN(id), MAX(id) FROM outcomes").fetchone()
+        return 0 if lo is None else int(hi - lo + 1)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -193,19 +197,18 @@ class OutcomeJournal:
                 rows,
             )
             added = conn.total_changes - before
-            self._cull(conn, commit=False)
+            self._cull(conn)
         return added
 
-    def _cull(self, conn: sqlite3.Connection, *, commit: bool = True) -> None:
+    def _cull(self, conn: sqlite3.Connection) -> None:
+        """Delete all but the newest ``max_outcomes`` rows, inside the caller's transaction."""
         lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM outcomes").fetchone()
         if lo is None or hi - lo + 1 <= self.max_outcomes:
             return  # ids only ever leave from the low end, so the span bounds the count
-        sql = "DELETE FROM outcomes WHERE id <= (SELECT id FROM outcomes ORDER BY id DESC LIMIT 1 OFFSET ?)"
-        if commit:
-            with conn:
-                conn.execute(sql, (self.max_outcomes,))
-        else:
-            conn.execute(sql, (self.max_outcomes,))
+        conn.execute(
+            "DELETE FROM outcomes WHERE id <= (SELECT id FROM outcomes ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (self.max_outcomes,),
+        )
 
     def _refresh(self) -> _Mirror:
         """Bring the in-memory mirror up to date with the database."""
@@ -247,9 +250,8 @@ class OutcomeJournal:
                 }
             return out
 
-        (total,) = conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()
         return {
-            "outcomes": int(total),
+            "outcomes": self.count(),
             "max_outcomes": self.max_outcomes,
             "by_strategy": rows("strategy"),
             "by_regime": rows("regime"),
