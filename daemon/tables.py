@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "Style",
+    "finite_number",
     "fmt_bytes",
     "fmt_duration",
     "fmt_number",
@@ -49,7 +50,8 @@ class Style:
         return ("─" if self.tty else "-") * width
 
 
-def _finite(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite int or float (not a bool); else ``None``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     number = float(value)
@@ -58,7 +60,7 @@ def _finite(value: Any) -> float | None:
 
 def fmt_bytes(value: Any, missing: str = "-") -> str:
     """``1536`` → ``1.5 KiB``; anything not a number → ``missing``."""
-    number = _finite(value)
+    number = finite_number(value)
     if number is None:
         return missing
     sign = "-" if number < 0 else ""
@@ -72,7 +74,7 @@ def fmt_bytes(value: Any, missing: str = "-") -> str:
 
 def fmt_duration(seconds: Any, missing: str = "-") -> str:
     """``3725`` → ``1h02m``; ``42.5`` → ``42s``; ``0.0123`` → ``12.3ms``."""
-    number = _finite(seconds)
+    number = finite_number(seconds)
     if number is None or number < 0:
         return missing
     if number < 1:
@@ -92,7 +94,7 @@ def fmt_duration(seconds: Any, missing: str = "-") -> str:
 
 def fmt_percent(fraction: Any, missing: str = "-", digits: int = 1) -> str:
     """``0.4567`` → ``45.7%``."""
-    number = _finite(fraction)
+    number = finite_number(fraction)
     return missing if number is None else f"{number * 100:.{digits}f}%"
 
 
@@ -104,7 +106,7 @@ def fmt_number(value: Any, missing: str = "-", digits: int = 4) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return str(value)
-    number = _finite(value)
+    number = finite_number(value)
     if number is None:
         return missing
     return f"{number:.{digits}g}"
@@ -112,7 +114,7 @@ def fmt_number(value: Any, missing: str = "-", digits: int = 4) -> str:
 
 def fmt_time(epoch: Any, missing: str = "-") -> str:
     """Unix seconds → local ``YYYY-MM-DD HH:MM:SS``."""
-    number = _finite(epoch)
+    number = finite_number(epoch)
     if number is None or number <= 0:
         return missing
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(number))

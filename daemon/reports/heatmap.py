@@ -6,12 +6,12 @@ plain data the report can also print as a table and tests can check.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.reports.phase_data import Combination, higher_is_better
+from daemon.tables import finite_number
 
 __all__ = ["Heatmap", "build_heatmap", "swept_parameters"]
 
@@ -71,11 +71,11 @@ def build_heatmap(combinations: Sequence[Combination], objective: str | None) ->
     per_combo: dict[tuple[Any, ...], list[float]] = {}
     coords: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     for combo in combinations:
-        value = combo.metrics.get(objective)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        value = finite_number(combo.metrics.get(objective))
+        if value is None:
             continue
         key = tuple(_hashable(combo.params.get(name)) for name in swept)
-        per_combo.setdefault(key, []).append(float(value))
+        per_combo.setdefault(key, []).append(value)
         coords[key] = (combo.params.get(x_name), combo.params.get(y_name))
     cell_values: dict[tuple[Any, Any], float] = {}
     for key, values in per_combo.items():

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.tables import finite_number
+
 __all__ = [
     "Combination",
     "EquityCurve",
@@ -73,13 +75,6 @@ def _list(value: Any) -> list[Any]:
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -196,14 +191,14 @@ def _read_container(phase: PhaseData, container: Mapping[str, Any]) -> None:
     equity = _dict(container.get("equity"))
     times = _list(equity.get("timestamps")) or None
     for key, values in _dict(equity.get("curves")).items():
-        numbers = [_number(v) for v in _list(values)]
+        numbers = [finite_number(v) for v in _list(values)]
         if numbers and all(v is not None for v in numbers):
             series = [v for v in numbers if v is not None]
             aligned = times if times is not None and len(times) == len(series) else None
             phase.equity.append(EquityCurve(series, aligned, symbol, int(key) if str(key).isdigit() else None))
     for trade in _list(_dict(container.get("events")).get("trades")):
         trade = _dict(trade)
-        ret = _number(trade.get("return", trade.get("ret")))
+        ret = finite_number(trade.get("return", trade.get("ret")))
         if ret is not None:
             phase.trades.append(TradeReturn(ret, symbol, _int(trade.get("combo"))))
 
@@ -224,7 +219,7 @@ def _read_event_trades(phase: PhaseData, events_dir: Path) -> None:
                     if b'"POSITION_CLOSE"' not in line:
                         continue
                     event = _dict(json.loads(line))
-                    ret = _number(event.get("return"))
+                    ret = finite_number(event.get("return"))
                     if ret is not None:
                         phase.trades.append(TradeReturn(ret, symbol, _int(event.get("combo"))))
         except (OSError, ValueError) as exc:
@@ -254,7 +249,7 @@ def _select(phase: PhaseData, aggregate: Mapping[str, Any]) -> None:
         sign = 1.0 if higher_is_better(phase.objective) else -1.0
 
         def score(c: Combination) -> float:
-            value = _number(c.metrics.get(phase.objective or ""))
+            value = finite_number(c.metrics.get(phase.objective or ""))
             return -math.inf if value is None else sign * value
 
         best = max(candidates, key=score)

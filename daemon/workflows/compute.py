@@ -140,7 +140,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         records = result.trades[position].to_dicts() if position in result.trades else []
         curve = result.equity.get(position)
         if curve is not None:
-            equity[str(index)] = [float(v) for v in curve]
+            equity[str(index)] = curve.tolist()  # float64 -> Python floats, as float(v) would
         for event in trade_events(index, records, types=trace.types, equity=curve, times=equity_times or None):
             tracer.record(event)
             if trace.stream:

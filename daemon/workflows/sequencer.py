@@ -168,6 +168,7 @@ class Sequencer:
         self._on_change = on_change
         self._trainable = get_strategy(spec.strategy.name).trainable
         self._planned: dict[str, tuple[int, int]] = {}
+        self._slices: dict[tuple[str, str], MarketData] = {}
         for plan in self.plans:
             count, units = self._estimate(plan)
             self._planned[plan.name] = (count, units)
@@ -185,8 +186,13 @@ class Sequencer:
         return chunks * len(plan.bounds), units
 
     def _slice(self, plan: PhasePlan, symbol: str) -> MarketData:
-        start, stop = plan.bounds[symbol]
-        return self.data[symbol].slice(start, stop)
+        """``symbol``'s bars in ``plan``: views, made once per phase because slicing hashes the bars."""
+        key = (plan.name, symbol)
+        found = self._slices.get(key)
+        if found is None:
+            start, stop = plan.bounds[symbol]
+            found = self._slices[key] = self.data[symbol].slice(start, stop)
+        return found
 
     # --- running ---------------------------------------------------------------
 
@@ -284,6 +290,7 @@ class Sequencer:
 
     def _containers(self, plan: PhasePlan, layout: PhaseLayout) -> list[Container]:
         chunk = self.spec.execution.chunk_size
+        backtest = self.spec.backtest.model_dump(mode="json")
         out: list[Container] = []
         for symbol in self.data:
             if plan.kind == "testing":
@@ -303,7 +310,7 @@ class Sequencer:
                     strategy=self.spec.strategy.name,
                     indices=part,
                     params=[self.grid[i] for i in part],
-                    backtest=self.spec.backtest.model_dump(mode="json"),
+                    backtest=backtest,
                     settings=plan.settings,
                     fingerprint=self.fingerprint,
                     services=self.services,
