@@ -149,7 +149,8 @@ async def test_interrupted_run_resumes_and_matches_a_clean_run(queue_for: Callab
     spec = study(strategy=SLEEPY, type="train_test", data=TWO_SYMBOLS)
     first = queue_for("interrupted")
     run = first.submit(spec, run_id="r")
-    await eventually(lambda: run.progress.completed >= 2)
+    # Some containers done and some in flight, so the shutdown below has something to cancel.
+    await eventually(lambda: run.progress.completed >= 2 and run.progress.running >= 1)
     await first.close(0.0)  # a shutdown with no grace: in-flight containers are cancelled
     assert run.status == "interrupted"
     cancelled = [p for p in (tmp_path / "interrupted" / "r" / "training" / "containers").glob("*.json")
