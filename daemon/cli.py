@@ -18,6 +18,7 @@ from daemon.config import ConfigError, load_config
 from daemon.storage.commands import add_storage_commands
 from daemon.views import add_operator_commands
 from daemon.workflows.commands import add_workflow_commands
+from daemon.workflows.spec import SpecError
 
 __all__ = ["main"]
 
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, SpecError) as exc:  # one line per problem, naming file and key path
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_USAGE

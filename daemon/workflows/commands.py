@@ -200,21 +200,10 @@ def _install_interrupt(queue: RunQueue, graceful_timeout: float, stopping: set[a
 # --- command handlers -----------------------------------------------------------------
 
 
-def _spec_or_exit(path: Path) -> WorkflowSpec | int:
-    try:
-        return load_spec_file(path)
-    except SpecError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        return EXIT_USAGE
-
-
 def cmd_run_workflow(args: argparse.Namespace) -> int:
     from daemon.logs import configure_logging
 
-    spec = _spec_or_exit(args.spec)
-    if isinstance(spec, int):
-        return spec
+    spec = load_spec_file(args.spec)  # a SpecError is reported by cli.main, like a ConfigError
     config = load_config(args.config)
     configure_logging(config.logging)
     try:
@@ -237,9 +226,7 @@ def cmd_run_workflow(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec = _spec_or_exit(args.spec)
-    if isinstance(spec, int):
-        return spec
+    spec = load_spec_file(args.spec)  # a SpecError is reported by cli.main, like a ConfigError
     config = load_config(args.config, check_paths=False)
     url = args.url or (_config_url(config) if args.config is not None else default_url())
     token = args.token or client_token(config)
