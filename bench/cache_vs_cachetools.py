@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from daemon.memory.cache import CacheBudget, ManagedCache
-from daemon.storage.atomic import atomic_write_text
+from tradingd.memory.cache import CacheBudget, ManagedCache
+from tradingd.storage.atomic import atomic_write_text
 
 try:
     import cachetools

@@ -7,7 +7,7 @@ Run with the bench venv (it has backtesting, zstandard, lz4, blosc 1.x)::
 Data: the GOOG, EURUSD and BTCUSD frames that ``backtesting`` ships. Peers
 compress the pickled frame (protocol 5): zstd level 3, zlib level 6, lz4
 (frame, default), blosc 1.x defaults (``blosc.compress(typesize=8)``). Ours
-encodes the frame itself (``daemon.storage.codec.encode`` with a secret, as
+encodes the frame itself (``tradingd.storage.codec.encode`` with a secret, as
 ``write_state`` does: native frames get a CRC-32 trailer, pickles an HMAC).
 All MB/s figures are relative to the pickled frame's size, so they compare like
 for like; "decode" for peers is decompress + unpickle (to a
@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 import zstandard
 from backtesting.test import BTCUSD, EURUSD, GOOG
-
-from daemon.storage.codec import CodecSettings, decode, encode
+from tradingd.storage.codec import CodecSettings, decode, encode
 
 RESULTS = Path(__file__).resolve().parent / "results" / "codec_vs_general.md"
 SECRET = b"\x01" * 32
@@ -176,7 +175,7 @@ def main() -> int:
     lines += ["## Against the targets (ratio >= 2x best peer, decode >= 1 GB/s, lossless)", "", *verdicts, ""]
     text = "\n".join(lines)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    from daemon.storage.atomic import atomic_write_text
+    from tradingd.storage.atomic import atomic_write_text
 
     atomic_write_text(RESULTS, text)
     print(text)

@@ -112,11 +112,11 @@ def results_digest(root: Path) -> dict[str, Any]:
 
 
 async def run_one(kind: str, workers: int, address: str | None, quick: bool, workdir: Path) -> dict[str, Any]:
-    from daemon.config import ExecutorConfig
-    from daemon.workflows.container import RunServices
-    from daemon.workflows.executors import create_executor
-    from daemon.workflows.runs import WorkflowRun
-    from daemon.workflows.spec import parse_spec
+    from tradingd.config import ExecutorConfig
+    from tradingd.workflows.container import RunServices
+    from tradingd.workflows.executors import create_executor
+    from tradingd.workflows.runs import WorkflowRun
+    from tradingd.workflows.spec import parse_spec
 
     config: dict[str, Any] = {"kind": kind, "max_workers": workers,
                               "process": {"max_tasks_per_child": 50},

@@ -67,10 +67,10 @@ def generate(work: Path, symbols: int, years: int) -> Path:
 
 
 def child(mode: str, src: Path, store: Path) -> None:
-    from daemon.storage.mmapstore import open_store
-    from daemon.trading.data import MarketData
-    from daemon.trading.engine import BacktestConfig, run_sweep
-    from daemon.trading.strategies import expand_grid
+    from tradingd.storage.mmapstore import open_store
+    from tradingd.trading.data import MarketData
+    from tradingd.trading.engine import BacktestConfig, run_sweep
+    from tradingd.trading.strategies import expand_grid
 
     grid = expand_grid(GRID, strategy="sma_crossover")
     config = BacktestConfig(commission=0.0002)
@@ -130,8 +130,8 @@ def main() -> int:
     if args.child:
         child(args.child, args.src, args.store)
         return 0
-    from daemon.storage.atomic import atomic_write_text
-    from daemon.storage.mmapstore import import_files
+    from tradingd.storage.atomic import atomic_write_text
+    from tradingd.storage.mmapstore import import_files
 
     work = args.work or Path(tempfile.mkdtemp(prefix="mmap_rss."))
     try:

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from daemon.memory.cache import CacheBudget, ManagedCache
-from daemon.memory.cleanup import Admission, CleanupLadder, cleanup_loop, malloc_trim_available
-from daemon.memory.monitor import MemoryLimit, Monitor, sample_process
-from daemon.storage.atomic import atomic_write_text
+from tradingd.memory.cache import CacheBudget, ManagedCache
+from tradingd.memory.cleanup import Admission, CleanupLadder, cleanup_loop, malloc_trim_available
+from tradingd.memory.monitor import MemoryLimit, Monitor, sample_process
+from tradingd.storage.atomic import atomic_write_text
 
 MB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results" / "reclaim.md"

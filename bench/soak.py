@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-
-from daemon.config import parse_config
-from daemon.memory.manager import MemoryManager
-from daemon.memory.monitor import Monitor, discover_limit, sample_process
-from daemon.storage.atomic import atomic_write_text
+from tradingd.config import parse_config
+from tradingd.memory.manager import MemoryManager
+from tradingd.memory.monitor import Monitor, discover_limit, sample_process
+from tradingd.storage.atomic import atomic_write_text
 
 MB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.md"

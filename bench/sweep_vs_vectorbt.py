@@ -79,7 +79,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def ours_data(arrays: dict[str, np.ndarray]) -> Any:
-    from daemon.trading.data import MarketData
+    from tradingd.trading.data import MarketData
 
     return MarketData.from_arrays(
         "GOOG",
@@ -96,7 +96,7 @@ def ours_data(arrays: dict[str, np.ndarray]) -> Any:
 def ours_sweep(
     data: Any, windows: range, metrics: tuple[str, ...], chunk_bytes: int | None = None
 ) -> dict[str, np.ndarray]:
-    from daemon.trading.engine import DEFAULT_CHUNK_BYTES, BacktestConfig, run_sweep
+    from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, BacktestConfig, run_sweep
 
     grid = [{"fast": f, "slow": s} for f, s in grid_pairs(windows)]
     # init cash and a 365-day year as vectorbt's defaults with freq="1D", so the
@@ -153,7 +153,7 @@ def child(mode: str, data_path: Path) -> None:
             metrics = ours_sweep(
                 ours_data(arrays),
                 BIG_WINDOWS,
-                tuple(__import__("daemon.trading.metrics", fromlist=["METRIC_NAMES"]).METRIC_NAMES),
+                tuple(__import__("tradingd.trading.metrics", fromlist=["METRIC_NAMES"]).METRIC_NAMES),
                 chunk_bytes=budget // 4,
             )
             assert len(metrics["total_return"]) == len(grid_pairs(BIG_WINDOWS))
@@ -212,8 +212,7 @@ def compare(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[
 
 def sma_bit_identical(arrays: dict[str, np.ndarray]) -> bool:
     import vectorbt as vbt
-
-    from daemon.trading.indicators import sma
+    from tradingd.trading.indicators import sma
 
     ours = sma(arrays["close"], list(WINDOWS))
     theirs = vbt.MA.run(vbt_close(arrays), window=list(WINDOWS)).ma.to_numpy()
@@ -233,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import vectorbt as vbt
     from backtesting.test import GOOG
-
-    from daemon.storage.atomic import atomic_write_text
+    from tradingd.storage.atomic import atomic_write_text
 
     arrays = {
         "ts": GOOG.index.to_numpy(dtype="datetime64[ns]"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the bundled sample dataset in daemon/data/ (deterministic, seeded).
+"""Generate the bundled sample dataset in daemon/tradingd/data/ (deterministic, seeded).
 
 Ten synthetic symbols, business days 2015-01-01 .. 2024-12-31, daily OHLCV.
 Closes follow a regime-switching geometric Brownian motion: a hidden
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from daemon.storage.atomic import atomic_write_bytes
+from tradingd.storage.atomic import atomic_write_bytes
 
 SEED = 20240601
 N_SYMBOLS = 10
@@ -91,7 +90,7 @@ def build() -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_out = Path(__file__).resolve().parent.parent / "daemon" / "data"
+    default_out = Path(__file__).resolve().parent.parent / "daemon" / "tradingd" / "data"
     parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--check", action="store_true", help="verify instead of writing")
     args = parser.parse_args(argv)

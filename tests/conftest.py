@@ -15,9 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-
-from daemon.config import Config, parse_config
-from daemon.supervisor import Supervisor
+from tradingd.config import Config, parse_config
+from tradingd.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,7 +102,7 @@ class DaemonProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(config_path)],
+            [sys.executable, "-m", "tradingd", "run", "--config", str(config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

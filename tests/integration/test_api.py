@@ -11,9 +11,9 @@ import urllib.request
 from collections.abc import Callable
 
 import aiohttp
+from tradingd.config import Config
+from tradingd.supervisor import Supervisor
 
-from daemon.config import Config
-from daemon.supervisor import Supervisor
 from tests.conftest import base_url
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from tradingd.supervisor import Supervisor
+from tradingd.tables import Style, fmt_bytes, fmt_duration, render_table
 
-from daemon.supervisor import Supervisor
-from daemon.tables import Style, fmt_bytes, fmt_duration, render_table
 from tests.conftest import base_url
 from tests.unit.test_reports import run_workflow
 
@@ -21,7 +21,7 @@ from tests.unit.test_reports import run_workflow
 async def tradingd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the real CLI in a subprocess (stdout is a pipe: plain text)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", *args,
+        sys.executable, "-m", "tradingd", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)

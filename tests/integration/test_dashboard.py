@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from tradingd.supervisor import Supervisor
 
-from daemon.supervisor import Supervisor
 from tests.conftest import REPO, base_url
 
 pytestmark = pytest.mark.browser

@@ -235,7 +235,7 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     rules = _ignore_rules()
     for path in [".venv/bin/python", ".git/config", "var/state/api_token", "tests/unit/test_notify.py", ".env"]:
         assert _ignored(path, rules), path
-    for path in ["pyproject.toml", "README.md", "daemon/notify.py", "config/tradingd.yaml"]:
+    for path in ["pyproject.toml", "README.md", "daemon/tradingd/notify.py", "config/tradingd.yaml"]:
         assert not _ignored(path, rules), path
     assert _ignored("daemon/__pycache__/notify.cpython-311.pyc", rules)
 
@@ -303,7 +303,7 @@ def test_daemon_with_the_image_environment_honours_the_container_contract(tmp_pa
 
     # The image's CMD, with the repository's copy of the config it ships.
     cmd = json.loads(_one(_final_stage(), "CMD").args)
-    argv = [sys.executable, "-m", "daemon", *cmd[1:-1], str(ROOT / "config" / "tradingd.yaml")]
+    argv = [sys.executable, "-m", "tradingd", *cmd[1:-1], str(ROOT / "config" / "tradingd.yaml")]
     proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_healthy(port, timeout=30)

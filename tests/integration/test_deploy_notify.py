@@ -83,7 +83,7 @@ def test_daemon_sends_ready_watchdog_status_and_stopping(tmp_path: Path, listene
     }
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run", "--config", str(_write_config(tmp_path))],
+        [sys.executable, "-m", "tradingd", "run", "--config", str(_write_config(tmp_path))],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

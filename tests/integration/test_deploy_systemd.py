@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from daemon.config import Config
+from tradingd.config import Config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,17 +15,16 @@ from typing import Any
 
 import pytest
 import yaml
-
-from daemon.config import ExecutorConfig
-from daemon.trading.data import MarketData
-from daemon.trading.indicators import IndicatorCache
-from daemon.trading.strategies import SmaCrossover, register_strategy
-from daemon.workflows.container import RunServices
-from daemon.workflows.dask_executor import DaskExecutor
-from daemon.workflows.executors import Executor, ThreadExecutor, create_executor
-from daemon.workflows.process_executor import ProcessExecutor
-from daemon.workflows.runs import RunQueue, WorkflowRun
-from daemon.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text
+from tradingd.config import ExecutorConfig
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.strategies import SmaCrossover, register_strategy
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.dask_executor import DaskExecutor
+from tradingd.workflows.executors import Executor, ThreadExecutor, create_executor
+from tradingd.workflows.process_executor import ProcessExecutor
+from tradingd.workflows.runs import RunQueue, WorkflowRun
+from tradingd.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,7 +48,7 @@ PRELOAD = (__name__,)  # every Dask worker, including restarted ones, imports th
 
 def sample_study() -> WorkflowSpec:
     """The bundled study, its grid thinned so four executors run it in seconds."""
-    text = resources.files("daemon").joinpath("defaults/workflows/sample_study.yaml").read_text(encoding="utf-8")
+    text = resources.files("tradingd").joinpath("defaults/workflows/sample_study.yaml").read_text(encoding="utf-8")
     spec = yaml.safe_load(text)
     spec["strategy"]["grid"] = {"fast": {"min": 5, "max": 50, "step": 5}, "slow": {"min": 20, "max": 200, "step": 20}}
     return parse_spec_text(yaml.safe_dump(spec), source="bundled:sample_study (thinned)")

@@ -13,16 +13,15 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-
-from daemon.config import ExecutorConfig
-from daemon.trading.data import MarketData
-from daemon.trading.indicators import IndicatorCache
-from daemon.trading.loaders import load_sample_data
-from daemon.trading.strategies import SmaCrossover, StrategyError, get_strategy, register_strategy
-from daemon.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
-from daemon.workflows.dataref import store_location
-from daemon.workflows.executors import ExecutorClosed, ThreadExecutor, create_executor
-from daemon.workflows.process_executor import ProcessExecutor, RemoteTraceback, WorkerLost
+from tradingd.config import ExecutorConfig
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.loaders import load_sample_data
+from tradingd.trading.strategies import SmaCrossover, StrategyError, get_strategy, register_strategy
+from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
+from tradingd.workflows.dataref import store_location
+from tradingd.workflows.executors import ExecutorClosed, ThreadExecutor, create_executor
+from tradingd.workflows.process_executor import ProcessExecutor, RemoteTraceback, WorkerLost
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from tradingd.config import Config
+from tradingd.supervisor import Supervisor
 
-from daemon.config import Config
-from daemon.supervisor import Supervisor
 from tests.conftest import base_url
 
 MB = 1024 * 1024

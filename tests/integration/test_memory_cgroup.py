@@ -29,8 +29,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 DRIVER = """
 import asyncio, json, sys, threading, time
 import numpy as np
-from daemon.config import load_config
-from daemon.supervisor import Supervisor
+from tradingd.config import load_config
+from tradingd.supervisor import Supervisor
 
 TOTAL = int(sys.argv[2])
 

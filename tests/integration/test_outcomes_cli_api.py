@@ -10,13 +10,13 @@ import aiohttp
 import numpy as np
 import pytest
 import yaml
+from tradingd.cli import main
+from tradingd.config import Config
+from tradingd.storage.mmapstore import open_store
+from tradingd.storage.outcomes import TradeOutcome
+from tradingd.supervisor import Supervisor
+from tradingd.trading.loaders import load_sample_data, sample_data_dir
 
-from daemon.cli import main
-from daemon.config import Config
-from daemon.storage.mmapstore import open_store
-from daemon.storage.outcomes import TradeOutcome
-from daemon.supervisor import Supervisor
-from daemon.trading.loaders import load_sample_data, sample_data_dir
 from tests.conftest import base_url
 
 
@@ -144,7 +144,7 @@ def test_one_shot_runs_record_their_trades_too(tmp_path: Path, capsys: pytest.Ca
 def test_keyed_outcomes_are_recorded_once(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from daemon.storage.outcomes import OutcomeJournal
+    from tradingd.storage.outcomes import OutcomeJournal
 
     journal = OutcomeJournal(tmp_path / "j.sqlite")
     try:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tradingd.config import parse_config
+from tradingd.workflows.commands import run_workflow_once
+from tradingd.workflows.runs import startup_run_id
+from tradingd.workflows.spec import load_spec_file
 
-from daemon.config import parse_config
-from daemon.workflows.commands import run_workflow_once
-from daemon.workflows.runs import startup_run_id
-from daemon.workflows.spec import load_spec_file
 from tests.conftest import DaemonProcess
 
 # ~100 training containers on 5 symbols: long enough to be killed in the middle.

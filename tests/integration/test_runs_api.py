@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 import yaml
+from tradingd.config import Config
+from tradingd.supervisor import Supervisor
 
-from daemon.config import Config
-from daemon.supervisor import Supervisor
 from tests.conftest import base_url
 
 SPEC: dict[str, Any] = {

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from daemon.storage.atomic import atomic_create_bytes, atomic_write_bytes, atomic_write_json
+from tradingd.storage.atomic import atomic_create_bytes, atomic_write_bytes, atomic_write_json
 
 SIZE = 4 * 1024 * 1024  # big enough that a kill often lands mid-write
 
 WRITER = f"""
 import sys
-from daemon.storage.atomic import atomic_write_bytes
+from tradingd.storage.atomic import atomic_write_bytes
 target = sys.argv[1]
 n = 0
 print("ready", flush=True)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from daemon.storage.mmapstore import StoreError, import_files, open_store
-from daemon.trading.engine import BacktestConfig, run_sweep
-from daemon.trading.loaders import load_market_data, sample_data_dir
-from daemon.trading.strategies import expand_grid
+from tradingd.storage.mmapstore import StoreError, import_files, open_store
+from tradingd.trading.engine import BacktestConfig, run_sweep
+from tradingd.trading.loaders import load_market_data, sample_data_dir
+from tradingd.trading.strategies import expand_grid
 
 SAMPLE = sample_data_dir()
 SYMBOLS = ["SYM01", "SYM02", "SYM03"]
@@ -74,7 +73,7 @@ def test_backtest_results_from_the_store_equal_the_in_memory_ones(store: Path) -
 
 READER = """
 import sys, hashlib, numpy as np
-from daemon.storage.mmapstore import open_store
+from tradingd.storage.mmapstore import open_store
 store = open_store(sys.argv[1])
 digest = hashlib.sha256()
 for symbol in store.symbols:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from daemon.cli import main
-from daemon.trading.loaders import sample_data_dir
+from tradingd.cli import main
+from tradingd.trading.loaders import sample_data_dir
 
 
 def spec(source: str) -> dict[str, object]:

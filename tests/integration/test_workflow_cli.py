@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tradingd.supervisor import Supervisor
 
-from daemon.supervisor import Supervisor
 from tests.conftest import REPO, base_url
 
 SPEC: dict[str, Any] = {
@@ -32,7 +32,7 @@ def write(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
 
 
 def tradingd(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "tradingd", *args], capture_output=True, text=True, timeout=60,
                           cwd=REPO, **kwargs)
 
 
@@ -60,7 +60,7 @@ def test_run_workflow_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "daemon", "run-workflow", str(write(tmp_path, "s.yaml", SPEC)),
+            [sys.executable, "-m", "tradingd", "run-workflow", str(write(tmp_path, "s.yaml", SPEC)),
              "--config", str(config_file(tmp_path))],
             stdout=subprocess.PIPE, stderr=follower, timeout=60, cwd=REPO, check=False,
         )
@@ -93,7 +93,7 @@ async def test_submit_sends_the_spec_with_the_state_dir_token(supervisor: Superv
     spec = write(tmp_path, "s.yaml", SPEC)
     config = config_file(tmp_path)  # same state dir as the fixture: the token file is found there
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "submit", str(spec), "--url", base_url(supervisor), "--config", str(config),
+        sys.executable, "-m", "tradingd", "submit", str(spec), "--url", base_url(supervisor), "--config", str(config),
         "--run-id", "submitted", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
         env={k: v for k, v in os.environ.items() if not k.startswith("TRADINGD_API_TOKEN")},
     )
@@ -108,7 +108,7 @@ async def test_submit_sends_the_spec_with_the_state_dir_token(supervisor: Superv
     assert manifest["spec"]["strategy"]["name"] == "momentum"
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "submit", str(spec), "--url", base_url(supervisor), "--token", "wrong",
+        sys.executable, "-m", "tradingd", "submit", str(spec), "--url", base_url(supervisor), "--token", "wrong",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)

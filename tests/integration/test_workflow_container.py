@@ -11,16 +11,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-
-from daemon.trading import strategies
-from daemon.trading.data import MarketData
-from daemon.trading.indicators import IndicatorCache
-from daemon.trading.loaders import load_sample_data
-from daemon.trading.strategies import Strategy
-from daemon.workflows.container import ClosedTrades, Container, RunServices, load_completed
-from daemon.workflows.executors import ThreadExecutor
-from daemon.workflows.layout import RunLayout
-from daemon.workflows.spec import PhaseSettings
+from tradingd.trading import strategies
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.loaders import load_sample_data
+from tradingd.trading.strategies import Strategy
+from tradingd.workflows.container import ClosedTrades, Container, RunServices, load_completed
+from tradingd.workflows.executors import ThreadExecutor
+from tradingd.workflows.layout import RunLayout
+from tradingd.workflows.spec import PhaseSettings
 
 ENTERED = threading.Event()
 RELEASE = threading.Event()

@@ -11,18 +11,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-
-from daemon.memory.models import ModelRegistry
-from daemon.storage.outcomes import OutcomeJournal
-from daemon.trading import strategies
-from daemon.trading.data import MarketData
-from daemon.trading.indicators import IndicatorCache
-from daemon.trading.strategies import Strategy
-from daemon.workflows.container import RunServices
-from daemon.workflows.executors import ThreadExecutor
-from daemon.workflows.journal import journal_sink
-from daemon.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
-from daemon.workflows.spec import WorkflowSpec, parse_spec
+from tradingd.memory.models import ModelRegistry
+from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.trading import strategies
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.strategies import Strategy
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.executors import ThreadExecutor
+from tradingd.workflows.journal import journal_sink
+from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
+from tradingd.workflows.spec import WorkflowSpec, parse_spec
 
 
 class Sleepy(Strategy):

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tradingd.config import default_config_text
 
-from daemon.config import default_config_text
 from tests.conftest import DaemonProcess
 
 
@@ -91,7 +91,7 @@ def test_a_bad_startup_workflow_is_a_config_error(
 ) -> None:
     (tmp_path / "bad.yaml").write_text("type: backtest\nstrategy: {name: momentum, grid: {lookbak: [5]}}\n")
     config = write_config(startup_workflows=["bad.yaml", "missing.yaml", "bundled:nope"])
-    check = subprocess.run([sys.executable, "-m", "daemon", "check-config", str(config)],
+    check = subprocess.run([sys.executable, "-m", "tradingd", "check-config", str(config)],
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 2
     lines = check.stderr.splitlines()

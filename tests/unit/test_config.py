@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from daemon.cli import main
-from daemon.config import ConfigError, default_config_text, load_config, parse_config
+from tradingd.cli import main
+from tradingd.config import ConfigError, default_config_text, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,7 +84,7 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("memory:\n  thresholds:\n    critical: 1.5\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon", "run", "--config", str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tradingd", "run", "--config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"{path}: memory.thresholds.critical: must be <= 1.0 (got 1.5)"

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from daemon.storage.mmapstore import import_files, open_store
-from daemon.trading.data import MarketData
-from daemon.trading.loaders import load_sample_data, sample_data_dir
-from daemon.workflows.compute import BatchTask, TraceConfig, run_batch
-from daemon.workflows.dataref import (
+from tradingd.storage.mmapstore import import_files, open_store
+from tradingd.trading.data import MarketData
+from tradingd.trading.loaders import load_sample_data, sample_data_dir
+from tradingd.workflows.compute import BatchTask, TraceConfig, run_batch
+from tradingd.workflows.dataref import (
     DataPlane,
     DataRef,
     call_with_refs,

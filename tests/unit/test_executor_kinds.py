@@ -7,10 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from daemon.config import Config, ConfigError, ExecutorConfig
-from daemon.workflows.executors import EXECUTOR_KINDS, ExecutorUnavailable, create_executor
-from daemon.workflows.service import WorkflowService
+from tradingd.config import Config, ConfigError, ExecutorConfig
+from tradingd.workflows.executors import EXECUTOR_KINDS, ExecutorUnavailable, create_executor
+from tradingd.workflows.service import WorkflowService
 
 
 def test_every_configurable_kind_is_registered() -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from daemon.memory.cache import CacheBudget, ManagedCache
+from tradingd.memory.cache import CacheBudget, ManagedCache
 
 KB = 1024
 MB = 1024 * 1024
@@ -313,9 +312,9 @@ def test_export_import_skips_expired() -> None:
 
 
 def test_persistent_cache_roundtrip_through_manager(tmp_path: Path) -> None:
-    from daemon.config import parse_config
-    from daemon.memory.manager import MemoryManager
-    from daemon.memory.monitor import MemoryLimit, Monitor
+    from tradingd.config import parse_config
+    from tradingd.memory.manager import MemoryManager
+    from tradingd.memory.monitor import MemoryLimit, Monitor
 
     config = parse_config({"caches": {"entries": {"indicators": {"persistent": True, "ttl": 3600}, "scratch": {}}}})
     monitor = Monitor(MemoryLimit(1 << 30, "config", {}))
@@ -334,9 +333,9 @@ def test_persistent_cache_roundtrip_through_manager(tmp_path: Path) -> None:
 
 
 def test_tampered_cache_file_is_quarantined(tmp_path: Path) -> None:
-    from daemon.config import parse_config
-    from daemon.memory.manager import MemoryManager
-    from daemon.memory.monitor import MemoryLimit, Monitor
+    from tradingd.config import parse_config
+    from tradingd.memory.manager import MemoryManager
+    from tradingd.memory.monitor import MemoryLimit, Monitor
 
     config = parse_config({"caches": {"entries": {"indicators": {"persistent": True}}}})
     manager = MemoryManager(config, Monitor(MemoryLimit(1 << 30, "config", {})), state_dir=tmp_path)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from daemon.config import Config, parse_config
-from daemon.memory.cleanup import Admission, parse_level
-from daemon.memory.manager import MemoryManager
-from daemon.memory.monitor import MemoryLimit, MemorySample, Monitor, PressureLevel
+from tradingd.config import Config, parse_config
+from tradingd.memory.cleanup import Admission, parse_level
+from tradingd.memory.manager import MemoryManager
+from tradingd.memory.monitor import MemoryLimit, MemorySample, Monitor, PressureLevel
 
 MB = 1024 * 1024
 LIMIT = 100 * MB

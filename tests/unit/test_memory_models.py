@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-
-from daemon.memory.models import ModelRegistry, ModelUnavailable
+from tradingd.memory.models import ModelRegistry, ModelUnavailable
 
 SECRET = b"s" * 32
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from daemon.memory.sizeof import sizeof
+from tradingd.memory.sizeof import sizeof
 
 
 def test_array_counts_its_buffer() -> None:

@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-
-from daemon.notify import Notifier, run_watchdog, status_line
+from tradingd.notify import Notifier, run_watchdog, status_line
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -182,7 +181,7 @@ def test_a_dead_socket_never_raises_and_logs_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, notifier_for: NotifierFactory
 ) -> None:
     notifier = notifier_for({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
-    with caplog.at_level(logging.DEBUG, logger="daemon.notify"):
+    with caplog.at_level(logging.DEBUG, logger="tradingd.notify"):
         assert not notifier.ready()
         assert not notifier.status("still fine")
         assert not notifier.stopping()
@@ -271,7 +270,7 @@ async def test_no_watchdog_while_the_loop_is_blocked(path_systemd: FakeSystemd, 
 async def test_no_watchdog_while_unhealthy(
     path_systemd: FakeSystemd, notifier_for: NotifierFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.notify")
+    caplog.set_level(logging.INFO, logger="tradingd.notify")
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))
     stop = asyncio.Event()
     healthy = True
@@ -309,7 +308,7 @@ async def test_a_failing_health_check_counts_as_unhealthy(
 
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))
     stop = asyncio.Event()
-    with caplog.at_level(logging.ERROR, logger="daemon.notify"):
+    with caplog.at_level(logging.ERROR, logger="tradingd.notify"):
         task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=broken))
         await asyncio.sleep(0.2)
         stop.set()
@@ -355,7 +354,7 @@ async def test_a_failing_status_line_does_not_stop_the_watchdog(
 
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))
     stop = asyncio.Event()
-    with caplog.at_level(logging.ERROR, logger="daemon.notify"):
+    with caplog.at_level(logging.ERROR, logger="tradingd.notify"):
         task = asyncio.create_task(
             run_watchdog(
                 notifier,

@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 from matplotlib.image import imread
-
-from daemon.config import ExecutorConfig
-from daemon.reports import publish_phase_report, write_phase_report, write_run_report
-from daemon.reports.heatmap import build_heatmap
-from daemon.reports.phase_data import Combination, load_phase
-from daemon.workflows.container import RunServices
-from daemon.workflows.executors import create_executor
-from daemon.workflows.runs import WorkflowRun
-from daemon.workflows.spec import parse_spec
+from tradingd.config import ExecutorConfig
+from tradingd.reports import publish_phase_report, write_phase_report, write_run_report
+from tradingd.reports.heatmap import build_heatmap
+from tradingd.reports.phase_data import Combination, load_phase
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.executors import create_executor
+from tradingd.workflows.runs import WorkflowRun
+from tradingd.workflows.spec import parse_spec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRID = {"fast": [5, 10, 20], "slow": [30, 60, 90, 120]}
@@ -171,7 +170,7 @@ async def test_report_without_matplotlib_is_written_and_logs_one_line(tmp_path: 
         png.unlink()
     script = (
         "import logging, sys; sys.modules['matplotlib'] = None; logging.basicConfig(level=logging.WARNING)\n"
-        "from daemon.reports import write_phase_report, write_run_report\n"
+        "from tradingd.reports import write_phase_report, write_run_report\n"
         f"r = write_phase_report({str(run_dir / 'training')!r}); write_phase_report({str(run_dir / 'testing')!r})\n"
         f"write_run_report({str(run_dir)!r}); print(sorted(r.plots))\n"
     )

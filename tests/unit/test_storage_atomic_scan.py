@@ -1,6 +1,6 @@
-"""Every file the daemon writes goes through daemon/storage/atomic.py.
+"""Every file the daemon writes goes through daemon/tradingd/storage/atomic.py.
 
-Scans the AST of every module under daemon/ (outside daemon/storage/) for the
+Scans the AST of every module under daemon/ (outside daemon/tradingd/storage/) for the
 ways Python code writes files directly. A hit is a torn-write bug waiting for
 a crash: route it through ``atomic_write_bytes/text/json`` instead. Writing
 into an in-memory buffer (a name bound to ``io.BytesIO()``/``io.StringIO()``
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-DAEMON = Path(__file__).resolve().parents[2] / "daemon"
+DAEMON = Path(__file__).resolve().parents[2] / "daemon" / "tradingd"
 
 # (path relative to daemon/, call) pairs that may write directly, each with a
 # reason. Keep this tiny.
@@ -163,4 +163,4 @@ def _modules() -> list[Path]:
 def test_no_direct_file_writes_outside_storage(module: Path) -> None:
     rel = str(module.relative_to(DAEMON))
     hits = [(line, call) for line, call in direct_writes(module.read_text()) if (rel, call) not in ALLOWED]
-    assert not hits, f"daemon/{rel} writes files directly (use daemon.storage.atomic): {hits}"
+    assert not hits, f"daemon/{rel} writes files directly (use tradingd.storage.atomic): {hits}"

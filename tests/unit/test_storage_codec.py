@@ -20,9 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from daemon.storage import chunks as chunks_module
-from daemon.storage.codec import (
+from tradingd.storage import chunks as chunks_module
+from tradingd.storage.codec import (
     MAGIC,
     AuthenticationError,
     CodecSettings,
@@ -229,7 +228,7 @@ def test_compression_can_be_switched_off() -> None:
 
 
 def test_settings_validate_and_map_from_config() -> None:
-    from daemon.config import CompressionConfig
+    from tradingd.config import CompressionConfig
 
     assert CodecSettings.from_config(CompressionConfig(codec="lz4", level=3)) == CodecSettings(True, "lz4", 3)
     with pytest.raises(ValueError, match="unknown codec"):
@@ -417,7 +416,7 @@ def test_bad_files_are_quarantined_and_logged(
         data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
     quarantine = state_dir / "quarantine"
-    with caplog.at_level(logging.WARNING, logger="daemon.storage.codec"):
+    with caplog.at_level(logging.WARNING, logger="tradingd.storage.codec"):
         assert read_state(path, secret=secret, quarantine_dir=quarantine) is None
     assert not path.exists()
     moved = list(quarantine.iterdir())

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from daemon.storage.outcomes import OutcomeJournal, TradeOutcome
-from daemon.storage.regime import FEATURE_NAMES, MarketState
+from tradingd.storage.outcomes import OutcomeJournal, TradeOutcome
+from tradingd.storage.regime import FEATURE_NAMES, MarketState
 
 
 def outcome(i: int, *, strategy: str = "sma", regime: str = "trending", dims: int = 4, seed: int = 0) -> TradeOutcome:
@@ -85,7 +84,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from test_storage_outcomes import outcome
-from daemon.storage.outcomes import OutcomeJournal
+from tradingd.storage.outcomes import OutcomeJournal
 journal = OutcomeJournal(Path(sys.argv[1]))
 for batch in range(20):
     journal.append_many([outcome(batch * 5 + j, seed=int(sys.argv[2])) for j in range(5)])
@@ -195,7 +194,7 @@ def test_regime_features_use_no_future_bars() -> None:
 
 
 def test_similar_query_parsing() -> None:
-    from daemon.storage.outcomes import parse_similar_query
+    from tradingd.storage.outcomes import parse_similar_query
 
     assert parse_similar_query({"features": "0.5, -1,2e-3", "k": "3"}) == ([0.5, -1.0, 0.002], 3)
     assert parse_similar_query({"features": "1"}) == ([1.0], 10)

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from daemon.trading.data import DataError, MarketData, infer_timeframe
-from daemon.trading.loaders import load_market_data, load_sample_data, sample_data_dir
+from tradingd.trading.data import DataError, MarketData, infer_timeframe
+from tradingd.trading.loaders import load_market_data, load_sample_data, sample_data_dir
 
 HEADER = "timestamp,open,high,low,close,volume\n"
 GOOD_ROWS = [
@@ -165,7 +164,7 @@ def test_sample_data_matches_its_generator() -> None:
 def test_data_error_survives_pickling_with_file_and_row() -> None:
     import pickle
 
-    from daemon.trading.data import DataError
+    from tradingd.trading.data import DataError
 
     error = DataError("high < low", path="prices.csv", row=17, line=18)
     again = pickle.loads(pickle.dumps(error))

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from daemon.trading.data import MarketData
-from daemon.trading.engine import BacktestConfig, SweepCancelled, run_sweep, simulate
-from daemon.trading.metrics import METRIC_NAMES, PROFIT_FACTOR_CAP
+from tradingd.trading.data import MarketData
+from tradingd.trading.engine import BacktestConfig, SweepCancelled, run_sweep, simulate
+from tradingd.trading.metrics import METRIC_NAMES, PROFIT_FACTOR_CAP
 
 TOL = 1e-9
 

@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
-from daemon.trading.data import MarketData
-from daemon.trading.indicators import (
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import (
     ema,
     hma,
     indicator_matrix,

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from daemon.trading.data import MarketData
-from daemon.trading.engine import BacktestConfig, run_sweep
-from daemon.trading.loaders import load_sample_data
-from daemon.trading.ml import ClassifierModel
-from daemon.trading.strategies import (
+from tradingd.trading.data import MarketData
+from tradingd.trading.engine import BacktestConfig, run_sweep
+from tradingd.trading.loaders import load_sample_data
+from tradingd.trading.ml import ClassifierModel
+from tradingd.trading.strategies import (
     StrategyConstraintError,
     StrategyError,
     crossing_state,

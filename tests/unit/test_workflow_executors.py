@@ -7,9 +7,8 @@ import threading
 import time
 
 import pytest
-
-from daemon.config import ExecutorConfig
-from daemon.workflows.executors import (
+from tradingd.config import ExecutorConfig
+from tradingd.workflows.executors import (
     ExecutorClosed,
     ExecutorUnavailable,
     ThreadExecutor,

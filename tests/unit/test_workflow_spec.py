@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from daemon.workflows.service import bundled_spec_names, resolve_spec_ref
-from daemon.workflows.spec import (
+from tradingd.workflows.service import bundled_spec_names, resolve_spec_ref
+from tradingd.workflows.spec import (
     PHASE_DEFAULTS,
     SpecError,
     WorkflowSpec,

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from daemon.workflows.spec import EVENT_TYPES
-from daemon.workflows.tracing import (
+from tradingd.workflows.spec import EVENT_TYPES
+from tradingd.workflows.tracing import (
     EventStream,
     EventTracer,
     empty_summary,

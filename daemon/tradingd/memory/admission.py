@@ -1,0 +1,100 @@
+"""Admission: the gate new containers pass before they start.
+
+The cleanup ladder closes it under critical memory pressure (clearing caches
+is pointless if new containers refill them at once) and the cleanup loop
+reopens it once the level is below ``pressure``. Both asyncio tasks and
+threads may wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from tradingd.memory.flight import wake_async_waiters
+
+__all__ = ["Admission"]
+
+log = logging.getLogger(__name__)
+
+
+class Admission:
+    """Whether new containers may start; paused under critical memory pressure.
+
+    Thread-safe. Containers ``await admission.wait()`` before starting; code in
+    threads may call :meth:`wait_blocking`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.reason: str | None = None
+        self.paused_since: float | None = None
+        self.pauses = 0
+        self.paused_seconds_total = 0.0
+
+    def __repr__(self) -> str:
+        state = f"paused ({self.reason})" if self.paused else "open"
+        return f"<Admission {state} waiting={len(self._waiters)}>"
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
+
+    def pause(self, reason: str) -> None:
+        """Stop admitting new work (idempotent)."""
+        with self._lock:
+            if self.paused:
+                return
+            self._open.clear()
+            self.reason = reason
+            self.paused_since = time.time()
+            self.pauses += 1
+        log.warning("admission paused: %s", reason)
+
+    def resume(self) -> None:
+        """Admit again and wake every waiter (idempotent)."""
+        with self._lock:
+            if not self.paused:
+                return
+            self._open.set()
+            if self.paused_since is not None:
+                self.paused_seconds_total += time.time() - self.paused_since
+            self.reason, self.paused_since = None, None
+            waiters, self._waiters = self._waiters, []
+        wake_async_waiters(waiters)
+        log.info("admission resumed")
+
+    async def wait(self) -> None:
+        """Return at once when admitting, else when admission resumes."""
+        with self._lock:
+            if not self.paused:
+                return
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+        try:
+            await future
+        finally:
+            with self._lock:
+                self._waiters = [(lp, f) for lp, f in self._waiters if f is not future]
+
+    def wait_blocking(self, timeout: float | None = None) -> bool:
+        """Thread variant of :meth:`wait`; returns False on timeout."""
+        return self._open.wait(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "paused": self.paused,
+                "reason": self.reason,
+                "paused_since": self.paused_since,
+                "pauses": self.pauses,
+                "paused_seconds_total": round(self.paused_seconds_total, 3),
+                "waiting": len(self._waiters),
+            }

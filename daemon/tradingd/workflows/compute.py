@@ -1,0 +1,218 @@
+"""The functions containers run on an executor: plain data in, plain data out.
+
+Module-level and free of asyncio, so a thread, a process or a Dask worker can
+run them; arguments are picklable (market data is numpy arrays). The one
+exception is the optional indicator ``cache``, which only an executor that
+``shares_memory`` receives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import psutil
+
+from tradingd.storage.mmapstore import StoreError, is_store, open_store
+from tradingd.trading.data import DataError, MarketData
+from tradingd.trading.engine import BacktestConfig, run_sweep
+from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.loaders import load_market_data, load_sample_data
+from tradingd.trading.strategies import StrategyConstraintError, StrategyError, expand_grid, get_strategy
+from tradingd.workflows.dataref import DataRef, resolve_market_data
+from tradingd.workflows.spec import SAFE_NAME, EventType, RetentionPolicy
+from tradingd.workflows.tracing import EventTracer, encode_events, trade_events
+
+__all__ = [
+    "BatchOutput",
+    "BatchTask",
+    "TraceConfig",
+    "backtest_config",
+    "data_range",
+    "expand_valid_grid",
+    "load_data",
+    "run_batch",
+    "train_model",
+]
+
+_TRADE_EVENTS = frozenset({"FILL", "POSITION_OPEN", "POSITION_CLOSE"})
+MAX_GRID = 1_000_000
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """What a batch traces and how (the resolved phase settings)."""
+
+    types: tuple[EventType, ...]
+    policy: RetentionPolicy
+    window: int
+    stream: bool
+    track_equity: bool
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One executor call: a few parameter combinations on one symbol's data."""
+
+    data: MarketData | DataRef  # a DataRef for executors that do not share memory (see dataref.py)
+    strategy: str
+    indices: tuple[int, ...]
+    params: tuple[Mapping[str, Any], ...]
+    backtest: Mapping[str, Any]
+    trace: TraceConfig
+    models: tuple[Any, ...] | None = None
+
+
+@dataclass
+class BatchOutput:
+    """What a batch produced; ``events`` is JSON Lines when the phase streams to disk."""
+
+    rows: list[dict[str, Any]]
+    trace: dict[str, Any]
+    events: bytes = b""
+    equity: dict[str, list[float]] = field(default_factory=dict)
+    equity_times: list[str] = field(default_factory=list)
+    compute_seconds: float = 0.0
+    rss_bytes: int = 0
+
+
+def data_range(data: MarketData) -> dict[str, Any]:
+    """Bars, first and last timestamp of ``data`` (JSON-safe)."""
+    n = data.n_bars
+    return {
+        "n_bars": n,
+        "start": str(np.datetime_as_string(data.timestamps[0], unit="s")) if n else None,
+        "end": str(np.datetime_as_string(data.timestamps[-1], unit="s")) if n else None,
+    }
+
+
+def backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
+    """The engine config for a spec's ``backtest`` section."""
+    return BacktestConfig(
+        fill=spec.get("fill", "close"),
+        commission=float(spec.get("commission", 0.0)),
+        slippage_bps=float(spec.get("slippage_bps", 0.0)),
+        allow_short=spec.get("direction", "long_only") == "long_short",
+        initial_equity=float(spec.get("initial_equity", 10_000.0)),
+        periods_per_year=periods_per_year,
+    )
+
+
+def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
+              should_stop: Callable[[], bool] | None = None) -> BatchOutput:
+    """Backtest ``task.params`` on ``task.data``; metrics rows, trace summary, events.
+
+    ``cache`` and ``should_stop`` are live objects, passed only by executors
+    that share memory; ``should_stop`` is polled between engine chunks (the
+    engine then raises ``SweepCancelled``), so a cancelled container's thread
+    stops soon instead of finishing its batch.
+    """
+    started = time.perf_counter()
+    data = resolve_market_data(task.data)
+    trace = task.trace
+    want_trades = bool(_TRADE_EVENTS.intersection(trace.types))
+    result = run_sweep(
+        data,
+        task.strategy,
+        list(task.params),
+        backtest_config(task.backtest),
+        cache=cache,
+        models=list(task.models) if task.models is not None else None,
+        keep_trades_for="all" if want_trades else None,
+        keep_equity_for="all" if trace.track_equity else None,
+        should_stop=should_stop,
+    )
+    rows = [
+        {"index": index, "params": dict(params), "metrics": metrics}
+        for index, params, metrics in zip(task.indices, result.params, result.metric_rows(), strict=True)
+    ]
+    tracer = EventTracer(trace.types, trace.policy, trace.window)
+    equity_times: list[str] = []
+    if trace.track_equity:
+        equity_times = [str(t) for t in np.datetime_as_string(data.timestamps, unit="s")]
+    streamed: list[dict[str, Any]] = []
+    equity: dict[str, list[float]] = {}
+    for position, index in enumerate(task.indices):
+        records = result.trades[position].to_dicts() if position in result.trades else []
+        curve = result.equity.get(position)
+        if curve is not None:
+            equity[str(index)] = curve.tolist()  # float64 -> Python floats, as float(v) would
+        for event in trade_events(index, records, types=trace.types, equity=curve, times=equity_times or None):
+            tracer.record(event)
+            if trace.stream:
+                streamed.append(event)
+    return BatchOutput(
+        rows=rows,
+        trace=tracer.summary(),
+        events=encode_events(streamed) if streamed else b"",
+        equity=equity,
+        equity_times=equity_times,
+        compute_seconds=time.perf_counter() - started,
+        rss_bytes=psutil.Process().memory_info().rss,
+    )
+
+
+def train_model(data: MarketData, strategy: str, params: Mapping[str, Any]) -> Any:
+    """Fit a trainable strategy's model on ``data`` (a training slice)."""
+    return get_strategy(strategy).train(data, params)
+
+
+def load_data(
+    source: str,
+    *,
+    symbols: Sequence[str] | None,
+    start: date | datetime | None,
+    end: date | datetime | None,
+    timeframe: str | None,
+) -> dict[str, MarketData]:
+    """Market data for a spec's ``data`` section; symbol names must be path-safe."""
+    if source == "sample":
+        found = load_sample_data(symbols, start=start, end=end)
+    elif is_store(source):
+        # Memory-mapped columns: every container (and worker process) shares the page cache.
+        try:
+            mapped = open_store(source).load(symbols)
+        except StoreError as exc:
+            raise DataError(str(exc), path=source) from None
+        found = {name: data.between(start, end) for name, data in mapped.items()}
+    else:
+        found = load_market_data(source, symbols=symbols, start=start, end=end, timeframe=timeframe)
+    for symbol in found:
+        if not SAFE_NAME.fullmatch(symbol):
+            raise DataError(f"symbol {symbol!r} cannot be used in result paths (letters, digits, '_', '.', '-')",
+                            path=source)
+    return found
+
+
+def expand_valid_grid(strategy: str, grid: Mapping[str, Sequence[Any]], *,
+                      skip_invalid: bool) -> tuple[list[dict[str, Any]], int]:
+    """The validated combinations of ``grid`` and how many were dropped.
+
+    With ``skip_invalid``, combinations whose values do not fit together (the
+    strategy's ``StrategyConstraintError``, e.g. fast >= slow) are dropped; any
+    other invalid value raises :class:`StrategyError`, as does an empty result.
+    """
+    size = 1
+    for values in grid.values():
+        size *= max(1, len(values))
+    if size > MAX_GRID:
+        raise StrategyError(f"the grid has {size:,} combinations; the limit is {MAX_GRID:,}")
+    impl = get_strategy(strategy)
+    valid: list[dict[str, Any]] = []
+    dropped = 0
+    for number, combo in enumerate(expand_grid(grid)):
+        try:
+            valid.append(impl.validate_params(combo))
+        except StrategyConstraintError as exc:
+            if not skip_invalid:
+                raise StrategyConstraintError(f"grid combination {number} {combo}: {exc}") from None
+            dropped += 1
+        except StrategyError as exc:
+            raise StrategyError(f"grid combination {number} {combo}: {exc}") from None
+    if not valid:
+        raise StrategyError(f"no valid parameter combination in the grid ({dropped} dropped as inconsistent)")
+    return valid, dropped

@@ -1,0 +1,359 @@
+"""A container: one unit of work — (phase, symbol, parameter chunk).
+
+An async context manager::
+
+    async with container:        # setup: open the event stream
+        await container.run()    # compute on the executor, batch by batch
+    # teardown: ALWAYS writes containers/<id>.json atomically
+
+Teardown runs on success, on an exception (status ``failed``, with the error)
+and on cancellation (status ``cancelled``); it never swallows the exception.
+It is synchronous, so a second cancellation cannot interrupt the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+import psutil
+
+from tradingd.storage.atomic import atomic_write_json
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache
+from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
+from tradingd.workflows.executors import Executor
+from tradingd.workflows.layout import PhaseLayout, read_json
+from tradingd.workflows.spec import PhaseSettings
+from tradingd.workflows.tracing import EventStream, empty_summary, merge_summaries
+
+__all__ = [
+    "CONTAINER_FORMAT",
+    "AdmissionGate",
+    "ClosedTrades",
+    "Container",
+    "ContainerStatus",
+    "ModelStore",
+    "RunServices",
+    "TradeSink",
+    "load_completed",
+]
+
+log = logging.getLogger(__name__)
+
+CONTAINER_FORMAT = "tradingd-container/1"
+ContainerStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+
+class AdmissionGate(Protocol):
+    """``memory.cleanup.Admission``: containers wait while memory is critical."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+class ModelStore(Protocol):
+    """``memory.models.ModelRegistry``: trained models, persisted and reloadable."""
+
+    def register(self, key: str, model: object) -> None: ...
+
+    def get(self, key: str) -> Any: ...
+
+    def __contains__(self, key: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ClosedTrades:
+    """The closed trades of one completed container, for the outcome journal.
+
+    Each trade is a folded ``trade_complete`` record (see tracing.py) plus the
+    combination's parameters; ``(run_id, phase, container_id, trade)`` is unique.
+    ``data`` is the bars the container ran on (``entry_bar``/``exit_bar`` index
+    it), for sinks that record market features at entry.
+    """
+
+    run_id: str
+    phase: str
+    container_id: str
+    symbol: str
+    strategy: str
+    trades: list[dict[str, Any]]
+    data: MarketData
+
+
+# Called from a worker thread (it may do blocking I/O such as SQLite); must be thread-safe.
+TradeSink = Callable[[ClosedTrades], None]
+
+
+@dataclass
+class RunServices:
+    """What containers may use besides the executor; every piece is optional."""
+
+    executor: Executor
+    indicator_cache: IndicatorCache | None = None
+    models: ModelStore | None = None
+    admission: AdmissionGate | None = None
+    on_trades: TradeSink | None = None
+    # Models trained in this process, for when there is no registry (one-shot runs).
+    local_models: dict[str, Any] = field(default_factory=dict)
+
+
+def load_completed(path: Path, *, container_id: str, fingerprint: str) -> dict[str, Any] | None:
+    """The result document at ``path`` if it is a completed result of this very spec."""
+    doc = read_json(path)
+    if doc is None:
+        return None
+    if (
+        doc.get("format") != CONTAINER_FORMAT
+        or doc.get("status") != "completed"
+        or doc.get("container_id") != container_id
+        or doc.get("spec_fingerprint") != fingerprint
+        or not isinstance(doc.get("metrics"), list)
+    ):
+        return None
+    return doc
+
+
+class Container:
+    """One (phase, symbol, parameter chunk); see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        container_id: str,
+        run_id: str,
+        phase: str,
+        layout: PhaseLayout,
+        data: MarketData,
+        strategy: str,
+        indices: Sequence[int],
+        params: Sequence[Mapping[str, Any]],
+        backtest: Mapping[str, Any],
+        settings: PhaseSettings,
+        fingerprint: str,
+        services: RunServices,
+        batch_size: int,
+        on_batch: Callable[[Container, int], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.id = container_id
+        self.run_id = run_id
+        self.phase = phase
+        self.layout = layout
+        self.path = layout.container(container_id)
+        self.symbol = data.symbol
+        self.strategy = strategy
+        self.indices = list(indices)
+        self.params = [dict(p) for p in params]
+        self.settings = settings
+        self.fingerprint = fingerprint
+        self.status: ContainerStatus = "pending"
+        self.error: BaseException | None = None
+        self._data: MarketData | None = data
+        self._data_info = {"version": data.version, "timeframe": data.timeframe, **data_range(data)}
+        self._backtest = dict(backtest)
+        self._services = services
+        self._batch_size = max(1, batch_size)
+        self._models: list[Any] | None = None
+        self._on_batch = on_batch
+        self._trace = TraceConfig(
+            types=settings.event_tracing,
+            policy=settings.retention_policy,
+            window=settings.retention_window,
+            stream=settings.results_storage == "disk" and bool(settings.event_tracing),
+            track_equity=settings.track_equity,
+        )
+        self._rows: list[dict[str, Any]] = []
+        self._summary = empty_summary(settings.event_tracing, settings.retention_policy, settings.retention_window)
+        self._equity: dict[str, list[float]] = {}
+        self._equity_times: list[str] = []
+        self._stream: EventStream | None = None
+        self._stop = threading.Event()  # tells a running batch (thread executor) to give up
+        self._started_at = 0.0
+        self._started = 0.0
+        self._compute_seconds = 0.0
+        self._batches_done = 0
+        self._peak_rss = 0
+
+    def __repr__(self) -> str:
+        return f"<Container {self.phase}/{self.id} {self.status} {len(self._rows)}/{len(self.params)} combos>"
+
+    @property
+    def n_batches(self) -> int:
+        return -(-len(self.params) // self._batch_size)
+
+    @property
+    def work_units(self) -> int:
+        """Bars x combinations: what ETA estimates are weighted by."""
+        return int(self._data_info["n_bars"]) * len(self.params)
+
+    def attach_models(self, models: Sequence[Any]) -> None:
+        """One trained model per parameter combination (trainable strategies)."""
+        if len(models) != len(self.params):
+            raise ValueError(f"{len(models)} models for {len(self.params)} combinations")
+        self._models = list(models)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Container:
+        self.status = "running"
+        self._started_at = time.time()
+        self._started = time.perf_counter()
+        self._peak_rss = psutil.Process().memory_info().rss
+        try:
+            if self._trace.stream:
+                self._stream = EventStream(self.layout.events(self.id))
+        except BaseException as exc:
+            self._teardown(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        self._teardown(exc)
+        return False
+
+    async def run(self) -> None:
+        """Compute every batch on the executor; stream events; hand closed trades on."""
+        if self._data is None:
+            raise RuntimeError(f"container {self.id} already ran")
+        share = self._services.executor.shares_memory
+        cache = self._services.indicator_cache if share else None
+        should_stop = self._stop.is_set if share else None
+        for start in range(0, len(self.params), self._batch_size):
+            stop = start + self._batch_size
+            task = BatchTask(
+                data=self._data,
+                strategy=self.strategy,
+                indices=tuple(self.indices[start:stop]),
+                params=tuple(self.params[start:stop]),
+                backtest=self._backtest,
+                trace=self._trace,
+                models=tuple(self._models[start:stop]) if self._models is not None else None,
+            )
+            output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
+            self._absorb(output)
+            if self._on_batch is not None:
+                pending = self._on_batch(self, self._batches_done)
+                if pending is not None:
+                    await pending
+        await self._send_trades()
+
+    def _absorb(self, output: BatchOutput) -> None:
+        self._rows.extend(output.rows)
+        self._summary = merge_summaries(self._summary, output.trace)
+        self._equity.update(output.equity)
+        self._equity_times = self._equity_times or output.equity_times
+        self._compute_seconds += output.compute_seconds
+        self._peak_rss = max(self._peak_rss, output.rss_bytes)
+        self._batches_done += 1
+        if self._stream is not None and output.events:
+            self._stream.write(output.events)
+
+    async def _send_trades(self) -> None:
+        sink = self._services.on_trades
+        trades = self._summary.get("trades")
+        if sink is None or not trades or self._data is None:
+            return
+        by_index = {row["index"]: row["params"] for row in self._rows}
+        batch = ClosedTrades(
+            run_id=self.run_id,
+            phase=self.phase,
+            container_id=self.id,
+            symbol=self.symbol,
+            strategy=self.strategy,
+            trades=[{**trade, "params": by_index.get(trade["combo"], {})} for trade in trades],
+            data=self._data,
+        )
+        try:
+            await asyncio.to_thread(sink, batch)
+        except Exception:
+            # The journal is a by-product; a failing sink must not fail the backtest.
+            log.exception("trade sink failed for container %s/%s", self.phase, self.id)
+
+    def _teardown(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.status = "completed"
+        elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            self.status = "cancelled"
+            self._stop.set()
+        else:
+            self.status = "failed"
+            self.error = exc
+        finished_at = time.time()
+        stream_error: BaseException | None = None
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except OSError as err:
+                stream_error = err
+                log.error("container %s/%s: closing the event stream failed: %s", self.phase, self.id, err)
+        doc = self._document(finished_at, exc, stream_error)
+        try:
+            atomic_write_json(self.path, doc)
+        finally:
+            # Drop what the result held; the file is the record from now on.
+            self._data = None
+            self._models = None
+            self._rows = []
+            self._equity = {}
+            self._equity_times = []
+            self._summary = empty_summary(self.settings.event_tracing, self.settings.retention_policy,
+                                          self.settings.retention_window)
+        log.debug("container %s/%s %s", self.phase, self.id, self.status)
+
+    def _document(self, finished_at: float, exc: BaseException | None,
+                  stream_error: BaseException | None) -> dict[str, Any]:
+        events: dict[str, Any] = dict(self._summary)
+        events["storage"] = self.settings.results_storage
+        if self._stream is not None:
+            events["file"] = f"events/{self.id}.jsonl"
+            events["bytes"] = self._stream.bytes_written
+        doc: dict[str, Any] = {
+            "format": CONTAINER_FORMAT,
+            "container_id": self.id,
+            "run_id": self.run_id,
+            "phase": self.phase,
+            "symbol": self.symbol,
+            "strategy": self.strategy,
+            "status": self.status,
+            "spec_fingerprint": self.fingerprint,
+            "data": self._data_info,
+            "settings": self.settings.as_dict(),
+            "parameters": [{"index": i, "params": p} for i, p in zip(self.indices, self.params, strict=True)],
+            "metrics": self._rows,
+            "timings": {
+                "started_at": self._started_at,
+                "finished_at": finished_at,
+                "wall_seconds": round(time.perf_counter() - self._started, 6),
+                "compute_seconds": round(self._compute_seconds, 6),
+                "batches": self.n_batches,
+                "batches_done": self._batches_done,
+            },
+            "memory": {"peak_rss_bytes": self._peak_rss},
+            "events": events,
+        }
+        if self._equity:
+            doc["equity"] = {"timestamps": self._equity_times, "curves": self._equity}
+        if exc is not None and self.status == "failed":
+            doc["error"] = {
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": traceback.format_exception(exc)[-6:],
+            }
+        elif self.status == "cancelled":
+            doc["error"] = {"type": "Cancelled", "message": "cancelled before it finished"}
+        if stream_error is not None:
+            doc["events"]["error"] = str(stream_error)
+        return doc
+

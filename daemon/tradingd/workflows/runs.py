@@ -1,0 +1,228 @@
+"""Runs and the run queue: what the daemon is working on, and what it did before.
+
+A :class:`WorkflowRun` (:mod:`tradingd.workflows.workflow_run`, re-exported
+here) is one execution of a spec under a run id: it loads the data, expands
+the grid, hands both to a sequencer and keeps ``manifest.json`` current. The
+:class:`RunQueue` owns every run task: it submits (with duplicate-id checks),
+cancels (``DELETE /runs/{id}``), resumes runs whose manifest says they did not
+finish, and drains on shutdown — no new containers, in-flight ones get
+``graceful_timeout``, then the rest are cancelled and their teardown writes
+``status: cancelled``.
+
+Run statuses: ``queued`` → ``running`` → ``completed`` | ``failed`` |
+``cancelled`` (by a user) | ``interrupted`` (by a shutdown; resumed at the
+next start, like ``queued`` and ``running`` left behind by a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.layout import read_json
+from tradingd.workflows.spec import MAX_NAME_LENGTH, SpecError, WorkflowSpec, check_safe_name
+from tradingd.workflows.workflow_run import FINISHED, MANIFEST_FORMAT, RESUMABLE, WorkflowRun
+
+__all__ = [
+    "FINISHED",
+    "MANIFEST_FORMAT",
+    "RESUMABLE",
+    "DuplicateRun",
+    "QueueClosed",
+    "RunFinished",
+    "RunNotFound",
+    "RunQueue",
+    "WorkflowRun",
+    "new_run_id",
+    "startup_run_id",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DuplicateRun(Exception):
+    """A run with this id exists (in the queue or in the results directory)."""
+
+
+class RunNotFound(KeyError):
+    """No run with this id."""
+
+
+class RunFinished(Exception):
+    """The run already finished; there is nothing to cancel."""
+
+
+class QueueClosed(RuntimeError):
+    """The daemon is stopping and accepts no new runs."""
+
+
+def new_run_id(name: str, now: float | None = None) -> str:
+    """A time-sortable id: ``20250102-030405-a1b2c3-<name>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
+    run_id = f"{stamp}-{secrets.token_hex(3)}-{name}"[:MAX_NAME_LENGTH]
+    return check_safe_name(run_id, "run id")
+
+
+def startup_run_id(spec: WorkflowSpec) -> str:
+    """The id of a startup workflow: the same spec gives the same id, so restarts do not redo it."""
+    return spec.run_id or check_safe_name(f"{spec.name}-{spec.fingerprint()[:12]}"[:MAX_NAME_LENGTH], "run id")
+
+
+class RunQueue:
+    """Owns every run task; see the module docstring."""
+
+    def __init__(self, results_dir: Path, services: RunServices, *, max_concurrent_runs: int = 2) -> None:
+        self.results_dir = results_dir
+        self.services = services
+        self.runs: dict[str, WorkflowRun] = {}
+        self._slots = asyncio.Semaphore(max_concurrent_runs)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._draining = False
+
+    def __repr__(self) -> str:
+        active = sum(1 for r in self.runs.values() if not r.finished)
+        return f"<RunQueue {len(self.runs)} runs, {active} active{' closed' if self._closed else ''}>"
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closed
+
+    def draining(self) -> bool:
+        return self._draining
+
+    # --- start -----------------------------------------------------------------
+
+    def scan(self) -> list[WorkflowRun]:
+        """Load the runs in the results directory; return those to resume."""
+        to_resume: list[WorkflowRun] = []
+        if not self.results_dir.is_dir():
+            return to_resume
+        for entry in sorted(self.results_dir.iterdir()):
+            doc = read_json(entry / "manifest.json") if entry.is_dir() else None
+            if doc is None or doc.get("format") != MANIFEST_FORMAT or doc.get("run_id") != entry.name:
+                continue
+            try:
+                run = WorkflowRun.from_manifest(doc, self.results_dir)
+            except (SpecError, ValueError) as exc:
+                log.warning("ignoring run %s: its manifest cannot be used (%s)", entry.name, exc)
+                continue
+            self.runs[run.id] = run
+            if run.status in RESUMABLE:
+                to_resume.append(run)
+        return to_resume
+
+    def start(self, startup: Sequence[WorkflowSpec] = ()) -> None:
+        """Resume unfinished runs, then submit the startup workflows not already run."""
+        for run in self.scan():
+            log.info("resuming run %s (left %s)", run.id, run.status)
+            self.resume(run)
+        for spec in startup:
+            run_id = startup_run_id(spec)
+            if run_id in self.runs:
+                log.info("startup workflow %s: run %s is already %s", spec.name, run_id, self.runs[run_id].status)
+                continue
+            self.submit(spec, run_id=run_id, source="startup")
+
+    # --- submit / cancel -----------------------------------------------------------
+
+    def submit(self, spec: WorkflowSpec, *, run_id: str | None = None, source: str = "api") -> WorkflowRun:
+        """Queue a run of ``spec``; raises QueueClosed or DuplicateRun."""
+        if self._closed:
+            raise QueueClosed("the daemon is stopping; no new runs")
+        run_id = check_safe_name(run_id or spec.run_id or new_run_id(spec.name), "run id")
+        if run_id in self.runs or (self.results_dir / run_id).exists():
+            raise DuplicateRun(f"run {run_id!r} already exists")
+        run = WorkflowRun(spec, run_id, self.results_dir, source=source)
+        run.write_manifest()  # claims the id on disk
+        self.runs[run_id] = run
+        self._launch(run)
+        log.info("queued run %s (%s, %s)", run_id, spec.type, source)
+        return run
+
+    def resume(self, run: WorkflowRun) -> None:
+        """Run again a run loaded from its manifest (:meth:`WorkflowRun.from_manifest`)."""
+        if self._closed:
+            raise QueueClosed("the daemon is stopping; no new runs")
+        self.runs[run.id] = run
+        self._launch(run)
+
+    def _launch(self, run: WorkflowRun) -> None:
+        task = asyncio.create_task(self._drive(run), name=f"run {run.id}")
+        run.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drive(self, run: WorkflowRun) -> None:
+        try:
+            async with self._slots:
+                if self._draining:
+                    return
+                await run.execute(self.services, self.draining)
+        except asyncio.CancelledError:
+            if run.status == "queued":  # cancelled before it started
+                run.status = run.cancel_reason or "interrupted"
+                run._finish()
+            raise
+
+    def get(self, run_id: str) -> WorkflowRun:
+        try:
+            return self.runs[run_id]
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    def list(self) -> list[WorkflowRun]:
+        """Every known run, newest first."""
+        return sorted(self.runs.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+
+    async def cancel(self, run_id: str, *, wait_seconds: float = 10.0) -> WorkflowRun:
+        """Cancel a run; returns once its containers have torn down (or after ``wait_seconds``)."""
+        run = self.get(run_id)
+        if run.finished or run.task is None or run.task.done():
+            raise RunFinished(f"run {run_id!r} is already {run.status}")
+        run.cancel_reason = "cancelled"
+        run.task.cancel("cancelled by request")
+        await asyncio.wait({run.task}, timeout=wait_seconds)
+        return run
+
+    # --- stop --------------------------------------------------------------------
+
+    async def close(self, graceful_timeout: float) -> None:
+        """Refuse new runs, let in-flight containers finish, then cancel what is left. Idempotent."""
+        self._closed = True
+        self._draining = True
+        if not self._tasks:
+            return
+        log.info("waiting up to %.1f s for %d run(s) to reach a safe point", graceful_timeout, len(self._tasks))
+        _, pending = await asyncio.wait(set(self._tasks), timeout=graceful_timeout)
+        for task in pending:
+            run = next((r for r in self.runs.values() if r.task is task), None)
+            if run is not None:
+                run.cancel_reason = "interrupted"
+            task.cancel("tradingd is stopping")
+        if pending:
+            # Teardown writes are synchronous, so this is quick; the bound guards against the unexpected.
+            await asyncio.wait(pending, timeout=5.0)
+
+    # --- stats -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        running_containers = 0
+        for run in self.runs.values():
+            by_status[run.status] = by_status.get(run.status, 0) + 1
+            if not run.finished:
+                running_containers += run.progress.running
+        return {
+            "total": len(self.runs),
+            "by_status": by_status,
+            "containers_running": running_containers,
+            "accepting": self.accepting,
+            "executor": self.services.executor.stats(),
+        }

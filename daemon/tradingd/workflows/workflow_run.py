@@ -1,0 +1,227 @@
+"""One run of a workflow spec: execute it, keep its manifest, describe it.
+
+A :class:`WorkflowRun` loads the data and expands the grid on the executor,
+hands both to a :class:`Sequencer` and keeps ``manifest.json`` current, so a
+later daemon can resume it (:meth:`WorkflowRun.from_manifest`). The
+:class:`~tradingd.workflows.runs.RunQueue` decides when it runs.
+
+Run statuses: ``queued`` → ``running`` → ``completed`` | ``failed`` |
+``cancelled`` (by a user) | ``interrupted`` (by a shutdown; resumed at the
+next start, like ``queued`` and ``running`` left behind by a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tradingd import __version__
+from tradingd.reports import publish_run_report
+from tradingd.storage.atomic import atomic_write_json
+from tradingd.trading.data import DataError
+from tradingd.trading.strategies import StrategyError
+from tradingd.workflows.compute import expand_valid_grid, load_data
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.layout import RunLayout
+from tradingd.workflows.progress import Progress
+from tradingd.workflows.sequencer import PhasePlan, PlanError, RunInterrupted, Sequencer
+from tradingd.workflows.spec import SpecError, WorkflowSpec, check_safe_name, parse_spec
+
+__all__ = ["FINISHED", "MANIFEST_FORMAT", "RESUMABLE", "WorkflowRun"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "tradingd-run/1"
+RESUMABLE = frozenset({"queued", "running", "interrupted"})
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+class WorkflowRun:
+    """One run of a spec; see the module docstring."""
+
+    def __init__(self, spec: WorkflowSpec, run_id: str, results_dir: Path, *, source: str = "api") -> None:
+        self.spec = spec
+        self.id = run_id
+        self.layout = RunLayout(results_dir, run_id)
+        self.source = source
+        self.status = "queued"
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.error: str | None = None
+        self.attempts = 0
+        self.progress = Progress()
+        self.phases: list[PhasePlan] = []
+        self.symbols: list[str] = []
+        self.grid_size = 0
+        self.grid_dropped = 0
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None
+        self._phase_records: list[dict[str, Any]] = []  # from a manifest, until phases are planned
+
+    def __repr__(self) -> str:
+        return f"<WorkflowRun {self.id} {self.status} {self.progress.done}/{self.progress.total}>"
+
+    @classmethod
+    def from_manifest(cls, doc: dict[str, Any], results_dir: Path) -> WorkflowRun:
+        """A run as an earlier daemon left it (raises SpecError / ValueError if unusable)."""
+        run_id = check_safe_name(str(doc.get("run_id")), "run id")
+        spec = parse_spec(doc.get("spec"), source=f"{run_id}/manifest.json spec")
+        run = cls(spec, run_id, results_dir, source=str(doc.get("source", "api")))
+        run.status = str(doc.get("status", "interrupted"))
+        run.created_at = float(doc.get("created_at") or run.created_at)
+        run.started_at = doc.get("started_at")
+        run.finished_at = doc.get("finished_at")
+        run.error = doc.get("error")
+        run.attempts = int(doc.get("attempts") or 0)
+        run.symbols = list(doc.get("symbols") or [])
+        run._phase_records = list(doc.get("phases") or [])
+        progress = doc.get("progress") or {}
+        for key in ("total", "completed", "failed", "cancelled", "skipped"):
+            setattr(run.progress, key, int(progress.get(key) or 0))
+        return run
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    # --- execution -----------------------------------------------------------
+
+    async def execute(self, services: RunServices, should_stop: Callable[[], bool]) -> None:
+        """Run (or resume) to the end; never raises except CancelledError."""
+        self.status, self.error = "running", None
+        self.started_at = self.started_at or time.time()
+        self.finished_at = None
+        self.attempts += 1
+        self.progress = Progress()
+        self.progress.resume_timer()
+        self.write_manifest()
+        log.info("run %s (%s %s) started%s", self.id, self.spec.type, self.spec.name,
+                 f", attempt {self.attempts}" if self.attempts > 1 else "")
+        try:
+            await self._execute(services, should_stop)
+        except RunInterrupted as exc:
+            self.status = "interrupted"
+            log.info("run %s interrupted: %s", self.id, exc)
+        except asyncio.CancelledError:
+            self.status = self.cancel_reason or "interrupted"
+            self._finish()
+            raise
+        except (DataError, StrategyError, PlanError, SpecError) as exc:
+            self.status, self.error = "failed", str(exc)
+            log.error("run %s failed: %s", self.id, exc)
+        except Exception as exc:
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("run %s failed", self.id)
+        self._finish()
+        if self.status == "completed":
+            await publish_run_report(self.layout.root)
+
+    async def _execute(self, services: RunServices, should_stop: Callable[[], bool]) -> None:
+        executor = services.executor
+        data_spec = self.spec.data
+        data = await executor.submit(
+            _load, data_spec.source, data_spec.symbols, data_spec.start, data_spec.end, data_spec.timeframe
+        )
+        self.symbols = list(data)
+        grid, self.grid_dropped = await executor.submit(
+            _expand, self.spec.strategy.name, self.spec.strategy.grid_lists(), self.spec.strategy.skip_invalid
+        )
+        self.grid_size = len(grid)
+        sequencer = Sequencer(
+            spec=self.spec,
+            run_id=self.id,
+            layout=self.layout,
+            data=data,
+            grid=grid,
+            services=services,
+            progress=self.progress,
+            should_stop=should_stop,
+            on_change=self.write_manifest,
+        )
+        self.phases = sequencer.plans
+        del data, grid  # the sequencer holds them for as long as the run needs them
+        await sequencer.run()
+        failed = self.progress.failed
+        if failed:
+            self.status, self.error = "failed", f"{failed} container(s) failed; see their result files"
+        else:
+            self.status = "completed"
+
+    def _finish(self) -> None:
+        self.finished_at = time.time()
+        self.progress.pause_timer()
+        try:
+            self.write_manifest()
+        except OSError:
+            log.exception("run %s: cannot write its manifest", self.id)
+        log.info("run %s %s in %.1f s (%d/%d containers)%s", self.id, self.status, self.progress.elapsed(),
+                 self.progress.done, self.progress.total, f": {self.error}" if self.error else "")
+
+    # --- views ---------------------------------------------------------------
+
+    def phase_records(self) -> list[dict[str, Any]]:
+        return [p.as_dict() for p in self.phases] if self.phases else list(self._phase_records)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "run_id": self.id,
+            "name": self.spec.name,
+            "type": self.spec.type,
+            "status": self.status,
+            "source": self.source,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+            "spec_fingerprint": self.spec.fingerprint(),
+            "spec": self.spec.snapshot(),
+            "symbols": self.symbols,
+            "grid": {"size": self.grid_size, "dropped": self.grid_dropped},
+            "progress": self.progress.as_dict(),
+            "phases": self.phase_records(),
+            "version": __version__,
+        }
+
+    def write_manifest(self) -> None:
+        atomic_write_json(self.layout.manifest, self.manifest())
+
+    def describe(self, *, detail: bool = False) -> dict[str, Any]:
+        """What ``GET /runs`` (summary) and ``GET /runs/{id}`` (detail) show."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.spec.name,
+            "type": self.spec.type,
+            "strategy": self.spec.strategy.name,
+            "status": self.status,
+            "source": self.source,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "progress": self.progress.as_dict(),
+        }
+        if detail:
+            out["results_dir"] = str(self.layout.root)
+            out["attempts"] = self.attempts
+            out["symbols"] = self.symbols
+            out["grid"] = {"size": self.grid_size, "dropped": self.grid_dropped}
+            out["phases"] = [
+                {k: v for k, v in record.items() if k != "container_ids"} for record in self.phase_records()
+            ]
+            out["spec"] = self.spec.snapshot()
+        return out
+
+
+def _load(source: str, symbols: Sequence[str] | None, start: Any, end: Any, timeframe: str | None) -> Any:
+    return load_data(source, symbols=symbols, start=start, end=end, timeframe=timeframe)
+
+
+def _expand(strategy: str, grid: dict[str, list[Any]], skip_invalid: bool) -> Any:
+    return expand_valid_grid(strategy, grid, skip_invalid=skip_invalid)
