@@ -18,15 +18,15 @@ from collections.abc import AsyncIterator, Callable
 __all__ = ["poll", "wait_or_stop"]
 
 
-async def wait_or_stop(stop: asyncio.Event, timeout: float, *, wake: asyncio.Event | None = None) -> None:
-    """Sleep up to ``timeout`` seconds, returning early when ``stop`` (or ``wake``) is set."""
-    if stop.is_set() or timeout <= 0:
+async def wait_or_stop(stop: asyncio.Event, seconds: float, *, wake: asyncio.Event | None = None) -> None:
+    """Sleep up to ``seconds``, returning early when ``stop`` (or ``wake``) is set."""
+    if stop.is_set() or seconds <= 0:
         return
     waiters = {asyncio.ensure_future(stop.wait())}
     if wake is not None:
         waiters.add(asyncio.ensure_future(wake.wait()))
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
