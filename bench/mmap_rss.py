@@ -67,10 +67,11 @@ def generate(work: Path, symbols: int, years: int) -> Path:
 
 
 def child(mode: str, src: Path, store: Path) -> None:
-    from tradingd.storage.mmapstore import open_store
-    from tradingd.trading.data import MarketData
-    from tradingd.trading.engine import BacktestConfig, run_sweep
+    from tradingd.trading.engine import run_sweep
+    from tradingd.trading.loaders import frame_to_market_data
+    from tradingd.trading.simulation import BacktestConfig
     from tradingd.trading.strategies import expand_grid
+    from tradingd.workflows.datastore import load_store
 
     grid = expand_grid(GRID, strategy="sma_crossover")
     config = BacktestConfig(commission=0.0002)
@@ -78,9 +79,9 @@ def child(mode: str, src: Path, store: Path) -> None:
     t0 = time.perf_counter()
     if mode == "pandas":
         frames = {p.stem: pd.read_parquet(p).set_index("timestamp") for p in sorted(src.glob("*.parquet"))}
-        datasets = {s: MarketData.from_frame(f, symbol=s) for s, f in frames.items()}
+        datasets = {s: frame_to_market_data(f, symbol=s) for s, f in frames.items()}
     else:
-        datasets = open_store(store).load()
+        datasets = load_store(store)
     loaded = rss_anon_kb()
     digest = hashlib.sha256()
     peak_sweep = loaded
@@ -131,7 +132,7 @@ def main() -> int:
         child(args.child, args.src, args.store)
         return 0
     from tradingd.storage.atomic import atomic_write_text
-    from tradingd.storage.mmapstore import import_files
+    from tradingd.workflows.datastore import import_files
 
     work = args.work or Path(tempfile.mkdtemp(prefix="mmap_rss."))
     try:

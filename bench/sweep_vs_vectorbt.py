@@ -96,7 +96,8 @@ def ours_data(arrays: dict[str, np.ndarray]) -> Any:
 def ours_sweep(
     data: Any, windows: range, metrics: tuple[str, ...], chunk_bytes: int | None = None
 ) -> dict[str, np.ndarray]:
-    from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, BacktestConfig, run_sweep
+    from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, run_sweep
+    from tradingd.trading.simulation import BacktestConfig
 
     grid = [{"fast": f, "slow": s} for f, s in grid_pairs(windows)]
     # init cash and a 365-day year as vectorbt's defaults with freq="1D", so the

@@ -18,7 +18,8 @@ import yaml
 from tradingd.config import ExecutorConfig
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
-from tradingd.trading.strategies import SmaCrossover, register_strategy
+from tradingd.trading.rules import SmaCrossover
+from tradingd.trading.strategies import register_strategy
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.dask_executor import DaskExecutor
 from tradingd.workflows.executors import Executor, ThreadExecutor, create_executor

@@ -17,9 +17,11 @@ from tradingd.config import ExecutorConfig
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_sample_data
-from tradingd.trading.strategies import SmaCrossover, StrategyError, get_strategy, register_strategy
+from tradingd.trading.rules import SmaCrossover
+from tradingd.trading.strategies import get_strategy, register_strategy
+from tradingd.trading.strategy import StrategyError
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
-from tradingd.workflows.dataref import store_location
+from tradingd.workflows.datastore import store_location
 from tradingd.workflows.executors import ExecutorClosed, ThreadExecutor, create_executor
 from tradingd.workflows.process_executor import ProcessExecutor, RemoteTraceback, WorkerLost
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from tradingd.cli import main
 from tradingd.config import Config
-from tradingd.storage.mmapstore import open_store
 from tradingd.storage.outcomes import TradeOutcome
 from tradingd.supervisor import Supervisor
 from tradingd.trading.loaders import load_sample_data, sample_data_dir
+from tradingd.workflows.datastore import load_store
 
 from tests.conftest import base_url
 
@@ -100,9 +100,8 @@ def test_data_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     store = tmp_path / "store"
     assert main(["data", "import", str(sample_data_dir()), "--store", str(store)]) == 0
     assert "imported 10 symbols" in capsys.readouterr().out
-    opened = open_store(store)
     original = load_sample_data()["SYM03"]
-    mapped = opened.market_data("SYM03")
+    mapped = load_store(store, ["SYM03"])["SYM03"]
     assert np.array_equal(mapped.close, original.close) and mapped.version == original.version
     # A second import without --overwrite refuses and leaves the store as it was.
     assert main(["data", "import", str(sample_data_dir()), "--store", str(store)]) == 1

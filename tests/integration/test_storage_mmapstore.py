@@ -1,4 +1,5 @@
-"""mmapstore: import, equality with the in-memory path, shared reads, clean failures."""
+"""mmapstore: plain columns in and out, import from files, equality with the in-memory path,
+shared reads, clean failures."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tradingd.storage.mmapstore import StoreError, import_files, open_store
-from tradingd.trading.engine import BacktestConfig, run_sweep
+from tradingd.storage.mmapstore import StoreError, StoreExistsError, SymbolColumns, open_store, write_store
+from tradingd.trading.engine import run_sweep
 from tradingd.trading.loaders import load_market_data, sample_data_dir
+from tradingd.trading.simulation import BacktestConfig
 from tradingd.trading.strategies import expand_grid
+from tradingd.workflows.datastore import import_files, load_store
 
 SAMPLE = sample_data_dir()
 SYMBOLS = ["SYM01", "SYM02", "SYM03"]
@@ -52,7 +55,7 @@ def test_store_columns_are_read_only_memmaps_equal_to_the_loader(store: Path) ->
         for name, array in cols.items():
             assert isinstance(array, np.memmap) and not array.flags.writeable
             assert np.array_equal(np.asarray(array).view(np.uint8), np.asarray(getattr(memory, name)).view(np.uint8))
-        mapped = opened.market_data(symbol)
+        mapped = load_store(store, [symbol])[symbol]
         # MarketData passes the maps through without copying.
         assert np.shares_memory(mapped.close, cols["close"]) or mapped.close.base is not None
         assert mapped.version == memory.version and mapped.timeframe == memory.timeframe
@@ -60,7 +63,7 @@ def test_store_columns_are_read_only_memmaps_equal_to_the_loader(store: Path) ->
 
 def test_backtest_results_from_the_store_equal_the_in_memory_ones(store: Path) -> None:
     memory = load_market_data(SAMPLE / "SYM02.csv.gz")["SYM02"]
-    mapped = open_store(store).market_data("SYM02")
+    mapped = load_store(store)["SYM02"]
     grid = expand_grid({"fast": [5, 10, 20], "slow": [30, 60]}, strategy="sma_crossover")
     config = BacktestConfig(commission=0.001)
     a = run_sweep(memory, "sma_crossover", grid, config, keep_trades_for=[0])
@@ -100,7 +103,7 @@ def test_two_processes_read_the_same_store(store: Path) -> None:
 def test_existing_store_is_kept_unless_overwritten(tmp_path: Path) -> None:
     root = tmp_path / "s"
     first = import_files([SAMPLE / "SYM01.csv.gz"], root)
-    with pytest.raises(StoreError, match="already exists"):
+    with pytest.raises(StoreExistsError, match="already exists"):
         import_files([SAMPLE / "SYM02.csv.gz"], root)
     assert open_store(root).symbols == ["SYM01"]
     second = import_files([SAMPLE / "SYM02.csv.gz"], root, overwrite=True)
@@ -154,3 +157,50 @@ def test_missing_or_foreign_store(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text('{"format": "other"}')
     with pytest.raises(StoreError, match="not a tradingd mmap store"):
         open_store(tmp_path)
+
+
+def columns(symbol: str, n: int, *, start: str = "2020-01-01") -> SymbolColumns:
+    ts = np.datetime64(start, "ns") + np.arange(n) * np.timedelta64(1, "h")
+    prices = np.linspace(10.0, 20.0, n)
+    return SymbolColumns(symbol, {"timestamps": ts, "open": prices, "high": prices + 1, "low": prices - 1,
+                                  "close": prices, "volume": np.arange(n, dtype=np.int64)}, "1h", f"v-{symbol}")
+
+
+def test_plain_columns_come_back_as_written(tmp_path: Path) -> None:
+    written = [columns("A/B", 5), columns("a.b", 3, start="2021-06-01")]
+    index = write_store(tmp_path / "s", written)
+    opened = open_store(tmp_path / "s")
+    assert opened.symbols == ["A/B", "a.b"] and opened.index == index
+    entry = index.symbols["A/B"]
+    assert (entry.rows, entry.timeframe, entry.version) == (5, "1h", "v-A/B")
+    assert (entry.start, entry.end) == ("2020-01-01T00:00:00", "2020-01-01T04:00:00")
+    for bars in written:
+        for name, array in opened.arrays(bars.symbol).items():
+            # Volume given as integers is stored as float64, like every price column.
+            assert array.dtype == (np.dtype("M8[ns]") if name == "timestamps" else np.float64)
+            assert np.array_equal(array, bars.columns[name])
+
+
+def test_bad_columns_are_refused_and_leave_nothing(tmp_path: Path) -> None:
+    short = columns("A", 5)
+    ragged = SymbolColumns("A", {**short.columns, "close": np.ones(4)}, "1h", "v")
+    missing = SymbolColumns("A", {k: v for k, v in short.columns.items() if k != "volume"}, "1h", "v")
+    with pytest.raises(StoreError, match="one length"):
+        write_store(tmp_path / "s", [ragged])
+    with pytest.raises(StoreError, match="missing: volume"):
+        write_store(tmp_path / "s", [missing])
+    with pytest.raises(StoreError, match="twice"):
+        write_store(tmp_path / "s", [short, short])
+    with pytest.raises(StoreError, match="nothing to import"):
+        write_store(tmp_path / "s", [])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_from_the_producer_leaves_nothing(tmp_path: Path) -> None:
+    def produce() -> Iterator[SymbolColumns]:
+        yield columns("A", 5)
+        raise ValueError("row 7 is bad")
+
+    with pytest.raises(ValueError, match="row 7"):
+        write_store(tmp_path / "s", produce())
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ from tradingd.trading import strategies
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_sample_data
-from tradingd.trading.strategies import Strategy
+from tradingd.trading.strategy import Strategy
 from tradingd.workflows.container import ClosedTrades, Container, RunServices, load_completed
 from tradingd.workflows.executors import ThreadExecutor
 from tradingd.workflows.layout import RunLayout
@@ -66,7 +66,7 @@ class Blocking(_Constant):
 def test_strategies(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registered for this module's tests only, so other tests see the shipped registry."""
     for strategy in (Exploding(), Blocking()):
-        monkeypatch.setitem(strategies._registry(), strategy.name, strategy)
+        monkeypatch.setitem(strategies._REGISTRY, strategy.name, strategy)
 
 DISK = PhaseSettings("disk", ("POSITION_OPEN", "POSITION_CLOSE"), "minimal", 100, False)
 MEMORY = PhaseSettings("memory", ("FILL", "POSITION_OPEN", "POSITION_CLOSE"), "trade_complete", 100, True)

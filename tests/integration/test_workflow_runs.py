@@ -16,7 +16,8 @@ from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.trading import strategies
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
-from tradingd.trading.strategies import Strategy
+from tradingd.trading.regime import FEATURE_NAMES
+from tradingd.trading.strategy import Strategy
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.executors import ThreadExecutor
 from tradingd.workflows.journal import journal_sink
@@ -46,7 +47,7 @@ class Sleepy(Strategy):
 @pytest.fixture(autouse=True)
 def sleepy_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registered for this module's tests only, so other tests see the shipped registry."""
-    monkeypatch.setitem(strategies._registry(), Sleepy.name, Sleepy())
+    monkeypatch.setitem(strategies._REGISTRY, Sleepy.name, Sleepy())
 
 
 def study(**overrides: Any) -> WorkflowSpec:
@@ -265,9 +266,9 @@ async def test_closed_trades_reach_the_outcome_journal(queue_for: Callable[..., 
         assert run.status == "completed"
         closes = sum(load(p)["events"]["counts"]["POSITION_CLOSE"]
                      for p in (tmp_path / "results" / "j" / "backtest" / "containers").glob("*.json"))
-        assert len(journal.recent(100_000)) == closes > 50
-        recent = journal.recent(1)[0]
-        assert recent["run_id"] == "j" and recent["strategy"] == "sma_crossover"
-        assert set(recent["params"]) == {"fast", "slow"} and recent["regime"]
+        assert journal.count() == closes > 50
+        nearest = journal.similar([0.0] * len(FEATURE_NAMES), k=1)[0]
+        assert nearest["run_id"] == "j" and nearest["strategy"] == "sma_crossover"
+        assert set(nearest["params"]) == {"fast", "slow"} and nearest["regime"]
     finally:
         journal.close()

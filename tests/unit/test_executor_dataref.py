@@ -1,4 +1,4 @@
-"""dataref: market data by reference through the mmap store, and back, without changing a result."""
+"""datastore and dataref: market data by reference through the mmap store, and back, without changing a result."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tradingd.storage.mmapstore import import_files, open_store
+from tradingd.storage.mmapstore import open_store
 from tradingd.trading.data import MarketData
 from tradingd.trading.loaders import load_sample_data, sample_data_dir
 from tradingd.workflows.compute import BatchTask, TraceConfig, run_batch
-from tradingd.workflows.dataref import (
-    DataPlane,
+from tradingd.workflows.dataref import DataPlane, call_with_refs
+from tradingd.workflows.datastore import (
     DataRef,
-    call_with_refs,
-    import_market_data,
+    import_files,
+    load_store,
     resolve_market_data,
     store_location,
+    store_market_data,
 )
 
 FIELDS = ("timestamps", "open", "high", "low", "close", "volume")
@@ -49,7 +50,7 @@ def task_for(data: MarketData | DataRef) -> BatchTask:
 def test_imported_data_resolves_to_memory_maps_of_the_same_bars(tmp_path: Path,
                                                                  sample: dict[str, MarketData]) -> None:
     data = sample["SYM01"]
-    ref = import_market_data(data, tmp_path)
+    ref = store_market_data(data, tmp_path)
     assert (ref.symbol, ref.start, ref.stop, ref.version) == ("SYM01", 0, data.n_bars, data.version)
     assert Path(ref.store, "index.json").is_file() and Path(ref.store).name == f"SYM01-{data.version}"
     mapped = resolve_market_data(pickle.loads(pickle.dumps(ref)))
@@ -61,7 +62,7 @@ def test_imported_data_resolves_to_memory_maps_of_the_same_bars(tmp_path: Path,
 
 def test_a_slice_of_mapped_data_is_referenced_by_its_bar_range(tmp_path: Path, sample: dict[str, MarketData]) -> None:
     data = sample["SYM02"]
-    mapped = resolve_market_data(import_market_data(data, tmp_path))
+    mapped = resolve_market_data(store_market_data(data, tmp_path))
     part = mapped.slice(100, 700)
     ref = store_location(part)
     assert ref is not None and (ref.start, ref.stop, ref.version) == (100, 700, part.version)
@@ -73,7 +74,7 @@ def test_a_slice_of_mapped_data_is_referenced_by_its_bar_range(tmp_path: Path, s
 def test_data_from_a_user_store_is_referenced_in_place(tmp_path: Path) -> None:
     root = tmp_path / "store"
     import_files([sample_data_dir() / "SYM03.csv.gz"], root)
-    mapped = open_store(root).market_data("SYM03").slice(10, 500)
+    mapped = load_store(root, ["SYM03"])["SYM03"].slice(10, 500)
     plane = DataPlane(tmp_path / "imports")
     ref = plane.reference(mapped)
     assert isinstance(ref, DataRef) and ref.store == str(root) and (ref.start, ref.stop) == (10, 500)
@@ -128,7 +129,17 @@ def test_call_with_refs_resolves_arguments_and_exports_loaded_data(tmp_path: Pat
 
 
 def test_a_reference_past_the_stored_rows_is_refused(tmp_path: Path, sample: dict[str, MarketData]) -> None:
-    ref = import_market_data(sample["SYM01"], tmp_path)
+    ref = store_market_data(sample["SYM01"], tmp_path)
     bad = DataRef(ref.store, ref.symbol, 0, ref.stop + 1, ref.version, ref.timeframe)
     with pytest.raises(Exception, match="rows"):
         resolve_market_data(bad)
+
+
+def test_a_directory_without_an_index_is_replaced(tmp_path: Path, sample: dict[str, MarketData]) -> None:
+    data = sample["SYM01"].slice(0, 100)
+    debris = tmp_path / f"SYM01-{data.version}"
+    (debris / "SYM01").mkdir(parents=True)
+    (debris / "SYM01" / "close.npy").write_bytes(b"torn")
+    ref = store_market_data(data, tmp_path)
+    assert_same_bars(resolve_market_data(ref), data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [debris.name]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tradingd.storage.outcomes import OutcomeJournal, TradeOutcome
-from tradingd.storage.regime import FEATURE_NAMES, MarketState
+from tradingd.trading.regime import FEATURE_NAMES, MarketState
 
 
 def outcome(i: int, *, strategy: str = "sma", regime: str = "trending", dims: int = 4, seed: int = 0) -> TradeOutcome:
@@ -50,8 +50,9 @@ def test_wal_mode_and_restart_reload(journal_path: Path) -> None:
     mode = sqlite3.connect(journal_path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     reopened = OutcomeJournal(journal_path)
-    assert len(reopened) == 50 and reopened.summary()["outcomes"] == 50
-    assert reopened.recent(1)[0]["entry_price"] == 149.0
+    assert reopened.count() == 50 and reopened.summary()["outcomes"] == 50
+    prices = sorted(r["entry_price"] for r in reopened.similar([0.0] * 4, k=100))
+    assert prices == [100.0 + i for i in range(50)]
     assert "50 outcomes" in repr(reopened)
     reopened.close()
 
@@ -110,12 +111,12 @@ def test_cap_culls_the_oldest(journal_path: Path) -> None:
     for batch in range(4):
         journal.append_many([outcome(batch * 10 + i) for i in range(10)])
     assert journal.summary()["outcomes"] == 25
-    prices = sorted(r["entry_price"] for r in journal.recent(100))
+    prices = sorted(r["entry_price"] for r in journal.similar([0.0] * 4, k=100))
     assert prices == [100.0 + i for i in range(15, 40)]
     journal.close()
     # A smaller cap applies at the next start.
     smaller = OutcomeJournal(journal_path, max_outcomes=5)
-    assert len(smaller) == 5 and smaller.summary()["outcomes"] == 5
+    assert smaller.count() == 5 and smaller.summary()["outcomes"] == 5
     smaller.close()
 
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tradingd.trading.data import MarketData
-from tradingd.trading.engine import BacktestConfig, SweepCancelled, run_sweep, simulate
+from tradingd.trading.engine import KeepSpec, SweepCancelled, run_sweep
+from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.metrics import METRIC_NAMES, PROFIT_FACTOR_CAP
+from tradingd.trading.results import BacktestResult
+from tradingd.trading.simulation import BacktestConfig
+from tradingd.trading.strategy import Strategy
 
 TOL = 1e-9
 
@@ -106,6 +111,37 @@ def reference(open_: np.ndarray, close: np.ndarray, targets: np.ndarray, cfg: Ba
     return RefResult(equity, trades, exposed / n)
 
 
+class GivenTargets(Strategy):
+    """Grid entry ``{"column": j}`` holds column j of the targets it was made with."""
+
+    name = "test_given_targets"
+    param_names: ClassVar[tuple[str, ...]] = ("column",)
+
+    def __init__(self, targets: np.ndarray) -> None:
+        self.targets = targets[:, None] if targets.ndim == 1 else targets
+
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"column": self._int(params, "column", 0, self.targets.shape[1] - 1)}
+
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        return 0
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> np.ndarray:
+        return self.targets[:, [p["column"] for p in grid]]
+
+
+def sweep_targets(data: MarketData, targets: np.ndarray, config: BacktestConfig | None = None, *,
+                  keep_trades_for: KeepSpec = None, keep_equity_for: KeepSpec = None,
+                  chunk_bytes: int | None = None) -> BacktestResult:
+    """Backtest target positions ``(n_bars, k)`` (or ``(n_bars,)``) through ``run_sweep``."""
+    strategy = GivenTargets(np.asarray(targets, dtype=np.float64))
+    grid = [{"column": j} for j in range(strategy.targets.shape[1])]
+    chunking = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    return run_sweep(data, strategy, grid, config, keep_trades_for=keep_trades_for,
+                     keep_equity_for=keep_equity_for, **chunking)
+
+
 def make_data(close: np.ndarray, open_: np.ndarray) -> MarketData:
     n = len(close)
     ts = np.datetime64("2020-01-01", "ns") + np.arange(n) * np.timedelta64(1, "D")
@@ -152,7 +188,7 @@ def test_engine_matches_per_bar_reference(case: tuple[np.ndarray, np.ndarray, np
     close, open_, targets, cfg = case
     data = make_data(close, open_)
     k = targets.shape[1]
-    result = simulate(data, targets, cfg, keep_trades_for="all", keep_equity_for="all", chunk_bytes=1)
+    result = sweep_targets(data, targets, cfg, keep_trades_for="all", keep_equity_for="all", chunk_bytes=1)
     e0 = cfg.initial_equity
     for j in range(k):
         ref = reference(open_, close, targets[:, j], cfg)
@@ -196,7 +232,7 @@ def test_long_only_round_trip_by_hand() -> None:
     close = np.array([10.0, 11.0, 12.0, 12.0, 9.0])
     data = make_data(close, close.copy())
     cfg = BacktestConfig(commission=0.01, initial_equity=100.0)
-    result = simulate(data, np.array([0, 1, 1, 0, 0.0]), cfg, keep_trades_for=[0], keep_equity_for=[0])
+    result = sweep_targets(data, np.array([0, 1, 1, 0, 0.0]), cfg, keep_trades_for=[0], keep_equity_for=[0])
     entry_value = 100.0 / 1.01                    # notional bought at 11 after the fee
     exit_cash = entry_value * 12 / 11 * 0.99      # sold at 12, 1 % fee
     np.testing.assert_allclose(result.equity[0], [100, entry_value, entry_value * 12 / 11,
@@ -213,8 +249,8 @@ def test_next_open_fills_at_following_open_and_clips_short_when_long_only() -> N
     close = np.array([10.0, 10.0, 10.0, 10.0])
     open_ = np.array([10.0, 20.0, 10.0, 10.0])
     data = make_data(close, open_)
-    result = simulate(data, np.array([-1.0, 1.0, 0.0, 0.0]), BacktestConfig(fill="next_open"),
-                      keep_trades_for=[0])
+    result = sweep_targets(data, np.array([-1.0, 1.0, 0.0, 0.0]), BacktestConfig(fill="next_open"),
+                           keep_trades_for=[0])
     trades = result.trades[0]
     # The -1 is clipped to flat; the +1 decided at bar 1 fills at bar 2's open.
     assert trades.entry_bar.tolist() == [2] and trades.exit_bar.tolist() == [3]
@@ -225,8 +261,8 @@ def test_short_ruin_zeroes_equity_and_ignores_later_targets() -> None:
     close = np.array([10.0, 15.0, 25.0, 10.0, 5.0])
     data = make_data(close, close.copy())
     cfg = BacktestConfig(allow_short=True, initial_equity=1.0)
-    result = simulate(data, np.array([-1.0, -1.0, -1.0, 1.0, 1.0]), cfg, keep_trades_for=[0],
-                      keep_equity_for=[0])
+    result = sweep_targets(data, np.array([-1.0, -1.0, -1.0, 1.0, 1.0]), cfg, keep_trades_for=[0],
+                           keep_equity_for=[0])
     assert result.equity[0].tolist()[2:] == [0.0, 0.0, 0.0]
     assert result.metrics["total_return"][0] == -1.0
     assert result.trades[0].ret.tolist() == [-1.0]
@@ -236,7 +272,7 @@ def test_short_ruin_zeroes_equity_and_ignores_later_targets() -> None:
 
 def test_flat_positions_have_defined_degenerate_metrics() -> None:
     close = np.linspace(10, 20, 30)
-    result = simulate(make_data(close, close.copy()), np.zeros((30, 2)))
+    result = sweep_targets(make_data(close, close.copy()), np.zeros((30, 2)))
     for row in result.metric_rows():
         assert row == dict.fromkeys(METRIC_NAMES, 0.0)
     json.dumps(result.metric_rows(), allow_nan=False)
@@ -245,9 +281,9 @@ def test_flat_positions_have_defined_degenerate_metrics() -> None:
 def test_rejects_positions_outside_unit_range() -> None:
     close = np.linspace(10, 20, 5)
     with pytest.raises(ValueError, match=r"combination 1: target position 1.5 at bar 3"):
-        simulate(make_data(close, close.copy()), np.array([[0, 0], [0, 0], [0, 0], [0, 1.5], [0, 0]]))
+        sweep_targets(make_data(close, close.copy()), np.array([[0, 0], [0, 0], [0, 0], [0, 1.5], [0, 0]]))
     with pytest.raises(ValueError, match="not in"):
-        simulate(make_data(close, close.copy()), np.array([0, np.nan, 0, 0, 0]))
+        sweep_targets(make_data(close, close.copy()), np.array([0, np.nan, 0, 0, 0]))
 
 
 def _walk(n: int, seed: int) -> MarketData:
@@ -275,23 +311,9 @@ def test_results_do_not_depend_on_chunk_size_and_keep_only_requested() -> None:
     np.testing.assert_array_equal(sparse.metrics["total_return"], big.metrics["total_return"])
 
 
-def test_best_index_and_ranking_respect_direction() -> None:
-    data = _walk(300, 2)
-    grid = [{"lookback": lb} for lb in (5, 20, 60)]
-    result = run_sweep(data, "momentum", grid)
-    sharpe = result.metrics["sharpe"]
-    assert result.best_index("sharpe") == int(np.argmax(sharpe))
-    assert result.ranking("max_drawdown")[0] == int(np.argmin(result.metrics["max_drawdown"]))
-    with pytest.raises(ValueError, match="not computed"):
-        run_sweep(data, "momentum", grid, metrics=["sharpe"]).best_index("cagr")
-
-
-def test_sweep_progress_and_cancellation() -> None:
+def test_sweep_cancellation_between_chunks() -> None:
     data = _walk(200, 3)
     grid = [{"lookback": lb} for lb in range(1, 40)]
-    seen: list[tuple[int, int]] = []
-    run_sweep(data, "momentum", grid, chunk_bytes=1, progress=lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (39, 39) and len(seen) == 39
     calls = iter(range(100))
     with pytest.raises(SweepCancelled, match="after 5 of 39"):
         run_sweep(data, "momentum", grid, chunk_bytes=1, should_stop=lambda: next(calls) >= 5)

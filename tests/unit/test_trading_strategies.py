@@ -10,17 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tradingd.trading.data import MarketData
-from tradingd.trading.engine import BacktestConfig, run_sweep
+from tradingd.trading.engine import run_sweep
 from tradingd.trading.loaders import load_sample_data
 from tradingd.trading.ml import ClassifierModel
-from tradingd.trading.strategies import (
-    StrategyConstraintError,
-    StrategyError,
-    crossing_state,
-    expand_grid,
-    get_strategy,
-    strategy_names,
-)
+from tradingd.trading.rules import crossing_state
+from tradingd.trading.simulation import BacktestConfig
+from tradingd.trading.strategies import expand_grid, get_strategy, strategy_names
+from tradingd.trading.strategy import StrategyConstraintError, StrategyError
 
 
 def crossed_above(a: list[float], b: list[float]) -> list[bool]:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tradingd.config import load_config
-from tradingd.storage.mmapstore import StoreError, import_files
+from tradingd.storage.mmapstore import StoreError
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from tradingd.tables import Style, fmt_number, fmt_percent, render_table
+from tradingd.workflows.datastore import import_files
 
 __all__ = ["add_storage_commands"]
 

@@ -11,10 +11,13 @@ maps it read-only: every container, thread or worker process that opens the
 store shares one copy of the bytes through the OS page cache, and a sweep's
 anonymous memory no longer grows with the data set.
 
-:func:`import_files` builds the whole store in a temporary sibling directory
-and renames it into place, so a disk-full or permission error leaves nothing
-half-written. :func:`open_store` maps it; :meth:`MmapStore.market_data` builds a
-``tradingd.trading.data.MarketData`` over the maps without copying.
+The store keeps columns, not market data: :func:`write_store` takes each
+symbol's columns with the two labels the index records (``timeframe`` and
+``version``, both opaque strings here), builds the whole store in a temporary
+sibling directory and renames it into place, so a disk-full or permission
+error leaves nothing half-written. :func:`open_store` maps it and
+:meth:`MmapStore.arrays` hands out one symbol's columns. Turning files into
+columns and columns into ``MarketData`` is ``tradingd.workflows.datastore``'s job.
 """
 
 from __future__ import annotations
@@ -27,29 +30,28 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .atomic import fsync_dir
 
-if TYPE_CHECKING:
-    from tradingd.trading.data import MarketData
-
 __all__ = [
     "COLUMNS",
     "INDEX_FILE",
     "MmapStore",
     "StoreError",
+    "StoreExistsError",
     "StoreIndex",
+    "SymbolColumns",
     "SymbolEntry",
-    "import_files",
     "is_store",
     "open_store",
+    "write_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,26 @@ class StoreError(RuntimeError):
     """A store that cannot be written or read; the message says which and why."""
 
 
+class StoreExistsError(StoreError):
+    """The store directory already exists and was not to be replaced."""
+
+
+@dataclass(frozen=True)
+class SymbolColumns:
+    """One symbol's bars as the store keeps them.
+
+    ``columns`` maps every name in :data:`COLUMNS` to a 1-D array of one
+    length (datetime64[ns] timestamps, float64 prices and volume; other
+    dtypes are cast). ``timeframe`` and ``version`` are recorded in the index
+    as given.
+    """
+
+    symbol: str
+    columns: Mapping[str, npt.NDArray[Any]]
+    timeframe: str
+    version: str
+
+
 @dataclass(frozen=True)
 class SymbolEntry:
     """One symbol in the index."""
@@ -75,7 +97,7 @@ class SymbolEntry:
     start: str
     end: str
     timeframe: str
-    version: str  # MarketData.version: blake2b-128 of symbol + columns
+    version: str  # the writer's content version of the symbol's bars
     dtypes: dict[str, str]
 
 
@@ -162,50 +184,47 @@ def _iso(ts: np.datetime64) -> str:
     return str(np.datetime_as_string(ts, unit="s"))
 
 
-def _write_symbol(tmp: Path, data: MarketData, taken: set[str]) -> SymbolEntry:
-    slug = _slug(data.symbol, taken)
+def _write_symbol(tmp: Path, bars: SymbolColumns, taken: set[str]) -> SymbolEntry:
+    missing = [name for name in COLUMNS if name not in bars.columns]
+    if missing:
+        raise StoreError(f"{bars.symbol}: columns missing: {', '.join(missing)}")
+    arrays = {name: np.asarray(bars.columns[name], dtype=_DTYPES[name]) for name in COLUMNS}
+    rows = arrays["timestamps"].shape
+    if len(rows) != 1 or rows[0] == 0 or any(a.shape != rows for a in arrays.values()):
+        raise StoreError(f"{bars.symbol}: columns must be 1-D, non-empty and of one length")
+    slug = _slug(bars.symbol, taken)
     directory = tmp / slug
     directory.mkdir()
-    arrays = {
-        "timestamps": data.timestamps,
-        "open": data.open,
-        "high": data.high,
-        "low": data.low,
-        "close": data.close,
-        "volume": data.volume,
-    }
     for name, array in arrays.items():
-        _write_npy(directory / f"{name}.npy", np.asarray(array, dtype=_DTYPES[name]))
+        _write_npy(directory / f"{name}.npy", array)
     fsync_dir(directory)
+    timestamps = arrays["timestamps"]
     return SymbolEntry(
-        symbol=data.symbol,
+        symbol=bars.symbol,
         directory=slug,
-        rows=int(data.timestamps.size),
-        start=_iso(data.timestamps[0]),
-        end=_iso(data.timestamps[-1]),
-        timeframe=data.timeframe,
-        version=data.version,
+        rows=int(timestamps.size),
+        start=_iso(timestamps[0]),
+        end=_iso(timestamps[-1]),
+        timeframe=bars.timeframe,
+        version=bars.version,
         dtypes=dict(_DTYPES),
     )
 
 
-def import_files(
-    paths: Sequence[str | Path], store_dir: str | Path, *, overwrite: bool = False, timeframe: str | None = None
-) -> StoreIndex:
-    """Convert CSV/Parquet OHLCV files (or directories of them) into a store.
+def write_store(store_dir: str | Path, symbols: Iterable[SymbolColumns], *, overwrite: bool = False) -> StoreIndex:
+    """Write ``symbols`` (consumed one at a time) as the store ``store_dir``.
 
-    Files are read and validated with ``tradingd.trading.loaders.load_market_data``
-    one path at a time. The store is built in a temporary directory next to
-    ``store_dir`` and renamed into place: on any error (disk full, permission
-    denied, invalid data) nothing is left behind and :class:`StoreError` (or the
-    loader's ``DataError``) says why. An existing store is replaced only with
-    ``overwrite``, and then atomically (old store intact until the swap).
+    The store is built in a temporary directory next to ``store_dir`` and
+    renamed into place: on any error (disk full, permission denied, or an
+    exception raised by the ``symbols`` iterable itself) nothing is left
+    behind and the error propagates, an ``OSError`` as :class:`StoreError`.
+    An existing store is replaced only with ``overwrite``, and then atomically
+    (the old store stays intact until the swap); otherwise
+    :class:`StoreExistsError`, also when another writer creates it meanwhile.
     """
-    from tradingd.trading.loaders import load_market_data  # trading/ is optional for readers
-
     target = Path(store_dir)
     if target.exists() and not overwrite:
-        raise StoreError(f"store {target} already exists (use overwrite to replace it)")
+        raise StoreExistsError(f"store {target} already exists (use overwrite to replace it)")
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -215,11 +234,10 @@ def import_files(
     try:
         entries: dict[str, SymbolEntry] = {}
         taken: set[str] = set()
-        for path in paths:
-            for symbol, data in load_market_data(path, timeframe=timeframe).items():
-                if symbol in entries:
-                    raise StoreError(f"symbol {symbol!r} is in more than one of the imported paths")
-                entries[symbol] = _write_symbol(tmp, data, taken)
+        for bars in symbols:
+            if bars.symbol in entries:
+                raise StoreError(f"symbol {bars.symbol!r} is in the store twice (more than one imported path?)")
+            entries[bars.symbol] = _write_symbol(tmp, bars, taken)
         if not entries:
             raise StoreError("nothing to import")
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -230,7 +248,10 @@ def import_files(
             fh.flush()
             os.fsync(fh.fileno())
         fsync_dir(tmp)
-        _swap_into_place(tmp, target)
+        _swap_into_place(tmp, target, overwrite=overwrite)
+    except StoreExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StoreError(
@@ -241,13 +262,18 @@ def import_files(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     rows = sum(e.rows for e in entries.values())
-    log.info("imported %d symbols (%d rows) into %s", len(entries), rows, target)
+    log.info("wrote %d symbols (%d rows) into the store %s", len(entries), rows, target)
     return index
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(tmp, target)
+def _swap_into_place(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    if not overwrite or not target.exists():
+        try:
+            os.rename(tmp, target)  # fails if another writer created a (non-empty) store meanwhile
+        except OSError as exc:
+            if not overwrite and target.exists():
+                raise StoreExistsError(f"store {target} already exists (written meanwhile)") from exc
+            raise
         fsync_dir(target.parent)
         return
     # Directories cannot be replaced by rename; move the old one aside first.
@@ -294,30 +320,6 @@ class MmapStore:
                 raise StoreError(f"{path} does not match the index ({array.dtype}{array.shape})")
             out[name] = array
         return out
-
-    def market_data(self, symbol: str) -> MarketData:
-        """A MarketData over the mapped columns (no copy, no re-validation)."""
-        from tradingd.trading.data import MarketData
-
-        cols = self.arrays(symbol)  # raises StoreError for an unknown symbol
-        entry = self.index.symbols[symbol]
-        return MarketData.from_arrays(
-            symbol,
-            cols["timestamps"],
-            cols["open"],
-            cols["high"],
-            cols["low"],
-            cols["close"],
-            cols["volume"],
-            timeframe=entry.timeframe,
-            version=entry.version,
-            validate=False,  # validated once, at import
-            source=str(self.root),
-        )
-
-    def load(self, symbols: Sequence[str] | None = None) -> dict[str, MarketData]:
-        """``{symbol: MarketData}`` for the given symbols (default: all)."""
-        return {s: self.market_data(s) for s in (self.symbols if symbols is None else symbols)}
 
 
 def is_store(path: str | Path) -> bool:

@@ -76,7 +76,7 @@ class TradeOutcome:
     exit_price: float
     pnl: float
     ret: float  # fractional return of the trade
-    regime: str  # see tradingd.storage.regime
+    regime: str  # see tradingd.trading.regime
     features: Sequence[float] = field(default_factory=tuple)
     # Identifies the trade across re-runs (e.g. run/phase/container/combination/entry bar):
     # a container re-run after a crash appends its trades again, and the journal keeps one copy.
@@ -127,15 +127,11 @@ class OutcomeJournal:
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS outcomes_trade_key ON outcomes(trade_key)")
             self._cull(conn)
         self._refresh()
-        log.info("outcome journal %s: %d outcomes loaded", self.path, len(self))
+        log.info("outcome journal %s: %d outcomes loaded", self.path, self.count())
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._mirror.ids)} outcomes"
         return f"<OutcomeJournal {self.path.name} {state} max {self.max_outcomes}>"
-
-    def __len__(self) -> int:
-        """Outcomes as of the last query (cheap; see :meth:`count` for an exact figure)."""
-        return int(self._mirror.ids.size)
 
     def count(self) -> int:
         """Outcomes in the journal now, including those other writers just appended.
@@ -305,13 +301,6 @@ class OutcomeJournal:
             )
             out[int(rid)] = {"id": int(rid), **outcome.to_json()}
         return out
-
-    def recent(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest outcomes, newest first."""
-        conn = self._conn()
-        ids = [int(i) for (i,) in conn.execute("SELECT id FROM outcomes ORDER BY id DESC LIMIT ?", (limit,))]
-        by_id = self._fetch(ids)
-        return [by_id[i] for i in ids if i in by_id]
 
     def close(self) -> None:
         """Close every thread's connection (idempotent); later calls raise."""

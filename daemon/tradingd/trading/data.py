@@ -1,4 +1,4 @@
-"""Market data: validated OHLCV arrays (the file loaders live in :mod:`tradingd.trading.loaders`).
+"""Market data: validated OHLCV arrays (files and frames become one in :mod:`tradingd.trading.loaders`).
 
 `MarketData` is array-based on purpose: the memory-mapped store hands over
 `numpy.memmap` columns and they must pass through without a copy, so the
@@ -223,15 +223,6 @@ class MarketData:
         return cls(symbol, ts, columns["open"], columns["high"], columns["low"], columns["close"],
                    columns["volume"], timeframe, version)
 
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame, *, symbol: str, timeframe: str | None = None,
-                   source: str = "<frame>") -> MarketData:
-        """Build from a frame with a DatetimeIndex or a timestamp column."""
-        from tradingd.trading.loaders import frame_to_market_data  # loaders import this module
-
-        return frame_to_market_data(frame, symbol=symbol, timeframe=timeframe, source=source,
-                                    first_line=None)
-
     @property
     def n_bars(self) -> int:
         """Number of bars."""
@@ -284,14 +275,6 @@ class MarketData:
         if lo == 0 and hi == len(self):
             return self
         return self.slice(lo, hi)
-
-    def to_frame(self) -> pd.DataFrame:
-        """A pandas frame indexed by timestamp with open/high/low/close/volume."""
-        return pd.DataFrame(
-            {"open": self.open, "high": self.high, "low": self.low, "close": self.close,
-             "volume": self.volume},
-            index=pd.DatetimeIndex(self.timestamps, name="timestamp"),
-        )
 
 
 def _to_ns(value: TimeLike) -> np.datetime64:

@@ -1,17 +1,14 @@
 """Vectorized backtests across a parameter grid, in chunks that fit a byte budget.
 
 ``run_sweep`` turns a strategy + grid into target positions chunk by chunk and
-simulates each chunk (bars x combinations at once); ``simulate`` does the same
-for positions you already have. The simulation model is in
-``tradingd.trading.simulation`` and docs/engine.md.
+simulates each chunk (bars x combinations at once). The simulation model is
+in ``tradingd.trading.simulation`` and docs/engine.md.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,24 +25,14 @@ from tradingd.trading.metrics import (
     validate_metric_names,
 )
 from tradingd.trading.results import BacktestResult, TradeRecords
-from tradingd.trading.simulation import ChunkOutcome, simulate_chunk
-from tradingd.trading.strategies import Strategy, get_strategy
+from tradingd.trading.simulation import BacktestConfig, ChunkOutcome, simulate_chunk
+from tradingd.trading.strategies import get_strategy
+from tradingd.trading.strategy import Strategy
 
-__all__ = [
-    "DEFAULT_CHUNK_BYTES",
-    "BacktestConfig",
-    "BacktestResult",
-    "FillModel",
-    "KeepSpec",
-    "SweepCancelled",
-    "TradeRecords",
-    "run_sweep",
-    "simulate",
-]
+__all__ = ["DEFAULT_CHUNK_BYTES", "KeepSpec", "SweepCancelled", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
-FillModel = Literal["close", "next_open"]
 KeepSpec = Collection[int] | Literal["all"] | None
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -63,30 +50,6 @@ class SweepCancelled(Exception):
     """``should_stop`` returned True between two chunks."""
 
 
-@dataclass(frozen=True)
-class BacktestConfig:
-    """How positions become trades: fills, costs, direction and annualisation."""
-
-    fill: FillModel = "close"
-    commission: float = 0.0
-    slippage_bps: float = 0.0
-    allow_short: bool = False
-    initial_equity: float = 10_000.0
-    periods_per_year: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.fill not in ("close", "next_open"):
-            raise ValueError(f"fill must be 'close' or 'next_open', got {self.fill!r}")
-        if not (0.0 <= self.commission < 1.0):
-            raise ValueError(f"commission must be in [0, 1), got {self.commission}")
-        if not (0.0 <= self.slippage_bps < 10_000.0):
-            raise ValueError(f"slippage_bps must be in [0, 10000), got {self.slippage_bps}")
-        if not (self.initial_equity > 0 and math.isfinite(self.initial_equity)):
-            raise ValueError(f"initial_equity must be positive, got {self.initial_equity}")
-        if self.periods_per_year is not None and not self.periods_per_year > 0:
-            raise ValueError(f"periods_per_year must be positive, got {self.periods_per_year}")
-
-
 def _keep_set(spec: KeepSpec, k: int, what: str) -> frozenset[int]:
     if spec is None:
         return frozenset()
@@ -101,7 +64,7 @@ def _keep_set(spec: KeepSpec, k: int, what: str) -> frozenset[int]:
     return out
 
 
-def columns_per_chunk(n_bars: int, chunk_bytes: int, *, dense: bool) -> int:
+def _columns_per_chunk(n_bars: int, chunk_bytes: int, *, dense: bool) -> int:
     """How many combinations one chunk may hold within ``chunk_bytes``."""
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
@@ -201,40 +164,18 @@ class _Accumulator:
                               equity=self.equity)
 
 
-def simulate(data: MarketData, positions: NDArray[Any], config: BacktestConfig | None = None, *,
-             metrics: Collection[str] | None = None, keep_trades_for: KeepSpec = None,
-             keep_equity_for: KeepSpec = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-             params: Sequence[Mapping[str, Any]] | None = None) -> BacktestResult:
-    """Backtest target positions ``(n_bars, k)`` (or ``(n_bars,)`` for one) decided at each close."""
-    config = config or BacktestConfig()
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim == 1:
-        pos = pos[:, None]
-    if pos.ndim != 2 or pos.shape[1] == 0:
-        raise ValueError(f"positions must be (n_bars, k) with k >= 1, got shape {pos.shape}")
-    k = pos.shape[1]
-    plist = [dict(p) for p in params] if params is not None else [{} for _ in range(k)]
-    if len(plist) != k:
-        raise ValueError(f"{len(plist)} params for {k} position columns")
-    acc = _Accumulator(data, config, k, metrics, keep_trades_for, keep_equity_for)
-    step = columns_per_chunk(data.n_bars, chunk_bytes, dense=acc.dense_work)
-    for start in range(0, k, step):
-        acc.add(start, pos[:, start:start + step])
-    return acc.result(plist)
-
-
 def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping[str, Any]],
               config: BacktestConfig | None = None, *, cache: IndicatorCache | None = None,
               models: Sequence[Any] | None = None, metrics: Collection[str] | None = None,
               keep_trades_for: KeepSpec = None, keep_equity_for: KeepSpec = None,
-              chunk_bytes: int = DEFAULT_CHUNK_BYTES, should_stop: Callable[[], bool] | None = None,
-              progress: Callable[[int, int], None] | None = None) -> BacktestResult:
+              chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+              should_stop: Callable[[], bool] | None = None) -> BacktestResult:
     """Backtest ``strategy`` over every combination of ``grid`` on ``data``.
 
     The grid is validated up front (StrategyError). Combinations are processed
     in chunks sized by ``chunk_bytes``; ``should_stop`` is polled between
-    chunks (raises SweepCancelled) and ``progress(done, total)`` called after
-    each. ``models`` (trainable strategies) holds one model per grid entry.
+    chunks (raises SweepCancelled). ``models`` (trainable strategies) holds
+    one model per grid entry.
     """
     config = config or BacktestConfig()
     strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
@@ -245,7 +186,7 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     if models is not None and len(models) != k:
         raise ValueError(f"{len(models)} models for {k} grid entries")
     acc = _Accumulator(data, config, k, metrics, keep_trades_for, keep_equity_for)
-    step = columns_per_chunk(data.n_bars, chunk_bytes, dense=acc.dense_work)
+    step = _columns_per_chunk(data.n_bars, chunk_bytes, dense=acc.dense_work)
     # Without a shared cache, chunks still share indicators within this sweep.
     cache = cache if cache is not None else LocalIndicatorCache()
     for start in range(0, k, step):
@@ -254,7 +195,5 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
         chunk_models = None if models is None else models[start:start + step]
         positions = strat.positions(data, params[start:start + step], cache=cache, models=chunk_models)
         acc.add(start, positions)
-        if progress is not None:
-            progress(min(start + step, k), k)
     log.debug("swept %s on %s: %d combinations x %d bars", strat.name, data.symbol, k, data.n_bars)
     return acc.result(params)

@@ -1,4 +1,4 @@
-"""Market data loaders: CSV and Parquet files or directories into :class:`MarketData`.
+"""Market data loaders: CSV and Parquet files, directories of them, or frames into :class:`MarketData`.
 
 A file holds one symbol (named after the file) or several in a ``symbol``
 column; a directory holds one or more such files. Columns are matched without
@@ -36,9 +36,14 @@ _SUFFIXES_CSV = (".csv", ".csv.gz")
 _SUFFIXES_PARQUET = (".parquet", ".pq")
 
 
-def frame_to_market_data(frame: pd.DataFrame, *, symbol: str, timeframe: str | None, source: str,
-                   first_line: int | None) -> MarketData:
-    """``MarketData`` from a frame with a DatetimeIndex or a timestamp column (see MarketData.from_frame)."""
+def frame_to_market_data(frame: pd.DataFrame, *, symbol: str, timeframe: str | None = None,
+                         source: str = "<frame>", first_line: int | None = None) -> MarketData:
+    """``MarketData`` from a frame with a DatetimeIndex or a timestamp column.
+
+    Column names are matched without regard to case; a missing volume column
+    is zeros. ``first_line`` is the source line of the first row, when the
+    frame was read from a CSV file, so errors cite it.
+    """
     columns = {str(c).strip().lower(): c for c in frame.columns}
     if isinstance(frame.index, pd.DatetimeIndex):
         raw_ts: Any = frame.index
@@ -88,7 +93,7 @@ def _split_symbols(frame: pd.DataFrame, default_symbol: str, source: str, first_
         if symbols is not None and default_symbol not in symbols:
             return {}
         return {default_symbol: frame_to_market_data(frame, symbol=default_symbol, timeframe=timeframe,
-                                               source=source, first_line=first_line)}
+                                                     source=source, first_line=first_line)}
     out: dict[str, MarketData] = {}
     names = frame[sym_col].astype(str)
     for name in pd.unique(names):
@@ -101,7 +106,7 @@ def _split_symbols(frame: pd.DataFrame, default_symbol: str, source: str, first_
         contiguous = rows[-1] - rows[0] + 1 == len(rows)
         line = None if first_line is None or not contiguous else first_line + int(rows[0])
         out[name] = frame_to_market_data(part.reset_index(drop=True), symbol=name, timeframe=timeframe,
-                                   source=f"{source} [symbol {name}]", first_line=line)
+                                         source=f"{source} [symbol {name}]", first_line=line)
     return out
 
 

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
-from tradingd.trading.strategies import Strategy
+from tradingd.trading.strategy import Strategy
 
 __all__ = ["ClassifierModel", "MLClassifier", "lagged_features"]
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from tradingd.trading.metrics import HIGHER_IS_BETTER
-
-if TYPE_CHECKING:
-    from tradingd.trading.engine import BacktestConfig
+from tradingd.trading.simulation import BacktestConfig
 
 __all__ = ["BacktestResult", "TradeRecords"]
 
@@ -94,19 +91,6 @@ class BacktestResult:
     def __repr__(self) -> str:
         return (f"<BacktestResult {self.symbol} {self.n_combinations} combinations x {self.n_bars} bars,"
                 f" {len(self.trades)} with trades, {len(self.equity)} with equity>")
-
-    def ranking(self, objective: str) -> NDArray[np.intp]:
-        """Combination indices best first by ``objective`` (stable: ties keep grid order)."""
-        try:
-            values = self.metrics[objective]
-        except KeyError:
-            raise ValueError(f"objective {objective!r} was not computed; have {sorted(self.metrics)}") from None
-        key = -values if HIGHER_IS_BETTER[objective] else values
-        return np.argsort(key, kind="stable")
-
-    def best_index(self, objective: str) -> int:
-        """Index of the best combination by ``objective`` (lowest index on ties)."""
-        return int(self.ranking(objective)[0])
 
     def metric_rows(self) -> list[dict[str, float]]:
         """One JSON-safe ``{metric: value}`` dict per combination."""

@@ -29,15 +29,42 @@ liquidated at that bar's close, equity stays 0 and later targets are ignored.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ChunkOutcome", "TradeTable", "simulate_chunk"]
+__all__ = ["BacktestConfig", "ChunkOutcome", "FillModel", "TradeTable", "simulate_chunk"]
 
 Array = NDArray[np.float64]
 IntArray = NDArray[np.intp]
+FillModel = Literal["close", "next_open"]
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """How positions become trades: fills, costs, direction and annualisation."""
+
+    fill: FillModel = "close"
+    commission: float = 0.0
+    slippage_bps: float = 0.0
+    allow_short: bool = False
+    initial_equity: float = 10_000.0
+    periods_per_year: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fill not in ("close", "next_open"):
+            raise ValueError(f"fill must be 'close' or 'next_open', got {self.fill!r}")
+        if not (0.0 <= self.commission < 1.0):
+            raise ValueError(f"commission must be in [0, 1), got {self.commission}")
+        if not (0.0 <= self.slippage_bps < 10_000.0):
+            raise ValueError(f"slippage_bps must be in [0, 10000), got {self.slippage_bps}")
+        if not (self.initial_equity > 0 and math.isfinite(self.initial_equity)):
+            raise ValueError(f"initial_equity must be positive, got {self.initial_equity}")
+        if self.periods_per_year is not None and not self.periods_per_year > 0:
+            raise ValueError(f"periods_per_year must be positive, got {self.periods_per_year}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ Containers call it from a worker thread; the journal is thread-safe.
 from __future__ import annotations
 
 from tradingd.storage.outcomes import OutcomeJournal, TradeOutcome
-from tradingd.storage.regime import MarketState
+from tradingd.trading.regime import MarketState
 from tradingd.workflows.container import ClosedTrades, TradeSink
 
 __all__ = ["journal_sink", "trade_outcomes"]

@@ -241,8 +241,8 @@ def parse_spec(raw: object, *, source: str = "<spec>", base_dir: Path | None = N
 
 def _check_strategy(spec: WorkflowSpec) -> list[str]:
     """Unknown strategies, parameters and empty grids are spec errors, not run failures."""
-    from tradingd.trading.strategies import StrategyError, get_strategy
-    from tradingd.workflows.compute import expand_valid_grid
+    from tradingd.trading.strategies import expand_valid_grid, get_strategy
+    from tradingd.trading.strategy import StrategyError
 
     try:
         strategy = get_strategy(spec.strategy.name)

@@ -23,8 +23,9 @@ from tradingd import __version__
 from tradingd.reports import publish_run_report
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import DataError
-from tradingd.trading.strategies import StrategyError
-from tradingd.workflows.compute import expand_valid_grid, load_data
+from tradingd.trading.strategies import expand_valid_grid
+from tradingd.trading.strategy import StrategyError
+from tradingd.workflows.compute import load_data
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.progress import Progress

@@ -1,0 +1,203 @@
+"""Rule-based strategies, vectorized across the parameter grid.
+
+Indicators come from ``indicators.indicator_matrix``, so they are computed
+once per (symbol, data version, indicator, window) when a cache is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache, indicator_matrix
+from tradingd.trading.strategy import Strategy, StrategyConstraintError
+
+__all__ = [
+    "AdaptiveTrend",
+    "EmaCrossover",
+    "Momentum",
+    "SmaCrossover",
+    "ZScoreMeanReversion",
+    "crossing_state",
+]
+
+Array = NDArray[np.float64]
+
+
+def _ffill_signals(signal: Array) -> Array:
+    """Forward-fill NaN ("hold") entries of ``signal`` along bars; leading NaN -> 0."""
+    rows = np.arange(signal.shape[0], dtype=np.int32)[:, None]
+    index = np.where(np.isnan(signal), np.int32(-1), rows)
+    np.maximum.accumulate(index, axis=0, out=index)
+    filled = np.take_along_axis(signal, np.maximum(index, 0), axis=0)
+    filled[index < 0] = 0.0
+    return filled
+
+
+def crossing_state(diff: Array) -> Array:
+    """Position after crossings of ``diff = fast - slow`` (bars x k), in {-1, 0, 1}.
+
+    Same events as vectorbt's ``crossed_above`` / ``crossed_below`` (wait=0):
+    +1 from the bar fast crosses above slow, -1 from a cross below, 0 before
+    the first cross. Bars where the two are exactly equal keep the position.
+    NaN (warm-up) counts as no information.
+    """
+    n, k = diff.shape
+    # int8 signs: NaN compares False both ways, so warm-up bars are 0.
+    state = (diff > 0).view(np.int8) - (diff < 0).view(np.int8)
+    columns = np.arange(k)
+    first_sign = state[np.argmax(state != 0, axis=0), columns]
+    # The first cross is the first bar whose sign opposes the first known sign.
+    opposite = state == -first_sign
+    first_cross = np.argmax(opposite, axis=0)
+    first_cross[~opposite[first_cross, columns] | (first_sign == 0)] = n
+    state[np.arange(n)[:, None] < first_cross] = 0
+    out = state.astype(np.float64)
+    if np.count_nonzero(state) + int(first_cross.sum()) < n * k:
+        # Exact ties after the first cross keep the previous position.
+        ties = (state == 0) & (np.arange(n)[:, None] >= first_cross)
+        out[ties] = np.nan
+        out = _ffill_signals(out)
+    return out
+
+
+class _Crossover(Strategy):
+    param_names = ("fast", "slow")
+    indicator: ClassVar[str]
+
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        fast, slow = self._int(params, "fast", 1), self._int(params, "slow", 2)
+        if fast >= slow:
+            raise StrategyConstraintError(f"strategy {self.name!r}: fast ({fast}) must be < slow ({slow})")
+        return {"fast": fast, "slow": slow}
+
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        return int(params["slow"])
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+        checked = self.validate_grid(grid)
+        fast = [p["fast"] for p in checked]
+        slow = [p["slow"] for p in checked]
+        windows = sorted(set(fast) | set(slow))
+        lines = indicator_matrix(data, self.indicator, windows, cache=cache)
+        where = {w: j for j, w in enumerate(windows)}
+        diff = lines[:, [where[w] for w in fast]]
+        diff -= lines[:, [where[w] for w in slow]]
+        return crossing_state(diff)
+
+
+class SmaCrossover(_Crossover):
+    """Long after SMA(fast) crosses above SMA(slow), short after it crosses below."""
+
+    name = "sma_crossover"
+    indicator = "sma"
+
+
+class EmaCrossover(_Crossover):
+    """Long after EMA(fast) crosses above EMA(slow), short after it crosses below."""
+
+    name = "ema_crossover"
+    indicator = "ema"
+
+
+class Momentum(Strategy):
+    """Long when the lookback return exceeds ``threshold``, short below ``-threshold``."""
+
+    name = "momentum"
+    param_names = ("lookback", "threshold")
+    defaults: ClassVar[Mapping[str, Any]] = {"threshold": 0.0}
+
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"lookback": self._int(params, "lookback", 1),
+                "threshold": self._float(params, "threshold", 0.0)}
+
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        return int(params["lookback"])
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+        checked = self.validate_grid(grid)
+        lookbacks = sorted({p["lookback"] for p in checked})
+        where = {w: j for j, w in enumerate(lookbacks)}
+        mom = indicator_matrix(data, "momentum", lookbacks, cache=cache)[
+            :, [where[p["lookback"]] for p in checked]]
+        threshold = np.array([p["threshold"] for p in checked])
+        out = (mom > threshold).astype(np.float64)
+        out -= mom < -threshold
+        return out
+
+
+class ZScoreMeanReversion(Strategy):
+    """Short above +entry_z, long below -entry_z, flat once |z| <= exit_z, else hold."""
+
+    name = "zscore_mean_reversion"
+    param_names = ("window", "entry_z", "exit_z")
+    defaults: ClassVar[Mapping[str, Any]] = {"entry_z": 2.0, "exit_z": 0.5}
+
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        window = self._int(params, "window", 2)
+        entry = self._float(params, "entry_z", 0.0, lo_open=True)
+        exit_ = self._float(params, "exit_z", 0.0)
+        if exit_ >= entry:
+            raise StrategyConstraintError(
+                f"strategy {self.name!r}: exit_z ({exit_}) must be < entry_z ({entry})")
+        return {"window": window, "entry_z": entry, "exit_z": exit_}
+
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        return int(params["window"]) - 1
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+        checked = self.validate_grid(grid)
+        windows = sorted({p["window"] for p in checked})
+        where = {w: j for j, w in enumerate(windows)}
+        z = indicator_matrix(data, "zscore", windows, cache=cache)[:, [where[p["window"]] for p in checked]]
+        entry = np.array([p["entry_z"] for p in checked])
+        exit_ = np.array([p["exit_z"] for p in checked])
+        signal = np.full(z.shape, np.nan)
+        signal[np.abs(z) <= exit_] = 0.0
+        signal[z > entry] = -1.0
+        signal[z < -entry] = 1.0
+        return _ffill_signals(signal)
+
+
+class AdaptiveTrend(Strategy):
+    """Votes of close above/below SMA, EMA, WMA and HMA of the same length."""
+
+    name = "adaptive_trend"
+    param_names = ("length", "min_votes")
+    defaults: ClassVar[Mapping[str, Any]] = {"min_votes": 3}
+    averages: ClassVar[tuple[str, ...]] = ("sma", "ema", "wma", "hma")
+
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"length": self._int(params, "length", 2),
+                "min_votes": self._int(params, "min_votes", 1, len(self.averages))}
+
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        length = int(params["length"])
+        return length + int(math.sqrt(length)) - 2  # the Hull average warms up last
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+        checked = self.validate_grid(grid)
+        lengths = sorted({p["length"] for p in checked})
+        where = [{w: j for j, w in enumerate(lengths)}[p["length"]] for p in checked]
+        close = data.close[:, None]
+        up = np.zeros((data.n_bars, len(checked)))
+        down = np.zeros_like(up)
+        warm = np.ones(up.shape, dtype=bool)
+        for average in self.averages:
+            line = indicator_matrix(data, average, lengths, cache=cache)[:, where]
+            up += close > line
+            down += close < line
+            warm &= ~np.isnan(line)  # every average votes, or nobody does
+        votes = np.array([p["min_votes"] for p in checked], dtype=np.float64)
+        out = ((up >= votes) & (up > down) & warm).astype(np.float64)
+        out -= (down >= votes) & (down > up) & warm
+        return out

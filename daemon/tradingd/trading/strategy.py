@@ -1,0 +1,137 @@
+"""The strategy contract: parameters in, target positions (bars x combinations) out.
+
+A :class:`Strategy` validates its parameters and maps market data plus a
+parameter grid to a target position in [-1, 1] per bar and combination,
+decided at each bar's close (the engine's fill model decides when it is
+traded). The strategies themselves live in :mod:`tradingd.trading.rules` and
+:mod:`tradingd.trading.ml`; :mod:`tradingd.trading.strategies` is their
+catalogue.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, SupportsIndex, overload
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tradingd.trading.data import MarketData
+from tradingd.trading.indicators import IndicatorCache
+
+__all__ = ["Strategy", "StrategyConstraintError", "StrategyError", "ValidatedGrid"]
+
+Array = NDArray[np.float64]
+
+
+class StrategyError(ValueError):
+    """Unknown strategy or invalid parameters (the message names both)."""
+
+
+class StrategyConstraintError(StrategyError):
+    """Individually valid parameters that do not fit together (e.g. fast >= slow)."""
+
+
+class Strategy(ABC):
+    """Base class: validate parameters, produce target positions."""
+
+    name: ClassVar[str]
+    param_names: ClassVar[tuple[str, ...]]
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    trainable: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        return f"<Strategy {self.name} params={','.join(self.param_names)}>"
+
+    def _error(self, message: str) -> StrategyError:
+        return StrategyError(f"strategy {self.name!r}: {message}")
+
+    def _int(self, params: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> int:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise self._error(f"parameter {key!r} must be an integer, got {value!r}")
+        number = int(value)
+        if number < lo or (hi is not None and number > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise self._error(f"parameter {key!r} must be {bound}, got {number}")
+        return number
+
+    def _float(self, params: Mapping[str, Any], key: str, lo: float, hi: float | None = None, *,
+               lo_open: bool = False, hi_open: bool = False) -> float:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self._error(f"parameter {key!r} must be a finite number, got {value!r}")
+        number = float(value)
+        low_bad = number <= lo if lo_open else number < lo
+        high_bad = hi is not None and (number >= hi if hi_open else number > hi)
+        if low_bad or high_bad:
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise self._error(f"parameter {key!r} must be in {left}{lo}, {hi if hi is not None else 'inf'}"
+                              f"{right}, got {number}")
+        return number
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check names, types and ranges; return a normalized copy with defaults filled in."""
+        if not isinstance(params, Mapping):
+            raise self._error(f"parameters must be a mapping, got {type(params).__name__}")
+        unknown = sorted(set(params) - set(self.param_names))
+        if unknown:
+            raise self._error(f"unknown parameters {unknown}; expected {list(self.param_names)}")
+        merged = {**self.defaults, **params}
+        missing = [p for p in self.param_names if p not in merged]
+        if missing:
+            raise self._error(f"missing parameters {missing}")
+        return self._check(merged)
+
+    @abstractmethod
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Type/range checks on a complete parameter dict."""
+
+    def validate_grid(self, grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Validate every entry; the error names the entry's index.
+
+        Returns a ValidatedGrid (a list); passing it (or a slice of it) back
+        skips re-validation, which matters for sweeps of 50,000 entries.
+        """
+        if isinstance(grid, ValidatedGrid) and grid.strategy == self.name:
+            return grid
+        out = ValidatedGrid(self.name)
+        for i, params in enumerate(grid):
+            try:
+                out.append(self.validate_params(params))
+            except StrategyError as exc:
+                raise type(exc)(f"grid entry {i}: {exc}") from None
+        return out
+
+    @abstractmethod
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        """Bars needed before the first signal can exist."""
+
+    @abstractmethod
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+        """Target positions ``(n_bars, len(grid))`` in [-1, 1]."""
+
+    def train(self, data: MarketData, params: Mapping[str, Any]) -> Any:
+        """Fit a model for one parameter set (trainable strategies only)."""
+        raise self._error("is not trainable")
+
+
+class ValidatedGrid(list[dict[str, Any]]):
+    """A grid already normalized by ``Strategy.validate_grid`` (slices stay validated)."""
+
+    def __init__(self, strategy: str, items: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(items)
+        self.strategy = strategy
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> ValidatedGrid: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> dict[str, Any] | ValidatedGrid:
+        if isinstance(index, slice):
+            return ValidatedGrid(self.strategy, super().__getitem__(index))
+        return super().__getitem__(index)
