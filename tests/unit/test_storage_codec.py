@@ -496,8 +496,8 @@ def _with_header(blob: bytes, header_text: bytes) -> bytes:
 
 
 def test_a_header_that_places_a_column_twice_is_refused() -> None:
-    # The decoder builds frames without pandas' integrity pass; it must still
-    # refuse positions that do not cover each column exactly once.
+    # The decoder assembles frames from its own blocks; it must refuse
+    # positions that do not cover each column exactly once.
     blob = encode(ohlcv(200))
     header = header_of(blob)
     header["pos"][2] = header["pos"][1]
@@ -527,3 +527,20 @@ def test_frames_mixing_block_kinds_round_trip() -> None:
         index=pd.date_range("2020-01-01", periods=300, freq="D", tz="Europe/Paris", name="t"),
     )
     assert_frames_identical(df, decode(encode(df)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ohlcv(300).astype(np.float64),
+        pd.DataFrame({"a": np.arange(5.0), "b": np.arange(5.0) * 2}, index=pd.Index(np.arange(5.0) / 4, name="x")),
+        pd.DataFrame(np.random.default_rng(5).normal(size=(100, 3)), columns=["p", "q", "r"]),
+    ],
+    ids=["ohlcv_all_float", "float_index_beside_columns", "one_block_in_order"],
+)
+def test_frames_of_one_dtype_round_trip(frame: pd.DataFrame) -> None:
+    # Decoded in blocks by scale and with the close first, they come back as
+    # one array in the frame's own column order.
+    back = decode(encode(frame))
+    assert_frames_identical(frame, back)  # type: ignore[arg-type]
+    assert list(back.dtypes) == list(frame.dtypes)  # type: ignore[union-attr]

@@ -29,18 +29,6 @@ __all__ = ["Encoded", "PayloadError", "decode_payload", "encode_payload"]
 
 _NATIVE_KINDS = "biufcmM"
 
-try:  # pandas >= 2.3: build a frame from ready-made blocks, no consolidation pass
-    from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
-except ImportError:  # pragma: no cover - older pandas
-    _from_blocks = None
-
-try:  # the internals that public function wraps, minus its integrity pass
-    from pandas._libs.internals import BlockPlacement as _Placement
-    from pandas.core.internals.blocks import NumpyBlock as _NumpyBlock
-    from pandas.core.internals.managers import BlockManager as _BlockManager
-except ImportError:  # pragma: no cover - other pandas versions
-    _NumpyBlock = None
-
 
 class PayloadError(ValueError):
     """The header and segments do not describe a decodable object."""
@@ -233,7 +221,7 @@ def _make_index(spec: dict[str, Any], values: Column | None) -> pd.Index:
     if values is None:
         raise PayloadError("index values missing")
     if kind == "datetime":
-        index = _datetime_index(values, spec["name"])
+        index = pd.DatetimeIndex(values, name=spec["name"], copy=False)
         if spec["tz"] is not None:
             index = index.tz_localize("UTC").tz_convert(spec["tz"])
         if spec["freq"] is not None:
@@ -244,31 +232,6 @@ def _make_index(spec: dict[str, Any], values: Column | None) -> pd.Index:
     raise PayloadError(f"unknown index type {kind!r}")
 
 
-def _datetime_index(values: Column, name: Any) -> pd.DatetimeIndex:
-    """A naive DatetimeIndex over ``values`` (datetime64 in s/ms/us/ns), no copy.
-
-    The public constructor re-validates and re-infers what the encoder already
-    guarantees and costs ~8 us, a tenth of decoding a 2,000-row frame; pandas'
-    ``_simple_new`` pair wraps the array as is (~1 us). It is private API, so
-    any surprise falls back to the public constructor, and the round-trip
-    tests compare the result with the original index either way.
-    """
-    if values.dtype in _DATETIME_DTYPES and values.flags.c_contiguous:
-        try:
-            array = _DatetimeArray._simple_new(values, dtype=values.dtype)
-            index: pd.DatetimeIndex = pd.DatetimeIndex._simple_new(array, name=name)
-        except (AttributeError, TypeError, ValueError):  # pragma: no cover - other pandas versions
-            pass
-        else:
-            if type(index) is pd.DatetimeIndex and index.dtype == values.dtype:
-                return index
-    return pd.DatetimeIndex(values, name=name)
-
-
-_DatetimeArray: Any = pd.arrays.DatetimeArray
-_DATETIME_DTYPES = frozenset(np.dtype(f"M8[{unit}]") for unit in ("s", "ms", "us", "ns"))
-
-
 @functools.lru_cache(maxsize=256)
 def _columns_index(labels: tuple[Any, ...], name: Any) -> pd.Index:
     # Index objects are immutable, so frames with the same columns can share
@@ -276,40 +239,24 @@ def _columns_index(labels: tuple[Any, ...], name: Any) -> pd.Index:
     return pd.Index(list(labels), name=name)
 
 
-def _frame_from_blocks(blocks: list[tuple[Column, Column]], index: pd.Index, columns: pd.Index) -> pd.DataFrame | None:
-    """A DataFrame over ready-made 2-D numpy blocks, or None to use the public path.
-
-    ``create_dataframe_from_blocks`` costs ~6 us, most of it re-checking what
-    the decoder has already checked (one row per column, every position once,
-    equal lengths); building the manager without that pass costs ~2 us. These
-    are private pandas APIs, so only numpy float/int/bool blocks take this path
-    (datetime blocks need pandas' own wrapping), any surprise falls back, and
-    the round-trip tests compare every decoded frame with its original.
-    """
-    if _NumpyBlock is None:  # pragma: no cover - other pandas versions
-        return None
-    seen = 0
-    for block, places in blocks:
-        if block.ndim != 2 or block.dtype.kind not in "biuf" or block.shape != (len(places), len(index)):
-            return None
-        seen += len(places)
-    if seen != len(columns):
-        return None
-    try:
-        made = tuple(_NumpyBlock(block, _Placement(places), 2) for block, places in blocks)
-        manager = _BlockManager(made, [columns, index], verify_integrity=False)
-        frame: pd.DataFrame = pd.DataFrame._from_mgr(manager, manager.axes)
-    except (AttributeError, TypeError, ValueError):  # pragma: no cover - other pandas versions
-        return None
-    return frame
+def _one_block(parts: list[tuple[Column, list[tuple[int, int]]]], width: int, rows: int) -> Column:
+    """The frame's columns as one (width x rows) array in frame order; ``parts`` share one dtype."""
+    block, pairs = parts[0]
+    if len(parts) == 1 and len(block) == width and all(row == pos for row, pos in pairs):
+        return block  # decoded in frame order already: no copy
+    out = np.empty((width, rows), dtype=block.dtype)
+    for block, pairs in parts:
+        used, places = zip(*pairs, strict=True)
+        out[list(places)] = block[list(used)]
+    return out
 
 
 def _decode_frame(header: dict[str, Any], segs: _Segments) -> pd.DataFrame:
     table = segs.table(header["table"])
     positions: list[int] = header["pos"]
     has_index = bool(positions) and positions[0] == -1
-    # Every frame column stored exactly once: neither pandas' public block
-    # constructor nor the fast path below would notice a duplicate.
+    # Every frame column stored exactly once, so the assembly below neither
+    # leaves a column out nor fills one twice.
     if sorted(positions) != list(range(-has_index, len(header["labels"]))):
         raise PayloadError("column positions do not place each column exactly once")
     index = _make_index(header["index"], table.column(0) if has_index else None)
@@ -318,28 +265,24 @@ def _decode_frame(header: dict[str, Any], segs: _Segments) -> pd.DataFrame:
         columns: pd.Index = pd.RangeIndex(start, stop, step, name=header["columns_name"])
     else:
         columns = _columns_index(tuple(header["labels"]), header["columns_name"])
-    # Each decoded block is already a (k x rows) array of one dtype: it
-    # becomes a DataFrame block as is, without copying or consolidating.
-    blocks: list[tuple[Column, Column]] = []
+    # Each decoded block is a (k x rows) array of one dtype: its (row, frame
+    # position) pairs, leaving out the index's row.
+    parts: list[tuple[Column, list[tuple[int, int]]]] = []
     for block, members in table.blocks:
-        places = [positions[c] for c in members]
-        if -1 in places:
-            keep = [row for row, pos in enumerate(places) if pos >= 0]
-            if not keep:
-                continue
-            block = block[keep]
-            places = [places[row] for row in keep]
-        blocks.append((block, np.array(places, dtype=np.intp)))
-    if blocks:
-        frame = _frame_from_blocks(blocks, index, columns)
-        if frame is not None:
-            return frame
-    if _from_blocks is not None and blocks:
-        return _from_blocks(blocks, index=index, columns=columns)
-    data = {int(pos): block[i] for block, places in blocks for i, pos in enumerate(places)}
-    df = pd.DataFrame(dict(sorted(data.items())), index=index, copy=False)
-    df.columns = columns
-    return df
+        pairs = [(row, positions[number]) for row, number in enumerate(members) if positions[number] >= 0]
+        if pairs:
+            parts.append((block, pairs))
+    if parts and all(block.dtype == parts[0][0].dtype for block, _ in parts):
+        # One dtype: a single 2-D array, which the public constructor takes as
+        # the frame's one block without copying (~10 us).
+        values = _one_block(parts, len(columns), len(index))
+        return pd.DataFrame(values.T, index=index, columns=columns, copy=False)
+    # Several dtypes: the public constructor makes a block of each column
+    # (~10 us a column; int keys are the cheapest labels for it to index).
+    data = {pos: block[row] for block, pairs in parts for row, pos in pairs}
+    frame = pd.DataFrame(dict(sorted(data.items())), index=index, copy=False)
+    frame.columns = columns
+    return frame
 
 
 def decode_payload(header: dict[str, Any], payload: memoryview) -> object:
