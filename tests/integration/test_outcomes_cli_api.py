@@ -78,7 +78,7 @@ async def test_journal_survives_restart_and_cli_reads_it(
         assert sup.outcomes is not None
         sup.outcomes.append_many([outcome(i, strategy="momentum", regime="ranging", ret=-0.02) for i in range(3)])
     async with Supervisor(make_config()) as sup:
-        assert sup.outcomes is not None and len(sup.outcomes) == 3
+        assert sup.outcomes is not None and sup.outcomes.count() == 3
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(config_dict()))
     assert main(["outcomes", "--config", str(cfg), "--json"]) == 0

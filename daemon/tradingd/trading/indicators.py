@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = [
     "INDICATORS",
     "IndicatorCache",
-    "IndicatorKey",
     "LocalIndicatorCache",
     "ema",
     "hma",
@@ -40,7 +39,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Array = NDArray[np.float64]
-IndicatorKey = tuple[str, str, str, tuple[Any, ...]]
 
 
 class IndicatorCache(Protocol):

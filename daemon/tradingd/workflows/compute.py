@@ -32,7 +32,6 @@ __all__ = [
     "BatchOutput",
     "BatchTask",
     "TraceConfig",
-    "backtest_config",
     "data_range",
     "load_data",
     "run_batch",
@@ -89,7 +88,7 @@ def data_range(data: MarketData) -> dict[str, Any]:
     }
 
 
-def backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
+def _backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
     """The engine config for a spec's ``backtest`` section."""
     return BacktestConfig(
         fill=spec.get("fill", "close"),
@@ -118,7 +117,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         data,
         task.strategy,
         list(task.params),
-        backtest_config(task.backtest),
+        _backtest_config(task.backtest),
         cache=cache,
         models=list(task.models) if task.models is not None else None,
         keep_trades_for="all" if want_trades else None,
