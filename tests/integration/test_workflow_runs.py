@@ -18,7 +18,7 @@ from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.strategies import Strategy
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import ThreadExecutor
+from tradingd.workflows.thread_executor import ThreadExecutor
 from tradingd.workflows.journal import journal_sink
 from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec
@@ -79,7 +79,7 @@ async def queue_for(tmp_path: Path) -> AsyncIterator[Callable[..., RunQueue]]:
     yield make
     for queue, executor in made:
         await queue.close(0.0)
-        executor.close(wait=True)
+        await executor.close(10.0)
 
 
 async def eventually(predicate: Callable[[], bool], seconds: float = 30.0) -> None:

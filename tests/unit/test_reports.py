@@ -43,7 +43,7 @@ async def run_workflow(results_dir: Path, run_id: str, kind: str = "train_test",
         run = WorkflowRun(parse_spec(raw), run_id, results_dir)
         await run.execute(RunServices(executor=executor), lambda: False)
     finally:
-        executor.close(wait=True)
+        await executor.close(10.0)
     assert run.status == "completed", run.error
     return results_dir / run_id
 

@@ -179,7 +179,7 @@ async def run_workflow_once(config: Config, spec: WorkflowSpec, *, run_id: str |
         return run
     finally:
         await queue.close(0.0)
-        executor.close(wait=False)
+        await executor.close(5.0)
         if journal is not None:
             journal.close()
 

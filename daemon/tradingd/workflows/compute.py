@@ -22,7 +22,7 @@ from tradingd.trading.data import DataError, MarketData
 from tradingd.trading.engine import BacktestConfig, run_sweep
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_market_data, load_sample_data
-from tradingd.trading.strategies import StrategyConstraintError, StrategyError, expand_grid, get_strategy
+from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.dataref import DataRef, resolve_market_data
 from tradingd.workflows.spec import SAFE_NAME, EventType, RetentionPolicy
 from tradingd.workflows.tracing import EventTracer, encode_events, trade_events
@@ -33,14 +33,12 @@ __all__ = [
     "TraceConfig",
     "backtest_config",
     "data_range",
-    "expand_valid_grid",
     "load_data",
     "run_batch",
     "train_model",
 ]
 
 _TRADE_EVENTS = frozenset({"FILL", "POSITION_OPEN", "POSITION_CLOSE"})
-MAX_GRID = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -186,33 +184,3 @@ def load_data(
             raise DataError(f"symbol {symbol!r} cannot be used in result paths (letters, digits, '_', '.', '-')",
                             path=source)
     return found
-
-
-def expand_valid_grid(strategy: str, grid: Mapping[str, Sequence[Any]], *,
-                      skip_invalid: bool) -> tuple[list[dict[str, Any]], int]:
-    """The validated combinations of ``grid`` and how many were dropped.
-
-    With ``skip_invalid``, combinations whose values do not fit together (the
-    strategy's ``StrategyConstraintError``, e.g. fast >= slow) are dropped; any
-    other invalid value raises :class:`StrategyError`, as does an empty result.
-    """
-    size = 1
-    for values in grid.values():
-        size *= max(1, len(values))
-    if size > MAX_GRID:
-        raise StrategyError(f"the grid has {size:,} combinations; the limit is {MAX_GRID:,}")
-    impl = get_strategy(strategy)
-    valid: list[dict[str, Any]] = []
-    dropped = 0
-    for number, combo in enumerate(expand_grid(grid)):
-        try:
-            valid.append(impl.validate_params(combo))
-        except StrategyConstraintError as exc:
-            if not skip_invalid:
-                raise StrategyConstraintError(f"grid combination {number} {combo}: {exc}") from None
-            dropped += 1
-        except StrategyError as exc:
-            raise StrategyError(f"grid combination {number} {combo}: {exc}") from None
-    if not valid:
-        raise StrategyError(f"no valid parameter combination in the grid ({dropped} dropped as inconsistent)")
-    return valid, dropped

@@ -24,8 +24,9 @@ from tradingd.reports import publish_run_report
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import DataError
 from tradingd.trading.strategies import StrategyError
-from tradingd.workflows.compute import expand_valid_grid, load_data
+from tradingd.workflows.compute import load_data
 from tradingd.workflows.container import RunServices
+from tradingd.workflows.grid import expand_valid_grid
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.progress import Progress
 from tradingd.workflows.sequencer import PhasePlan, PlanError, RunInterrupted, Sequencer
