@@ -17,9 +17,9 @@ from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_sample_data
 from tradingd.trading.strategies import Strategy
 from tradingd.workflows.container import ClosedTrades, Container, RunServices, load_completed
-from tradingd.workflows.thread_executor import ThreadExecutor
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.spec import PhaseSettings
+from tradingd.workflows.thread_executor import ThreadExecutor
 
 ENTERED = threading.Event()
 RELEASE = threading.Event()

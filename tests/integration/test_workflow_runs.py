@@ -18,10 +18,10 @@ from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.strategies import Strategy
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.thread_executor import ThreadExecutor
 from tradingd.workflows.journal import journal_sink
 from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec
+from tradingd.workflows.thread_executor import ThreadExecutor
 
 
 class Sleepy(Strategy):

@@ -33,12 +33,16 @@ def test_the_daemon_refuses_to_start_with_kind_dask_and_no_extra(
     assert "executor.kind: dask needs the optional extra: pip install 'tradingd[dask]'" in str(caught.value)
 
 
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
 async def test_process_and_dask_executors_start_nothing_until_used() -> None:
     process = create_executor(ExecutorConfig(kind="process", max_workers=1))
     data_dir = process.stats()["data_dir"]
     assert [w["pid"] for w in process.stats()["workers"]] == [None]
     await process.close(5.0)
-    assert process.stats()["closed"] and not Path(data_dir).exists()
+    assert process.stats()["closed"] and not exists(data_dir)
     dask = create_executor(ExecutorConfig(kind="dask"))
     assert dask.stats()["connected"] is False and dask.max_workers == 2
     await dask.close(5.0)

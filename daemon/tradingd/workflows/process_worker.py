@@ -59,13 +59,13 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
-def send_message(sock: socket.socket, data: bytes) -> None:
+def _send_message(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_HEADER.pack(len(data)))
     if data:
         sock.sendall(data)
 
 
-def receive_message(sock: socket.socket) -> bytes:
+def _receive_message(sock: socket.socket) -> bytes:
     """One message; ``EOFError`` when the other end closed."""
     (size,) = _HEADER.unpack(_receive_exactly(sock, _HEADER.size))
     return _receive_exactly(sock, size)
@@ -108,15 +108,15 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     me = psutil.Process()
     try:
-        data_dir, preload = pickle.loads(receive_message(sock))
+        data_dir, preload = pickle.loads(_receive_message(sock))
         for name in (*WORKER_MODULES, *preload):
             importlib.import_module(name)
-        send_message(sock, pickle.dumps((me.pid, me.memory_info().rss)))
+        _send_message(sock, pickle.dumps((me.pid, me.memory_info().rss)))
         while True:
-            raw = receive_message(sock)
+            raw = _receive_message(sock)
             if raw == STOP:
                 return
-            send_message(sock, _answer(raw, data_dir, tuple(preload), me))
+            _send_message(sock, _answer(raw, data_dir, tuple(preload), me))
     except (EOFError, OSError):
         return  # the daemon went away
     finally:
@@ -165,7 +165,7 @@ class WorkerProcess:
         """Block until the worker has imported its modules; its RSS then (raises ``OSError``/``EOFError``)."""
         self.sock.settimeout(timeout)
         try:
-            _pid, rss = pickle.loads(receive_message(self.sock))
+            _pid, rss = pickle.loads(_receive_message(self.sock))
         finally:
             self.sock.settimeout(None)
         self.ready = True
@@ -173,8 +173,8 @@ class WorkerProcess:
 
     def call(self, payload: bytes) -> bytes:
         """Send one pickled task and return the pickled reply (``EOFError``/``OSError``: the worker died)."""
-        send_message(self.sock, payload)
-        return receive_message(self.sock)
+        _send_message(self.sock, payload)
+        return _receive_message(self.sock)
 
     def exit_code(self, timeout: float) -> int | None:
         try:
@@ -191,7 +191,7 @@ class WorkerProcess:
     def stop(self, timeout: float) -> None:
         """Ask the worker to exit, wait up to ``timeout`` seconds, then kill it; reap it and close the socket."""
         try:
-            send_message(self.sock, STOP)
+            _send_message(self.sock, STOP)
         except OSError:
             pass
         if self.exit_code(timeout) is None:
@@ -218,7 +218,7 @@ def start_worker(data_dir: str, preload: tuple[str, ...]) -> WorkerProcess:
         worker_end.close()  # the worker holds the only other copy: its death is our EOF
     worker = WorkerProcess(process, daemon_end)
     try:
-        send_message(daemon_end, pickle.dumps((data_dir, preload)))
+        _send_message(daemon_end, pickle.dumps((data_dir, preload)))
     except OSError:
         pass  # it died at once; wait_ready reports it
     return worker
