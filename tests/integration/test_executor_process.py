@@ -48,7 +48,10 @@ register_strategy(LeakySma())
 PRELOAD = (__name__,)  # workers import this module, which registers the strategy
 
 
-def worker_pid_after(seconds: float) -> int:
+def worker_pid_after(seconds: float, started: str | None = None) -> int:
+    """Sleep in the worker (after creating the file ``started``, when given); the worker's pid."""
+    if started is not None:
+        Path(started).touch()
     time.sleep(seconds)
     return os.getpid()
 
@@ -196,10 +199,11 @@ async def test_a_worker_over_its_rss_limit_is_replaced(make_executor: Callable[.
 
 
 async def test_a_killed_worker_fails_only_its_task_and_is_replaced(
-        make_executor: Callable[..., ProcessExecutor]) -> None:
+        make_executor: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     executor = make_executor(1)
-    running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0))
-    await eventually(lambda: executor.stats()["workers"][0]["busy"])
+    started = tmp_path / "started"
+    running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0, str(started)))
+    await eventually(started.exists)
     victim = executor.stats()["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(WorkerLost, match=str(victim)):
@@ -242,10 +246,11 @@ async def test_close_refuses_work_joins_every_process_and_removes_its_own_data_d
 
 
 async def test_close_kills_a_worker_still_busy_after_the_timeout(
-        make_executor: Callable[..., ProcessExecutor]) -> None:
+        make_executor: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     executor = make_executor(1)
-    running = asyncio.ensure_future(executor.submit(worker_pid_after, 60.0))
-    await eventually(lambda: executor.stats()["workers"][0]["busy"])
+    started = tmp_path / "started"
+    running = asyncio.ensure_future(executor.submit(worker_pid_after, 60.0, str(started)))
+    await eventually(started.exists)
     victim = executor.stats()["workers"][0]["pid"]
     await executor.close(0.5)
     assert not alive(victim)

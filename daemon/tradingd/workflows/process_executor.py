@@ -12,9 +12,11 @@ starts a fresh one — the way Celery and gunicorn bound leaks in code they do
 not control. A worker that dies mid-task fails only that task
 (:class:`WorkerLost`) and is replaced.
 
-Workers are plain child processes (:mod:`tradingd.workflows.process_worker`
-has their side and how one is started): closing the executor leaves no
-process behind — no worker, forkserver or resource tracker.
+Workers are forked by the executor's own launcher
+(:mod:`tradingd.workflows.worker_launcher`), which imports the engine once;
+their side is :mod:`tradingd.workflows.process_worker`. Closing the executor
+leaves no process behind — no worker, launcher, forkserver or resource
+tracker.
 
 Market data crosses as :class:`~tradingd.workflows.dataref.DataRef` (see that
 module): workers map it read-only from the mmap store; data that is not in a
@@ -44,8 +46,9 @@ from typing import Any, TypeVar
 import psutil
 
 from tradingd.workflows.dataref import DataPlane
-from tradingd.workflows.executor import Executor, available_cores, wait_in_thread
-from tradingd.workflows.process_worker import RemoteTraceback, WorkerProcess, start_worker
+from tradingd.workflows.executor import Executor, ExecutorClosed, available_cores, wait_in_thread
+from tradingd.workflows.process_worker import RemoteTraceback
+from tradingd.workflows.worker_launcher import WorkerLauncher, WorkerProcess
 
 __all__ = ["ProcessExecutor", "WorkerLost", "WorkerSlot"]
 
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_READY_TIMEOUT = 120.0  # a new worker imports numpy, pandas and the engine; slow on a loaded host
+_READY_TIMEOUT = 120.0  # the launcher imports numpy, pandas and the engine; slow on a loaded host
 _STOP_TIMEOUT = 5.0  # a retiring worker's time to exit before it is killed
 _REAPED_TIMEOUT = 5.0  # after close killed the stragglers: time for their slots to reap them
 
@@ -129,6 +132,8 @@ class ProcessExecutor(Executor):
         self.recycled: dict[str, int] = {"tasks": 0, "rss": 0}
         self.started_workers = 0
         self.peak_worker_rss_bytes = 0
+        self._launcher: WorkerLauncher | None = None
+        self._launcher_lock = threading.Lock()
         self._slots = [WorkerSlot(i) for i in range(self.max_workers)]
         self._threads = [
             threading.Thread(target=self._serve, args=(slot,), name=f"tradingd-process-slot-{slot.index}",
@@ -166,11 +171,11 @@ class ProcessExecutor(Executor):
             for _ in self._slots:
                 self._queue.put(None)
             if not await wait_in_thread(self._join_slots, join_timeout, name="tradingd-process-join"):
-                killed = self._kill_workers()
-                log.warning("process executor: %d workers still busy after %.1f s; killed them", killed,
-                            join_timeout)
+                log.warning("process executor: workers still busy after %.1f s; killing them", join_timeout)
+                await wait_in_thread(self._kill_workers, _REAPED_TIMEOUT, name="tradingd-process-kill")
                 if not await wait_in_thread(self._join_slots, _REAPED_TIMEOUT, name="tradingd-process-join"):
                     log.error("process executor: slot threads did not stop after their workers were killed")
+            await wait_in_thread(self._close_launcher, 2 * _REAPED_TIMEOUT, name="tradingd-process-launcher")
         self._remove_data_dir()
         log.debug("process executor closed (%d tasks, %d workers started)", self.jobs.settled_by["completed"],
                   self.started_workers)
@@ -179,12 +184,30 @@ class ProcessExecutor(Executor):
         for thread in self._threads:
             thread.join()
 
-    def _kill_workers(self) -> int:
+    def _kill_workers(self) -> None:
         with self._lock:
             workers = [slot.worker for slot in self._slots if slot.worker is not None]
         for worker in workers:
             worker.kill()
-        return len(workers)
+
+    def _close_launcher(self) -> None:
+        with self._launcher_lock:
+            launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            launcher.close(_REAPED_TIMEOUT)
+
+    def _live_launcher(self) -> WorkerLauncher:
+        """The launcher, started on first use and again if it died."""
+        with self._launcher_lock:
+            if self.closed:  # close() ends the launcher; nothing may start another after it
+                raise ExecutorClosed("the executor is closed")
+            if self._launcher is None or not self._launcher.alive:
+                if self._launcher is not None:
+                    log.warning("process executor: the worker launcher exited (code %s); starting another",
+                                self._launcher.process.returncode)
+                    self._launcher.close(_REAPED_TIMEOUT)
+                self._launcher = WorkerLauncher.start(str(self.data_dir), self.preload, _READY_TIMEOUT)
+            return self._launcher
 
     def _details(self) -> dict[str, Any]:
         with self._lock:
@@ -208,7 +231,7 @@ class ProcessExecutor(Executor):
         return {
             "max_tasks_per_child": self.max_tasks_per_child,
             "max_worker_rss_mb": self.max_worker_rss_bytes / 2**20 if self.max_worker_rss_bytes else None,
-            "start_method": "subprocess",
+            "start_method": "launcher",
             **counts,
             "workers_rss_bytes": sum(w["rss_bytes"] for w in workers if w["pid"] is not None),
             "workers": workers,
@@ -269,7 +292,7 @@ class ProcessExecutor(Executor):
         try:
             raw = worker.call(payload)
         except (EOFError, OSError):
-            code = worker.exit_code(1.0)
+            code = worker.exit_code()
             with self._lock:
                 self.lost += 1
             if not self.closed:
@@ -309,9 +332,10 @@ class ProcessExecutor(Executor):
     def _try_spawn(self, slot: WorkerSlot) -> WorkerProcess | None:
         """Start the slot's worker and wait until it is ready; None (logged) if it cannot start."""
         try:
-            worker = start_worker(str(self.data_dir), self.preload)
+            worker = self._live_launcher().fork()
         except Exception:
-            log.exception("slot %d: cannot start a worker process", slot.index)
+            if not self.closed:
+                log.exception("slot %d: cannot start a worker process", slot.index)
             return None
         with self._lock:  # registered before it is ready, so close can kill a worker that hangs starting
             slot.worker = worker
