@@ -8,7 +8,10 @@ private API); a launcher belongs to one executor, and closing it ends every
 worker it forked.
 
 The launcher is started with :mod:`subprocess` (never a fork of the threaded
-daemon) and stays single-threaded, so forking it is safe. Its control socket
+daemon) and runs Python on its main thread only (the native pools the imports
+start, OpenBLAS's and jemalloc's, handle fork themselves), so forking it is
+as safe as forking multiprocessing's forkserver, which preloads the same
+modules. Its control socket
 (``SOCK_SEQPACKET``: one message per request, one per reply) takes:
 
 - first, a pickled ``(data_dir, preload)``: it imports :data:`WORKER_MODULES`
