@@ -114,7 +114,7 @@ def results_digest(root: Path) -> dict[str, Any]:
 async def run_one(kind: str, workers: int, address: str | None, quick: bool, workdir: Path) -> dict[str, Any]:
     from tradingd.config import ExecutorConfig
     from tradingd.workflows.container import RunServices
-    from tradingd.workflows.executors import create_executor
+    from tradingd.workflows.executor_kinds import create_executor
     from tradingd.workflows.runs import WorkflowRun
     from tradingd.workflows.spec import parse_spec
 

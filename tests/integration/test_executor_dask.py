@@ -23,7 +23,7 @@ from tradingd.trading.strategies import SmaCrossover, register_strategy
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.dask_executor import DaskExecutor
 from tradingd.workflows.executor import Executor
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.process_executor import ProcessExecutor
 from tradingd.workflows.runs import RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text

@@ -21,7 +21,7 @@ from tradingd.trading.strategies import SmaCrossover, StrategyError, get_strateg
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
 from tradingd.workflows.dataref import store_location
 from tradingd.workflows.executor import ExecutorClosed
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.process_executor import ProcessExecutor, WorkerLost
 from tradingd.workflows.process_worker import RemoteTraceback
 from tradingd.workflows.thread_executor import ThreadExecutor

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tradingd.config import Config, ConfigError, ExecutorConfig
 from tradingd.workflows.executor import ExecutorUnavailable
-from tradingd.workflows.executors import EXECUTOR_KINDS, create_executor
+from tradingd.workflows.executor_kinds import EXECUTOR_KINDS, create_executor
 from tradingd.workflows.service import WorkflowService
 
 

@@ -23,7 +23,7 @@ from tradingd.reports import publish_phase_report, write_phase_report, write_run
 from tradingd.reports.heatmap import build_heatmap
 from tradingd.reports.phase_data import Combination, load_phase
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.runs import WorkflowRun
 from tradingd.workflows.spec import parse_spec
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from tradingd.config import ExecutorConfig
 from tradingd.workflows.executor import ExecutorClosed, ExecutorUnavailable, available_cores
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.thread_executor import ThreadExecutor
 
 pytestmark = pytest.mark.timeout(30)

@@ -33,7 +33,7 @@ from tradingd.config import Config, load_config
 from tradingd.memory.cache import ManagedCache
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.journal import journal_sink
 from tradingd.workflows.layout import RunLayout, read_json
 from tradingd.workflows.runs import MANIFEST_FORMAT, RESUMABLE, RunQueue, WorkflowRun

@@ -232,17 +232,19 @@ class DaskExecutor(Executor):
         connecting = self._connecting
         if connecting is None:
             return
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
         try:
             async with asyncio.timeout(join_timeout):
                 client = await asyncio.shield(connecting)  # a connect in progress finishes first
                 if self._in_flight:
                     await client.cancel(list(self._in_flight), reason="tradingd executor closed")
-                if self._watching is not None:
-                    await self._watching
                 await client.close()
                 if self.cluster is not None:
                     await self.cluster.close()
         except TimeoutError:
+            connecting.cancel()  # a LocalCluster still starting must not come up after close
             log.warning("dask executor: closing the client/cluster did not finish in %.1f s", join_timeout)
         except Exception as exc:  # the connection failed (already logged) or the scheduler went away
             log.debug("dask executor: close: %s: %s", type(exc).__name__, exc)

@@ -9,7 +9,7 @@ may be passed by reference; for a process or remote executor they may not.
 
 The kinds live in their own modules (:mod:`~tradingd.workflows.thread_executor`,
 :mod:`~tradingd.workflows.process_executor`,
-:mod:`~tradingd.workflows.dask_executor`); :mod:`tradingd.workflows.executors`
+:mod:`~tradingd.workflows.dask_executor`); :mod:`tradingd.workflows.executor_kinds`
 builds the one the config names. This module is what they share: the
 interface, its errors, the job counters and the close bookkeeping.
 """

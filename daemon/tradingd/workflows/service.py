@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.executor import ExecutorUnavailable
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
 
