@@ -114,7 +114,7 @@ def results_digest(root: Path) -> dict[str, Any]:
 async def run_one(kind: str, workers: int, address: str | None, quick: bool, workdir: Path) -> dict[str, Any]:
     from tradingd.config import ExecutorConfig
     from tradingd.workflows.container import RunServices
-    from tradingd.workflows.executors import create_executor
+    from tradingd.workflows.executor_kinds import create_executor
     from tradingd.workflows.runs import WorkflowRun
     from tradingd.workflows.spec import parse_spec
 
@@ -132,8 +132,8 @@ async def run_one(kind: str, workers: int, address: str | None, quick: bool, wor
             await asyncio.sleep(0.02)
         pids = lambda: [w["pid"] for w in executor.stats()["workers"] if w["pid"]]  # noqa: E731
     elif kind == "dask":
-        await asyncio.to_thread(executor.wait_ready, 120)  # type: ignore[attr-defined]
-        known: dict[str, int] = await asyncio.to_thread(executor.worker_pids)  # type: ignore[attr-defined]
+        client = await executor.start()  # type: ignore[attr-defined]
+        known: dict[str, int] = await client.run(os.getpid, on_error="ignore")
         # Remote workers are on other machines: only local pids can be sampled.
         pids = lambda: [p for p in known.values() if os.path.exists(f"/proc/{p}")]  # noqa: E731
     startup = time.perf_counter() - started
@@ -145,7 +145,7 @@ async def run_one(kind: str, workers: int, address: str | None, quick: bool, wor
         await run.execute(RunServices(executor=executor), lambda: False)
         wall = time.perf_counter() - t0
     stats = executor.stats()
-    await asyncio.to_thread(executor.close, wait=True)
+    await executor.close(30.0)
     if run.status != "completed":
         raise SystemExit(f"{kind}: run {run.status}: {run.error}")
     bars = sum(json.loads(p.read_text())["data"]["n_bars"] * len(json.loads(p.read_text())["metrics"])

@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import yaml
 from tradingd.config import ExecutorConfig
 from tradingd.trading.data import MarketData
@@ -22,12 +23,15 @@ from tradingd.trading.rules import SmaCrossover
 from tradingd.trading.strategies import register_strategy
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.dask_executor import DaskExecutor
-from tradingd.workflows.executors import Executor, ThreadExecutor, create_executor
+from tradingd.workflows.executor import Executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.process_executor import ProcessExecutor
 from tradingd.workflows.runs import RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text
+from tradingd.workflows.thread_executor import ThreadExecutor
 
-pytestmark = pytest.mark.timeout(120)
+# One LocalCluster for the module; its asynchronous client lives on the module's event loop.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 
 SLOW_SECONDS = 0.15
 
@@ -69,12 +73,26 @@ def slow_study(symbols: int = 4, fast: int = 20) -> WorkflowSpec:
     }, source="test")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[DaskExecutor]:
-    executor = DaskExecutor(n_workers=2, threads_per_worker=1, preload=PRELOAD, stats_interval=0.5)
-    executor.wait_ready(60)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster() -> AsyncIterator[DaskExecutor]:
+    executor = DaskExecutor(n_workers=2, threads_per_worker=1, preload=PRELOAD, stats_interval=0.5,
+                            connect_timeout=60)
+    await executor.start()
     yield executor
-    executor.close(wait=True)
+    await executor.close(30.0)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def worker_pids(executor: DaskExecutor) -> dict[str, int]:
+    pids: dict[str, int] = await executor.client.run(os.getpid, on_error="ignore")
+    return pids
 
 
 async def run_workflow(spec: WorkflowSpec, executor: Executor, results_dir: Path, run_id: str = "run") -> Path:
@@ -116,9 +134,7 @@ async def test_the_sample_study_gives_the_same_results_tree_on_thread_process_an
                                ("dask-address", remote)):
             trees[name] = results_tree(await run_workflow(spec, executor, tmp_path / name))
     finally:
-        thread.close()
-        await asyncio.to_thread(process.close, wait=True)
-        await asyncio.to_thread(remote.close, wait=True)
+        await asyncio.gather(thread.close(10.0), process.close(10.0), remote.close(10.0))
     reference = trees.pop("thread")
     assert any(name.endswith("aggregate_results.json") for name in reference)
     assert any(name.startswith("training/events/") for name in reference)
@@ -127,11 +143,11 @@ async def test_the_sample_study_gives_the_same_results_tree_on_thread_process_an
         for file in reference:
             assert tree[file] == reference[file], f"{name}: {file}"
     # Closing an executor that connected to a cluster leaves the cluster running.
-    assert cluster.client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+    assert await cluster.client.submit(sum, [1, 2], pure=False) == 3
 
 
 async def test_stats_show_per_worker_memory(cluster: DaskExecutor) -> None:
-    await asyncio.to_thread(cluster.refresh_stats)
+    await cluster.refresh_stats()
     stats = cluster.stats()
     assert stats["kind"] == "dask" and stats["connected"] and stats["local_cluster"]
     assert stats["n_workers"] == 2 and stats["total_threads"] == 2 and stats["max_workers"] == 2
@@ -144,14 +160,16 @@ async def test_stats_show_per_worker_memory(cluster: DaskExecutor) -> None:
 
 
 async def _executing_worker(executor: DaskExecutor) -> str:
-    """The address of a worker running a task right now."""
-    for _ in range(200):
-        processing: dict[str, Any] = await asyncio.to_thread(executor.client.processing)
-        busy = [address for address, keys in processing.items() if keys]
-        if busy and executor.stats()["completed"] >= 3:
-            return busy[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no task started")
+    """The address of a worker running a task right now (once a few tasks are done)."""
+    busy: list[str] = []
+
+    async def running() -> bool:
+        processing: dict[str, Any] = await executor.client.processing()
+        busy[:] = [address for address, keys in processing.items() if keys]
+        return bool(busy) and executor.stats()["completed"] >= 3
+
+    await eventually(running)
+    return busy[0]
 
 
 @pytest.mark.slow
@@ -162,21 +180,21 @@ async def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes_identic
     try:
         reference = results_tree(await run_workflow(spec, thread, tmp_path / "thread"))
     finally:
-        thread.close()
+        await thread.close(10.0)
     run = asyncio.create_task(run_workflow(spec, cluster, tmp_path / "dask"))
     address = await _executing_worker(cluster)
-    victim = (await asyncio.to_thread(cluster.worker_pids))[address]
+    victim = (await worker_pids(cluster))[address]
     os.kill(victim, signal.SIGKILL)
     assert not run.done()
     tree = results_tree(await run)
     assert tree == reference
     # The nanny started a new worker process in its place.
-    for _ in range(100):
-        pids = await asyncio.to_thread(cluster.worker_pids)
-        if len(pids) == 2 and victim not in pids.values():
-            break
-        await asyncio.sleep(0.1)
-    assert len(pids) == 2 and victim not in pids.values()
+
+    async def replaced() -> bool:
+        pids = await worker_pids(cluster)
+        return len(pids) == 2 and victim not in pids.values()
+
+    await eventually(replaced)
 
 
 def _scheduler_tasks(dask_scheduler: Any) -> int:
@@ -193,10 +211,10 @@ async def test_cancelling_a_run_cancels_its_futures(cluster: DaskExecutor, tmp_p
     assert run.status == "cancelled"
     assert cluster.stats()["active"] == 0 and cluster.stats()["cancelled"] > before
     # The scheduler forgets the cancelled tasks: nothing is left queued or running for this run.
-    for _ in range(100):
-        left = await asyncio.to_thread(cluster.client.run_on_scheduler, _scheduler_tasks)
-        if left == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert left == 0
+
+    async def forgotten() -> bool:
+        left: int = await cluster.client.run_on_scheduler(_scheduler_tasks)
+        return left == 0
+
+    await eventually(forgotten)
     await queue.close(1.0)

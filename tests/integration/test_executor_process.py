@@ -22,8 +22,11 @@ from tradingd.trading.strategies import get_strategy, register_strategy
 from tradingd.trading.strategy import StrategyError
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, run_batch, train_model
 from tradingd.workflows.datastore import store_location
-from tradingd.workflows.executors import ExecutorClosed, ThreadExecutor, create_executor
-from tradingd.workflows.process_executor import ProcessExecutor, RemoteTraceback, WorkerLost
+from tradingd.workflows.executor import ExecutorClosed
+from tradingd.workflows.executor_kinds import create_executor
+from tradingd.workflows.process_executor import ProcessExecutor, WorkerLost
+from tradingd.workflows.process_worker import RemoteTraceback
+from tradingd.workflows.thread_executor import ThreadExecutor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,7 +50,10 @@ register_strategy(LeakySma())
 PRELOAD = (__name__,)  # workers import this module, which registers the strategy
 
 
-def worker_pid_after(seconds: float) -> int:
+def worker_pid_after(seconds: float, started: str | None = None) -> int:
+    """Sleep in the worker (after creating the file ``started``, when given); the worker's pid."""
+    if started is not None:
+        Path(started).touch()
     time.sleep(seconds)
     return os.getpid()
 
@@ -58,6 +64,26 @@ def is_mapped(data: MarketData) -> bool:
 
 def rss() -> int:
     return psutil.Process().memory_info().rss
+
+
+def children() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds (worker start-up is slow on a loaded host)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +116,7 @@ async def make_executor(tmp_path: Path) -> AsyncIterator[Callable[..., ProcessEx
 
     yield make
     for executor in made:
-        await asyncio.to_thread(executor.close, wait=True)
+        await executor.close(10.0)
 
 
 def same_output(a: BatchOutput, b: BatchOutput) -> None:
@@ -125,11 +151,8 @@ async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Cal
     executor = make_executor(2, max_tasks_per_child=2)
     assert all(w["pid"] is None for w in executor.stats()["workers"])  # nothing runs before it is needed
     executor.start()
-    # Worker RSS right after start, before any leak.
-    for _ in range(50):
-        if all(w["pid"] for w in executor.stats()["workers"]):
-            break
-        await asyncio.sleep(0.1)
+    # Worker RSS right after start (a worker shows its pid once it is ready), before any leak.
+    await eventually(lambda: all(w["pid"] for w in executor.stats()["workers"]))
     first_pids = {w["pid"] for w in executor.stats()["workers"]}
     fresh_worker = max(w["rss_bytes"] for w in executor.stats()["workers"])
     daemon_before = rss()
@@ -137,11 +160,9 @@ async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Cal
     outputs = await asyncio.gather(*(executor.submit(run_batch, task(sample["SYM01"], "leaky_sma", i * 3), None)
                                      for i in range(n_tasks)))
     assert [row["index"] for out in outputs for row in out.rows] == list(range(n_tasks * 3))
-    for _ in range(50):  # a slot retires its worker just after handing back the last result
-        stats = executor.stats()
-        if all(w["tasks"] < 2 and w["pid"] for w in stats["workers"]):
-            break
-        await asyncio.sleep(0.05)
+    # A slot retires its worker just after handing back the last result, then starts another.
+    await eventually(lambda: all(w["tasks"] < 2 and w["pid"] for w in executor.stats()["workers"]))
+    stats = executor.stats()
     # Each worker retired after 2 tasks: at least (20 - 2 leftovers per slot) / 2 retirements.
     assert stats["recycled"]["tasks"] >= (n_tasks - 2 * 2) // 2 and stats["recycled"]["rss"] == 0
     assert stats["workers_started"] == 2 + stats["recycled"]["tasks"]
@@ -162,7 +183,7 @@ async def test_the_same_strategy_in_threads_grows_the_daemon(sample: dict[str, M
         assert len(LEAKED) == 3
     finally:
         LEAKED.clear()
-        executor.close()
+        await executor.close(5.0)
 
 
 async def test_a_worker_over_its_rss_limit_is_replaced(make_executor: Callable[..., ProcessExecutor],
@@ -180,15 +201,12 @@ async def test_a_worker_over_its_rss_limit_is_replaced(make_executor: Callable[.
 
 
 async def test_a_killed_worker_fails_only_its_task_and_is_replaced(
-        make_executor: Callable[..., ProcessExecutor]) -> None:
+        make_executor: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     executor = make_executor(1)
-    running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0))
-    for _ in range(100):
-        busy = [w for w in executor.stats()["workers"] if w["busy"]]
-        if busy:
-            break
-        await asyncio.sleep(0.05)
-    victim = busy[0]["pid"]
+    started = tmp_path / "started"
+    running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0, str(started)))
+    await eventually(started.exists)
+    victim = executor.stats()["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(WorkerLost, match=str(victim)):
         await running
@@ -208,19 +226,38 @@ async def test_errors_come_back_with_their_type_and_the_worker_traceback(
     assert executor.stats()["failed"] == 2 and executor.stats()["lost"] == 0
 
 
-async def test_close_refuses_work_stops_workers_and_removes_its_own_data_dir(
+async def test_close_refuses_work_joins_every_process_and_removes_its_own_data_dir(
         sample: dict[str, MarketData]) -> None:
+    before = children()
     executor = ProcessExecutor(2)
     await executor.submit(run_batch, task(sample["SYM01"]), None)
-    pids = [w["pid"] for w in executor.stats()["workers"]]
+    await eventually(lambda: all(w["pid"] for w in executor.stats()["workers"]))
+    pids = {w["pid"] for w in executor.stats()["workers"]}
+    assert pids <= children()
     data_dir = executor.data_dir
     assert data_dir.is_dir() and any(data_dir.iterdir())
-    await asyncio.to_thread(executor.close, wait=True)
-    executor.close()  # idempotent
+    await asyncio.gather(executor.close(10.0), executor.close(10.0))
+    await executor.close(10.0)  # idempotent
     with pytest.raises(ExecutorClosed):
         executor.submit(worker_pid_after, 0.0)
     assert not data_dir.exists()
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    # Workers are joined (reaped, not zombies), and nothing else it started (no forkserver, no
+    # resource tracker) outlives it.
+    assert not any(alive(pid) for pid in pids)
+    assert children() - before == set()
+
+
+async def test_close_kills_a_worker_still_busy_after_the_timeout(
+        make_executor: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
+    executor = make_executor(1)
+    started = tmp_path / "started"
+    running = asyncio.ensure_future(executor.submit(worker_pid_after, 60.0, str(started)))
+    await eventually(started.exists)
+    victim = executor.stats()["workers"][0]["pid"]
+    await executor.close(0.5)
+    assert not alive(victim)
+    with pytest.raises(WorkerLost, match=str(victim)):
+        await running
 
 
 async def test_config_builds_a_process_executor() -> None:
@@ -233,4 +270,4 @@ async def test_config_builds_a_process_executor() -> None:
             "process", 1, 7, 512)
         assert np.isclose(await executor.submit(float, "2.5"), 2.5)
     finally:
-        await asyncio.to_thread(executor.close, wait=True)
+        await executor.close(10.0)

@@ -17,9 +17,9 @@ from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_sample_data
 from tradingd.trading.strategy import Strategy
 from tradingd.workflows.container import ClosedTrades, Container, RunServices, load_completed
-from tradingd.workflows.executors import ThreadExecutor
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.spec import PhaseSettings
+from tradingd.workflows.thread_executor import ThreadExecutor
 
 ENTERED = threading.Event()
 RELEASE = threading.Event()
@@ -77,7 +77,7 @@ async def services() -> AsyncIterator[RunServices]:
     executor = ThreadExecutor(2)
     yield RunServices(executor=executor)
     RELEASE.set()
-    executor.close(wait=True)
+    await executor.close(10.0)
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.regime import FEATURE_NAMES
 from tradingd.trading.strategy import Strategy
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import ThreadExecutor
 from tradingd.workflows.journal import journal_sink
 from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec
+from tradingd.workflows.thread_executor import ThreadExecutor
 
 
 class Sleepy(Strategy):
@@ -80,7 +80,7 @@ async def queue_for(tmp_path: Path) -> AsyncIterator[Callable[..., RunQueue]]:
     yield make
     for queue, executor in made:
         await queue.close(0.0)
-        executor.close(wait=True)
+        await executor.close(10.0)
 
 
 async def eventually(predicate: Callable[[], bool], seconds: float = 30.0) -> None:

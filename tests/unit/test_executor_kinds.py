@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from tradingd.config import Config, ConfigError, ExecutorConfig
-from tradingd.workflows.executors import EXECUTOR_KINDS, ExecutorUnavailable, create_executor
+from tradingd.workflows.executor import ExecutorUnavailable
+from tradingd.workflows.executor_kinds import EXECUTOR_KINDS, create_executor
 from tradingd.workflows.service import WorkflowService
 
 
@@ -32,13 +33,17 @@ def test_the_daemon_refuses_to_start_with_kind_dask_and_no_extra(
     assert "executor.kind: dask needs the optional extra: pip install 'tradingd[dask]'" in str(caught.value)
 
 
-def test_process_and_dask_executors_start_nothing_until_used() -> None:
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+async def test_process_and_dask_executors_start_nothing_until_used() -> None:
     process = create_executor(ExecutorConfig(kind="process", max_workers=1))
     data_dir = process.stats()["data_dir"]
     assert [w["pid"] for w in process.stats()["workers"]] == [None]
-    process.close()
-    assert process.stats()["closed"] and not Path(data_dir).exists()
+    await process.close(5.0)
+    assert process.stats()["closed"] and not exists(data_dir)
     dask = create_executor(ExecutorConfig(kind="dask"))
     assert dask.stats()["connected"] is False and dask.max_workers == 2
-    dask.close(wait=True)
+    await dask.close(5.0)
     assert dask.stats()["closed"] and dask.stats()["n_workers"] == 0

@@ -23,7 +23,7 @@ from tradingd.reports import publish_phase_report, write_phase_report, write_run
 from tradingd.reports.heatmap import build_heatmap
 from tradingd.reports.phase_data import Combination, load_phase
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.runs import WorkflowRun
 from tradingd.workflows.spec import parse_spec
 
@@ -43,7 +43,7 @@ async def run_workflow(results_dir: Path, run_id: str, kind: str = "train_test",
         run = WorkflowRun(parse_spec(raw), run_id, results_dir)
         await run.execute(RunServices(executor=executor), lambda: False)
     finally:
-        executor.close(wait=True)
+        await executor.close(10.0)
     assert run.status == "completed", run.error
     return results_dir / run_id
 

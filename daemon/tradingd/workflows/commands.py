@@ -33,7 +33,7 @@ from tradingd.config import Config, load_config
 from tradingd.memory.cache import ManagedCache
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import create_executor
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.journal import journal_sink
 from tradingd.workflows.layout import RunLayout, read_json
 from tradingd.workflows.runs import MANIFEST_FORMAT, RESUMABLE, RunQueue, WorkflowRun
@@ -179,7 +179,7 @@ async def run_workflow_once(config: Config, spec: WorkflowSpec, *, run_id: str |
         return run
     finally:
         await queue.close(0.0)
-        executor.close(wait=False)
+        await executor.close(5.0)
         if journal is not None:
             journal.close()
 

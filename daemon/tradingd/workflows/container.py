@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +30,7 @@ from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
-from tradingd.workflows.executors import Executor
+from tradingd.workflows.executor import Executor
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.spec import PhaseSettings
 from tradingd.workflows.tracing import EventStream, empty_summary, merge_summaries
@@ -143,7 +143,6 @@ class Container:
         fingerprint: str,
         services: RunServices,
         batch_size: int,
-        on_batch: Callable[[Container, int], Awaitable[None] | None] | None = None,
     ) -> None:
         self.id = container_id
         self.run_id = run_id
@@ -164,7 +163,6 @@ class Container:
         self._services = services
         self._batch_size = max(1, batch_size)
         self._models: list[Any] | None = None
-        self._on_batch = on_batch
         self._trace = TraceConfig(
             types=settings.event_tracing,
             policy=settings.retention_policy,
@@ -243,10 +241,6 @@ class Container:
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
-            if self._on_batch is not None:
-                pending = self._on_batch(self, self._batches_done)
-                if pending is not None:
-                    await pending
         await self._send_trades()
 
     def _absorb(self, output: BatchOutput) -> None:

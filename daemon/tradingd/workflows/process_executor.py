@@ -5,20 +5,22 @@ Why not ``concurrent.futures.ProcessPoolExecutor``: on Python 3.11-3.13 its
 (CPython gh-115634, fixed only in late 3.13/3.14 releases); one worker killed by
 the OOM killer breaks the whole pool (``BrokenProcessPool`` fails every queued
 task); and it cannot replace *one* worker because of its memory. So each worker
-here is a *slot*: a ``multiprocessing`` process (``forkserver`` start method —
-never ``fork`` from a threaded asyncio process) with its own pipe, driven by
-one dispatcher thread. After every task the worker reports its RSS; the slot
-retires the process after ``max_tasks_per_child`` tasks or when the RSS is over
-``max_worker_rss_mb``, and starts a fresh one — the way Celery and gunicorn
-bound leaks in code they do not control. A worker that dies mid-task fails
-only that task (:class:`WorkerLost`) and is replaced.
+here sits in a :class:`WorkerSlot` driven by one dispatcher thread. After every
+task the worker reports its RSS; the slot retires the process after
+``max_tasks_per_child`` tasks or when the RSS is over ``max_worker_rss_mb``, and
+starts a fresh one — the way Celery and gunicorn bound leaks in code they do
+not control. A worker that dies mid-task fails only that task
+(:class:`WorkerLost`) and is replaced.
+
+Workers are forked by the executor's own launcher
+(:mod:`tradingd.workflows.worker_launcher`), which imports the engine once;
+their side is :mod:`tradingd.workflows.process_worker`. Closing the executor
+leaves no process behind — no worker, launcher, forkserver or resource
+tracker.
 
 Market data crosses as :class:`~tradingd.workflows.dataref.DataRef` (see that
 module): workers map it read-only from the mmap store; data that is not in a
 store is imported once per ``(symbol, version)`` into ``data_dir``.
-
-The worker's side (its loop, the pipe protocol, starting and stopping one)
-is :mod:`tradingd.workflows.process_worker`; this module is the daemon's side.
 
 A task already running in a worker is not interrupted when its awaiting task
 is cancelled (like a thread); it finishes and its result is dropped.
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import pickle
 import queue
 import shutil
@@ -39,46 +40,47 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 
 from tradingd.workflows.dataref import DataPlane
-from tradingd.workflows.executors import Executor, ExecutorClosed, available_cores
-from tradingd.workflows.process_worker import RemoteTraceback, start_worker, stop_worker
+from tradingd.workflows.executor import Executor, ExecutorClosed, available_cores, wait_in_thread
+from tradingd.workflows.process_worker import RemoteTraceback
+from tradingd.workflows.worker_launcher import WorkerLauncher, WorkerProcess
 
-__all__ = ["ProcessExecutor", "RemoteTraceback", "WorkerLost"]
+__all__ = ["ProcessExecutor", "WorkerLost", "WorkerSlot"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Imported once in the forkserver, so every worker forks with numpy, pandas and the engine loaded.
-_FORKSERVER_PRELOAD = ["tradingd.workflows.compute", "tradingd.workflows.runs"]
+_READY_TIMEOUT = 120.0  # the launcher imports numpy, pandas and the engine; slow on a loaded host
+_STOP_TIMEOUT = 5.0  # a retiring worker's time to exit before it is killed
+_REAPED_TIMEOUT = 5.0  # after close killed the stragglers: time for their slots to reap them
 
 
 class WorkerLost(RuntimeError):
     """The worker process died while running a task (killed, out of memory, crashed)."""
 
 
-@dataclass
-class _Job:
+@dataclass(eq=False)
+class SlotTask:
+    """A submitted call, queued until a slot takes it."""
+
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: Future[Any] = field(default_factory=Future)
 
 
-@dataclass
-class _Slot:
-    """One worker position: the live process, its pipe and its counters."""
+@dataclass(eq=False)
+class WorkerSlot:
+    """One worker position: the live worker and its counters."""
 
     index: int
-    process: BaseProcess | None = None
-    conn: Connection | None = None
-    tasks: int = 0  # run by the current process
+    worker: WorkerProcess | None = None
+    tasks: int = 0  # run by the current worker
     rss_bytes: int = 0
     peak_rss_bytes: int = 0
     started_at: float = 0.0
@@ -86,7 +88,8 @@ class _Slot:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        """The worker's pid once it is ready."""
+        return self.worker.pid if self.worker is not None and self.worker.ready else None
 
 
 class ProcessExecutor(Executor):
@@ -111,33 +114,27 @@ class ProcessExecutor(Executor):
         ``data_dir``: where data that is not in a store is imported for the
         workers (a private temporary directory, removed at close, if None).
         """
-        self.max_workers = max_workers or available_cores()
+        super().__init__(max_workers or available_cores())
         self.max_tasks_per_child = max_tasks_per_child
         self.max_worker_rss_bytes = int(max_worker_rss_mb * 2**20) if max_worker_rss_mb else None
         self._owns_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="tradingd-data-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # close(wait=False) leaves removal to the last slot thread; this covers an exit before it is done.
+        # Covers an exit without close(); close removes the directory itself.
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.data_dir), ignore_errors=True)
         if not self._owns_data_dir:
             self._cleanup.detach()
         self.preload = tuple(preload)
         self.plane = DataPlane(self.data_dir)
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(_FORKSERVER_PRELOAD)
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
-        self.pending = 0
-        self.active = 0
-        self.completed = 0
-        self.failed = 0
+        self._queue: queue.SimpleQueue[SlotTask | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # the slots and the worker counters below
         self.lost = 0
         self.recycled: dict[str, int] = {"tasks": 0, "rss": 0}
         self.started_workers = 0
         self.peak_worker_rss_bytes = 0
-        self._slots = [_Slot(i) for i in range(self.max_workers)]
-        self._serving = len(self._slots)
+        self._launcher: WorkerLauncher | None = None
+        self._launcher_lock = threading.Lock()
+        self._slots = [WorkerSlot(i) for i in range(self.max_workers)]
         self._threads = [
             threading.Thread(target=self._serve, args=(slot,), name=f"tradingd-process-slot-{slot.index}",
                              daemon=True)
@@ -146,70 +143,83 @@ class ProcessExecutor(Executor):
         self._started = False
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.active}/{self.max_workers} busy"
-        return (f"<ProcessExecutor {state} done={self.completed} recycled={sum(self.recycled.values())} "
+        counts = self.jobs.as_dict()
+        state = "closed" if self.closed else f"{counts['active']}/{self.max_workers} busy"
+        return (f"<ProcessExecutor {state} done={counts['completed']} recycled={sum(self.recycled.values())} "
                 f"lost={self.lost}>")
 
     def start(self) -> None:
         """Start the slots and their workers now (idempotent; the first ``submit`` does it too)."""
         with self._lock:
-            if self._started or self._closed:
+            if self._started or self.closed:
                 return
             self._started = True
-            for thread in self._threads:
-                thread.start()
+        for thread in self._threads:
+            thread.start()
 
-    # --- the Executor interface ----------------------------------------------------------
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
-        job = _Job(fn, args)
-        with self._lock:
-            if self._closed:
-                raise ExecutorClosed("the executor is closed")
-            self.pending += 1
+    def _dispatch(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Awaitable[T]:
+        task = SlotTask(fn, args)
         self.start()
-        job.future.add_done_callback(self._settled)
-        self._jobs.put(job)
+        task.future.add_done_callback(self.jobs.future_settled)
+        self._queue.put(task)
         # Cancelling the awaiting task cancels a still-queued job; a running one finishes in its worker.
-        return asyncio.wrap_future(job.future)
+        return asyncio.wrap_future(task.future)
 
-    def close(self, *, wait: bool = False) -> None:
+    async def _release(self, join_timeout: float) -> None:
+        if self._started:
+            # Each slot cancels the queued tasks it meets, then reaches its None and stops its worker.
+            for _ in self._slots:
+                self._queue.put(None)
+            if not await wait_in_thread(self._join_slots, join_timeout, name="tradingd-process-join"):
+                log.warning("process executor: workers still busy after %.1f s; killing them", join_timeout)
+                await wait_in_thread(self._kill_workers, _REAPED_TIMEOUT, name="tradingd-process-kill")
+                if not await wait_in_thread(self._join_slots, _REAPED_TIMEOUT, name="tradingd-process-join"):
+                    log.error("process executor: slot threads did not stop after their workers were killed")
+            await wait_in_thread(self._close_launcher, 2 * _REAPED_TIMEOUT, name="tradingd-process-launcher")
+        self._remove_data_dir()
+        log.debug("process executor closed (%d tasks, %d workers started)", self.jobs.settled_by["completed"],
+                  self.started_workers)
+
+    def _join_slots(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def _kill_workers(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            started = self._started
-        if not started:
-            self._remove_data_dir()
-            return
-        # Queued jobs are cancelled by the slots as they reach them; then each slot stops its worker.
-        for _ in self._slots:
-            self._jobs.put(None)
-        if wait:
-            for thread in self._threads:
-                thread.join()
-            self._remove_data_dir()
-        log.debug("process executor closed (%d tasks, %d workers started)", self.completed, self.started_workers)
+            workers = [slot.worker for slot in self._slots if slot.worker is not None]
+        for worker in workers:
+            worker.kill()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def _close_launcher(self) -> None:
+        with self._launcher_lock:
+            launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            launcher.close(_REAPED_TIMEOUT)
 
-    def stats(self) -> dict[str, Any]:
-        workers = []
+    def _live_launcher(self) -> WorkerLauncher:
+        """The launcher, started on first use and again if it died."""
+        with self._launcher_lock:
+            if self.closed:  # close() ends the launcher; nothing may start another after it
+                raise ExecutorClosed("the executor is closed")
+            if self._launcher is None or not self._launcher.alive:
+                if self._launcher is not None:
+                    log.warning("process executor: the worker launcher exited (code %s); starting another",
+                                self._launcher.process.returncode)
+                    self._launcher.close(_REAPED_TIMEOUT)
+                self._launcher = WorkerLauncher.start(str(self.data_dir), self.preload, _READY_TIMEOUT)
+            return self._launcher
+
+    def _details(self) -> dict[str, Any]:
         with self._lock:
             slots = [(s.index, s.pid, s.tasks, s.rss_bytes, s.peak_rss_bytes, s.busy, s.started_at)
                      for s in self._slots]
             counts = {
-                "active": self.active,
-                "queued": max(0, self.pending - self.active),
-                "completed": self.completed,
-                "failed": self.failed,
                 "lost": self.lost,
                 "recycled": dict(self.recycled),
                 "workers_started": self.started_workers,
                 "peak_worker_rss_bytes": self.peak_worker_rss_bytes,
             }
+        workers = []
         for index, pid, tasks, rss, peak, busy, started in slots:
             if pid is not None:
                 try:
@@ -219,102 +229,80 @@ class ProcessExecutor(Executor):
             workers.append({"slot": index, "pid": pid, "busy": busy, "tasks": tasks, "rss_bytes": rss,
                             "peak_rss_bytes": peak, "uptime_seconds": round(time.time() - started, 1) if pid else 0})
         return {
-            "kind": self.kind,
-            "max_workers": self.max_workers,
             "max_tasks_per_child": self.max_tasks_per_child,
             "max_worker_rss_mb": self.max_worker_rss_bytes / 2**20 if self.max_worker_rss_bytes else None,
-            "start_method": "forkserver",
+            "start_method": "launcher",
             **counts,
             "workers_rss_bytes": sum(w["rss_bytes"] for w in workers if w["pid"] is not None),
             "workers": workers,
             "data_dir": str(self.data_dir),
             "data_imported": self.plane.imported,
-            "closed": self._closed,
         }
 
-    # --- slots ---------------------------------------------------------------------------
+    # --- slots (each runs in its own thread) -----------------------------------------------
 
-    def _settled(self, _future: Future[Any]) -> None:
-        with self._lock:
-            self.pending -= 1
-
-    def _serve(self, slot: _Slot) -> None:
-        """A slot's dispatcher thread: run jobs one at a time on the slot's worker."""
+    def _serve(self, slot: WorkerSlot) -> None:
+        """A slot's dispatcher thread: run tasks one at a time on the slot's worker."""
         try:
             self._try_spawn(slot)
             while True:
-                job = self._jobs.get()
-                if job is None:
+                task = self._queue.get()
+                if task is None:
                     return
-                if self._closed:
-                    job.future.cancel()
-                    continue
-                if job.future.set_running_or_notify_cancel():
-                    self._run(slot, job)
-        except Exception:  # a bug here must not leave jobs waiting forever
+                if self.closed:
+                    task.future.cancel()
+                elif task.future.set_running_or_notify_cancel():
+                    self._run(slot, task)
+        except Exception:  # a bug here must not leave tasks waiting forever
             log.exception("process executor slot %d failed", slot.index)
         finally:
             self._retire(slot, reason=None)
-            with self._lock:
-                self._serving -= 1
-                last = self._serving == 0
-            if last:
-                self._remove_data_dir()
 
-    def _run(self, slot: _Slot, job: _Job) -> None:
+    def _run(self, slot: WorkerSlot, task: SlotTask) -> None:
+        self.jobs.started()
         with self._lock:
-            self.active += 1
             slot.busy = True
-        value: Any = None
-        error: BaseException | None = None
         try:
-            value = self._exchange(slot, job)
+            value = self._exchange(slot, task)
         except BaseException as exc:  # the task's own exception (even SystemExit) belongs to its future
-            error = exc
-        finally:
-            # Counted before the future settles, so whoever awaits it sees the counters updated.
-            with self._lock:
-                self.active -= 1
-                slot.busy = False
-                if error is None:
-                    self.completed += 1
-                else:
-                    self.failed += 1
-        if error is None:
-            job.future.set_result(value)
+            task.future.set_exception(exc)
         else:
-            job.future.set_exception(error)
+            task.future.set_result(value)
+        finally:
+            self.jobs.stopped()
+            with self._lock:
+                slot.busy = False
         reason = self._recycle_reason(slot)
         if reason is not None:
             self._retire(slot, reason)
-            if not self._closed:
+            if not self.closed:
                 self._try_spawn(slot)
 
-    def _exchange(self, slot: _Slot, job: _Job) -> Any:
-        """Run one job on the slot's worker: its result, or raise its (or the transport's) exception."""
+    def _exchange(self, slot: WorkerSlot, task: SlotTask) -> Any:
+        """Run one task on the slot's worker: its result, or raise its (or the transport's) exception."""
         # Unpicklable arguments or a failed data import raise here, before anything is sent.
-        payload = pickle.dumps((job.fn, self.plane.outbound(job.args)), protocol=pickle.HIGHEST_PROTOCOL)
-        if slot.process is None or not slot.process.is_alive():
+        payload = pickle.dumps((task.fn, self.plane.outbound(task.args)), protocol=pickle.HIGHEST_PROTOCOL)
+        worker = slot.worker
+        if worker is None or not worker.alive:
             self._retire(slot, reason=None)
-            if not self._try_spawn(slot):
+            worker = self._try_spawn(slot)
+            if worker is None:
                 raise WorkerLost("cannot start a worker process (see the log)")
-        assert slot.conn is not None and slot.process is not None
-        name = getattr(job.fn, "__qualname__", repr(job.fn))
+        name = getattr(task.fn, "__qualname__", repr(task.fn))
         try:
-            slot.conn.send_bytes(payload)
-            del payload
-            wait([slot.conn, slot.process.sentinel])
-            raw = slot.conn.recv_bytes()
+            raw = worker.call(payload)
         except (EOFError, OSError):
-            slot.process.join(1.0)
-            code, pid = slot.process.exitcode, slot.pid
+            code = worker.exit_code()
             with self._lock:
                 self.lost += 1
-            log.warning("worker pid %s died (exit code %s) while running %s; starting another", pid, code, name)
+            if not self.closed:
+                log.warning("worker pid %s died (exit code %s) while running %s; starting another", worker.pid,
+                            code, name)
             self._retire(slot, reason=None)
-            if not self._closed:
+            if not self.closed:
                 self._try_spawn(slot)
-            raise WorkerLost(f"worker process {pid} died (exit code {code}) while running {name}") from None
+            raise WorkerLost(f"worker process {worker.pid} died (exit code {code}) while running {name}") from None
+        del payload
         try:
             status, value, remote_tb, rss, peak = pickle.loads(raw)
         except Exception as exc:  # e.g. a result class the daemon cannot import
@@ -332,8 +320,8 @@ class ProcessExecutor(Executor):
             raise value
         raise RuntimeError(f"{name} failed in its worker: {value!r}")
 
-    def _recycle_reason(self, slot: _Slot) -> str | None:
-        if slot.process is None:
+    def _recycle_reason(self, slot: WorkerSlot) -> str | None:
+        if slot.worker is None:
             return None
         if slot.tasks >= self.max_tasks_per_child:
             return "tasks"
@@ -341,32 +329,39 @@ class ProcessExecutor(Executor):
             return "rss"
         return None
 
-    def _try_spawn(self, slot: _Slot) -> bool:
+    def _try_spawn(self, slot: WorkerSlot) -> WorkerProcess | None:
+        """Start the slot's worker and wait until it is ready; None (logged) if it cannot start."""
         try:
-            self._spawn(slot)
+            worker = self._live_launcher().fork()
         except Exception:
-            log.exception("slot %d: cannot start a worker process", slot.index)
-            return False
-        return True
-
-    def _spawn(self, slot: _Slot) -> None:
-        process, parent = start_worker(self._context, f"tradingd-worker-{slot.index}", str(self.data_dir),
-                                       self.preload)
-        with self._lock:
-            slot.process, slot.conn = process, parent
+            if not self.closed:
+                log.exception("slot %d: cannot start a worker process", slot.index)
+            return None
+        with self._lock:  # registered before it is ready, so close can kill a worker that hangs starting
+            slot.worker = worker
             slot.tasks, slot.rss_bytes, slot.peak_rss_bytes = 0, 0, 0
-            slot.started_at = time.time()
             self.started_workers += 1
-        log.debug("slot %d: worker pid %s started", slot.index, process.pid)
-
-    def _retire(self, slot: _Slot, reason: str | None) -> None:
-        """Stop the slot's worker: ask, wait, then kill. ``reason`` counts it as recycled."""
-        process, conn = slot.process, slot.conn
-        if process is None:
-            return
-        stop_worker(process, conn)
+        try:
+            rss = worker.wait_ready(_READY_TIMEOUT)
+        except (EOFError, OSError) as exc:
+            if not self.closed:
+                log.error("slot %d: worker pid %s did not start: %s", slot.index, worker.pid, exc)
+            self._retire(slot, reason=None)
+            return None
         with self._lock:
-            slot.process, slot.conn = None, None
+            slot.rss_bytes = rss
+            slot.started_at = time.time()
+        log.debug("slot %d: worker pid %s started", slot.index, worker.pid)
+        return worker
+
+    def _retire(self, slot: WorkerSlot, reason: str | None) -> None:
+        """Stop the slot's worker: ask, wait, then kill. ``reason`` counts it as recycled."""
+        worker = slot.worker
+        if worker is None:
+            return
+        worker.stop(_STOP_TIMEOUT)  # still in the slot meanwhile, so close can kill it if it hangs
+        with self._lock:
+            slot.worker = None
             if reason is not None:
                 self.recycled[reason] += 1
         if reason is not None:
@@ -375,5 +370,4 @@ class ProcessExecutor(Executor):
 
     def _remove_data_dir(self) -> None:
         if self._owns_data_dir:
-            # The finalizer stays armed: at exit it finishes a removal interrupted with this daemon thread.
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.executors import ExecutorUnavailable, create_executor
+from tradingd.workflows.executor import ExecutorUnavailable
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
 
@@ -28,6 +29,7 @@ __all__ = ["BUNDLED_PREFIX", "WorkflowService", "bundled_spec_names", "load_star
 log = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
+EXECUTOR_CLOSE_TIMEOUT = 5.0  # workers still busy after this are stopped by force
 
 
 def bundled_spec_names() -> list[str]:
@@ -96,7 +98,7 @@ class WorkflowService:
             return
         self._closed = True
         await self.queue.close(graceful_timeout)
-        self.executor.close(wait=False)
+        await self.executor.close(EXECUTOR_CLOSE_TIMEOUT)
 
     def stats(self) -> dict[str, Any]:
         return self.queue.stats()

@@ -27,6 +27,9 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tradingd.config import describe_validation_error, yaml_error_line
+from tradingd.trading.metrics import METRIC_NAMES
+from tradingd.trading.strategies import expand_valid_grid, get_strategy
+from tradingd.trading.strategy import StrategyError
 from tradingd.workflows.spec_sections import (
     EVENT_TYPES,
     MAX_NAME_LENGTH,
@@ -150,8 +153,6 @@ class WorkflowSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkflowSpec:
-        from tradingd.trading.metrics import METRIC_NAMES
-
         if self.objective not in METRIC_NAMES:
             raise ValueError(f"objective {self.objective!r} is not a metric; choose one of {', '.join(METRIC_NAMES)}")
         if self.type == "walk_forward" and self.walk_forward is None:
@@ -241,9 +242,6 @@ def parse_spec(raw: object, *, source: str = "<spec>", base_dir: Path | None = N
 
 def _check_strategy(spec: WorkflowSpec) -> list[str]:
     """Unknown strategies, parameters and empty grids are spec errors, not run failures."""
-    from tradingd.trading.strategies import expand_valid_grid, get_strategy
-    from tradingd.trading.strategy import StrategyError
-
     try:
         strategy = get_strategy(spec.strategy.name)
     except StrategyError as exc:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tradingd.storage.atomic import fsync_dir
-from tradingd.workflows.spec import EVENT_TYPES, EventType, RetentionPolicy
+from tradingd.workflows.spec_sections import EVENT_TYPES, EventType, RetentionPolicy
 
 __all__ = [
     "EventStream",
