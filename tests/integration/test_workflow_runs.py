@@ -19,7 +19,7 @@ from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.strategies import Strategy
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.executors import ThreadExecutor
-from tradingd.workflows.journal import journal_sink
+from tradingd.workflows.outcome_sink import journal_sink
 from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec
 

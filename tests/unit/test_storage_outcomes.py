@@ -191,19 +191,3 @@ def test_regime_features_use_no_future_bars() -> None:
     cut = MarketState.compute(close[:200] + 1, close[:200] - 1, close[:200])
     assert np.allclose(full.features[:200], cut.features, equal_nan=True)
     assert list(full.regimes[:200]) == list(cut.regimes)
-
-
-def test_similar_query_parsing() -> None:
-    from tradingd.storage.outcomes import parse_similar_query
-
-    assert parse_similar_query({"features": "0.5, -1,2e-3", "k": "3"}) == ([0.5, -1.0, 0.002], 3)
-    assert parse_similar_query({"features": "1"}) == ([1.0], 10)
-    for bad, message in (
-        ({}, "required"),
-        ({"features": "a,b"}, "numbers"),
-        ({"features": "nan"}, "finite"),
-        ({"features": "1", "k": "x"}, "integer"),
-        ({"features": "1", "k": "0"}, "between"),
-    ):
-        with pytest.raises(ValueError, match=message):
-            parse_similar_query(bad)
