@@ -18,7 +18,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -251,7 +251,8 @@ class Supervisor:
     async def _stop(self) -> None:
         self.state = Lifecycle.STOPPING
         self.stop_event.set()
-        if self._lock.held:
+        started = self._lock.held  # else start() failed before it took anything: nothing to say
+        if started:
             log.info("stopping")
         self.notifier.stopping()
         graceful = self.config.graceful_timeout
@@ -263,16 +264,21 @@ class Supervisor:
             ("background tasks", self._drain_tasks, graceful + 3.0),
             # 3. Caches, once nothing fills them any more (a no-op if they were never loaded).
             ("caches", self._persist_caches, graceful + 2.0),
+            # 4. The executor, once no container uses it.
             ("executor", self._close_executor, EXECUTOR_CLOSE_TIMEOUT + 1.0),
             # 5. HTTP last, so /ready answers 503 while we drain.
             ("http", self._stop_http, self.config.http.shutdown_timeout + 1.0),
         ]
+        # 6. Files (journal, lock, notify socket) after every step, whatever happened in them.
         try:
             await run_steps(steps, owner="stop")
         finally:
-            self._close_files()
-            self.state = Lifecycle.STOPPED
-        log.info("stopped")
+            try:
+                self._close_files()
+            finally:
+                self.state = Lifecycle.STOPPED
+        if started:
+            log.info("stopped")
 
     async def _drain_runs(self) -> None:
         if self._workflows is not None:
@@ -302,12 +308,12 @@ class Supervisor:
         """The journal, the lock, the notify socket: each closed even if the one before fails."""
         try:
             if self.outcomes is not None:
-                self.outcomes.close()
+                _close("the outcome journal", self.outcomes.close)
         finally:
             try:
-                self._lock.release()
+                _close("the state-dir lock", self._lock.release)
             finally:
-                self.notifier.close()
+                _close("the notify socket", self.notifier.close)
 
     # --- the monitor task ----------------------------------------------------------------
 
@@ -366,6 +372,13 @@ class Supervisor:
             "outcomes": self._outcome_count,
             "max_outcomes": self.config.outcomes.max_outcomes,
         }
+
+
+def _close(what: str, close: Callable[[], None]) -> None:
+    try:
+        close()
+    except Exception:
+        log.exception("closing %s failed", what)
 
 
 def _built(part: T | None, what: str) -> T:
