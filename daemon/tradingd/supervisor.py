@@ -178,8 +178,8 @@ class Supervisor:
         self._monitor = Monitor(limit, thresholds=(thresholds.gc, thresholds.pressure, thresholds.critical),
                                 hysteresis=config.memory.hysteresis, history_size=config.memory.history_size)
         self._memory = MemoryManager(config, self._monitor)
-        self._memory.register_stats(self.stats)
         self.stats.register("memory", self._memory_stats)
+        self._memory.register_stats(self.stats)
         await asyncio.to_thread(self._memory.load_persisted)
         # 4. Results: the outcome journal, the executor and the run queue.
         await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)

@@ -127,4 +127,4 @@ class WorkflowService:
             self.executor.close(wait=False)
 
     def stats(self) -> dict[str, Any]:
-        return self._queue.stats() if self._queue is not None else {"total": 0, "by_status": {}}
+        return self.queue.stats()
