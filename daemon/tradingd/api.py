@@ -3,6 +3,9 @@
 Every answer is JSON except ``/metrics`` (Prometheus text) and ``/`` (the
 dashboard). Every error is ``{"error": ...}`` with the right status; bad input
 is a 4xx, never a 500, and the daemon keeps serving.
+
+The handlers see the daemon through :class:`Daemon`, the narrow interface
+defined here (the supervisor provides it), never the supervisor itself.
 """
 
 from __future__ import annotations
@@ -10,28 +13,56 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tradingd.auth import token_matches
 from tradingd.memory.cleanup import parse_level
+from tradingd.memory.monitor import PressureLevel
 from tradingd.prometheus import build_registry
-from tradingd.storage.outcomes import OutcomeJournal, parse_similar_query
-from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, WorkflowRun
+from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
 from tradingd.workflows.spec import SAFE_NAME, SpecError, parse_spec, parse_spec_text
 
-if TYPE_CHECKING:
-    from tradingd.supervisor import Supervisor
-
-__all__ = ["SUPERVISOR", "build_app", "json_error", "read_json_body", "require_token"]
+__all__ = ["DAEMON", "Daemon", "build_app", "json_error", "parse_similar_query", "read_json_body", "require_token"]
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+
+class Daemon(Protocol):
+    """What the HTTP handlers need from the daemon."""
+
+    @property
+    def api_token(self) -> str | None: ...
+
+    @property
+    def results_dir(self) -> Path: ...
+
+    @property
+    def runs(self) -> RunQueue: ...
+
+    @property
+    def outcomes(self) -> OutcomeJournal | None: ...
+
+    def healthy(self) -> bool: ...
+
+    def loop_lag(self) -> float: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+    def stats_snapshot(self) -> Mapping[str, Any]: ...
+
+    async def cleanup(self, level: PressureLevel) -> dict[str, Any]: ...
+
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 DASHBOARD = web.AppKey("dashboard", str)
 
@@ -60,7 +91,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
         if exc.status == 413:
-            limit = request.app[SUPERVISOR].config.http.max_body_bytes
+            limit = request.app[MAX_BODY_BYTES]
             message = f"request body too large (limit {limit} bytes)"
         response = json_error(exc.status, message)
         for header in ("Allow", "WWW-Authenticate", "Retry-After"):
@@ -81,21 +112,20 @@ async def presented_token_middleware(request: web.Request, handler: Handler) -> 
     that their token would not work for the endpoints that need it.
     """
     header = request.headers.get("Authorization")
-    if header and not token_matches(header, request.app[SUPERVISOR].api_token):
+    if header and not token_matches(header, request.app[DAEMON].api_token):
         raise web.HTTPForbidden(text="invalid bearer token")
     return await handler(request)
 
 
 def require_token(request: web.Request) -> None:
     """Raise 401 unless the request carries the daemon's bearer token."""
-    supervisor = request.app[SUPERVISOR]
     header = request.headers.get("Authorization")
     if not header:
         raise web.HTTPUnauthorized(
             text="missing bearer token (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": 'Bearer realm="tradingd"'},
         )
-    if not token_matches(header, supervisor.api_token):
+    if not token_matches(header, request.app[DAEMON].api_token):
         raise web.HTTPForbidden(text="invalid bearer token")
 
 
@@ -122,23 +152,23 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
-    lag = supervisor.lag.current_lag()
+    daemon = request.app[DAEMON]
+    lag = daemon.loop_lag()
     body = {"status": "ok", "loop_lag_seconds": round(lag, 6)}
-    if not supervisor.healthy():
+    if not daemon.healthy():
         return ok({**body, "status": "stalled", "error": f"event loop lag {lag:.2f} s over threshold"}, status=503)
     return ok(body)
 
 
 async def ready(request: web.Request) -> web.Response:
-    is_ready, reason = request.app[SUPERVISOR].readiness()
+    is_ready, reason = request.app[DAEMON].readiness()
     if not is_ready:
         return ok({"status": "not ready", "reason": reason, "error": f"not ready: {reason}"}, status=503)
     return ok({"status": "ready"})
 
 
 async def stats(request: web.Request) -> web.Response:
-    return ok(request.app[SUPERVISOR].stats.snapshot)
+    return ok(request.app[DAEMON].stats_snapshot())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -152,7 +182,6 @@ async def metrics(request: web.Request) -> web.Response:
 async def admin_cleanup(request: web.Request) -> web.Response:
     """Run the cleanup ladder now: ``{"level": "gc" | "pressure" | "critical"}`` (default pressure)."""
     require_token(request)
-    supervisor = request.app[SUPERVISOR]
     body = await read_json_body(request) if request.can_read_body else {}
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text='body must be a JSON object like {"level": "pressure"}')
@@ -160,11 +189,7 @@ async def admin_cleanup(request: web.Request) -> web.Response:
         level = parse_level(body.get("level", "pressure"))
     except (ValueError, TypeError) as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    # gc.collect and malloc_trim can take a while on a large heap: keep the loop free.
-    report = await asyncio.to_thread(supervisor.memory.run_ladder, level)
-    supervisor.monitor.sample()
-    supervisor.stats.refresh()
-    return ok(report)
+    return ok(await request.app[DAEMON].cleanup(level))
 
 
 # --- runs ----------------------------------------------------------------------
@@ -173,7 +198,7 @@ async def admin_cleanup(request: web.Request) -> web.Response:
 def _run_or_404(request: web.Request) -> WorkflowRun:
     run_id = request.match_info["run_id"]
     try:
-        return request.app[SUPERVISOR].workflows.queue.get(run_id)
+        return request.app[DAEMON].runs.get(run_id)
     except RunNotFound:
         raise web.HTTPNotFound(text=f"no run {run_id!r}") from None
 
@@ -181,7 +206,7 @@ def _run_or_404(request: web.Request) -> WorkflowRun:
 async def list_runs(request: web.Request) -> web.Response:
     """Every run, newest first; ``?status=running`` filters."""
     wanted = request.query.get("status")
-    runs = request.app[SUPERVISOR].workflows.queue.list()
+    runs = request.app[DAEMON].runs.list()
     return ok({"runs": [r.describe() for r in runs if wanted is None or r.status == wanted]})
 
 
@@ -192,9 +217,9 @@ async def get_run(request: web.Request) -> web.Response:
 async def submit_run(request: web.Request) -> web.Response:
     """Queue a workflow spec sent as JSON (``application/json``) or YAML (anything else)."""
     require_token(request)
-    supervisor = request.app[SUPERVISOR]
-    is_ready, reason = supervisor.readiness()
-    queue = supervisor.workflows.queue
+    daemon = request.app[DAEMON]
+    is_ready, reason = daemon.readiness()
+    queue = daemon.runs
     if not is_ready or not queue.accepting:
         raise web.HTTPServiceUnavailable(
             text=f"not accepting runs: {reason if not is_ready else 'stopping'}", headers={"Retry-After": "5"}
@@ -235,7 +260,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     require_token(request)
     run = _run_or_404(request)
     try:
-        await request.app[SUPERVISOR].workflows.queue.cancel(run.id)
+        await request.app[DAEMON].runs.cancel(run.id)
     except RunFinished as exc:
         raise web.HTTPConflict(text=str(exc)) from None
     return ok(run.describe())
@@ -250,7 +275,7 @@ async def run_report(request: web.Request) -> web.StreamResponse:
     relative = request.match_info["path"] or "report.html"
     if not SAFE_NAME.fullmatch(run_id):
         raise web.HTTPNotFound(text=f"no run {run_id!r}")
-    root = (request.app[SUPERVISOR].results_dir / run_id).resolve()
+    root = (request.app[DAEMON].results_dir / run_id).resolve()
     target = (root / relative).resolve()
     if not target.is_relative_to(root) or target.suffix not in _REPORT_TYPES or not target.is_file():
         raise web.HTTPNotFound(text=f"no report {relative!r} for run {run_id!r} (reports appear as phases finish)")
@@ -266,7 +291,7 @@ async def run_report_redirect(request: web.Request) -> web.StreamResponse:
 
 
 def _journal_or_404(request: web.Request) -> OutcomeJournal:
-    journal = request.app[SUPERVISOR].outcomes
+    journal = request.app[DAEMON].outcomes
     if journal is None:
         raise web.HTTPNotFound(text="the outcome journal is disabled (outcomes.enabled: false)")
     return journal
@@ -288,14 +313,38 @@ async def outcomes_similar(request: web.Request) -> web.Response:
     return ok({"k": k, "features": features, "outcomes": await asyncio.to_thread(journal.similar, features, k)})
 
 
-def build_app(supervisor: Supervisor) -> web.Application:
-    """The aiohttp application for ``supervisor``."""
+def parse_similar_query(query: Mapping[str, str], *, max_k: int = 1000) -> tuple[list[float], int]:
+    """Parse ``features=0.1,0.2,...&k=10`` (the query of ``GET /outcomes/similar``).
+
+    Raises ValueError with a message fit for a 400 answer.
+    """
+    raw = query.get("features", "").strip()
+    if not raw:
+        raise ValueError("query parameter 'features' is required: comma-separated numbers")
+    try:
+        features = [float(x) for x in raw.split(",")]
+    except ValueError:
+        raise ValueError(f"'features' must be comma-separated numbers, got {raw!r}") from None
+    if not all(math.isfinite(x) for x in features):
+        raise ValueError("'features' must be finite numbers")
+    try:
+        k = int(query.get("k", "10"))
+    except ValueError:
+        raise ValueError(f"'k' must be an integer, got {query.get('k')!r}") from None
+    if not 1 <= k <= max_k:
+        raise ValueError(f"'k' must be between 1 and {max_k}")
+    return features, k
+
+
+def build_app(daemon: Daemon, *, max_body_bytes: int) -> web.Application:
+    """The aiohttp application serving ``daemon``; bodies over ``max_body_bytes`` get 413."""
     app = web.Application(
         middlewares=[error_middleware, presented_token_middleware],
-        client_max_size=supervisor.config.http.max_body_bytes,
+        client_max_size=max_body_bytes,
     )
-    app[SUPERVISOR] = supervisor
-    app[REGISTRY] = build_registry(supervisor.stats)
+    app[DAEMON] = daemon
+    app[MAX_BODY_BYTES] = max_body_bytes
+    app[REGISTRY] = build_registry(daemon.stats_snapshot)
     app[DASHBOARD] = resources.files("tradingd").joinpath("web/index.html").read_text(encoding="utf-8")
     app.router.add_get("/", index)
     app.router.add_get("/health", health)

@@ -13,6 +13,8 @@ import logging
 import time
 from collections import deque
 
+from tradingd.periodic import poll
+
 __all__ = ["LoopLagMeter"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,15 @@ class LoopLagMeter:
     def healthy(self, threshold: float) -> bool:
         return self.current_lag() <= threshold
 
+    def stats(self, threshold: float) -> dict[str, float | bool]:
+        """The ``loop`` stats section, judged against ``threshold`` seconds."""
+        return {
+            "lag_seconds": round(self.current_lag(), 6),
+            "max_lag_seconds": round(self.max_lag, 6),
+            "lag_threshold_seconds": threshold,
+            "healthy": self.healthy(threshold),
+        }
+
     def reset(self) -> None:
         """Start measuring from now (call right before scheduling :meth:`run`)."""
         self._last_tick = time.monotonic()
@@ -53,11 +64,7 @@ class LoopLagMeter:
         Lag counts from the last :meth:`reset`, not from when this task first
         runs, so a loop blocked before the task got going still shows.
         """
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
+        async for _ in poll(stop, self.interval):
             now = time.monotonic()
             lag = max(now - self._last_tick - self.interval, 0.0)
             self._last_tick = now

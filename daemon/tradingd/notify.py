@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from tradingd.periodic import poll
 
 __all__ = ["DEFAULT_STATUS_INTERVAL", "Notifier", "run_watchdog", "status_line"]
 
@@ -186,8 +190,9 @@ async def run_watchdog(
     Runs as a task on the daemon's own event loop. ``WATCHDOG=1`` goes out
     every ``notifier.watchdog_interval`` seconds, but only when ``healthy()``
     is true; ``STATUS=`` (if ``status`` is given) every ``status_interval``
-    seconds. Ticks are scheduled against fixed deadlines so the cadence does
-    not drift by the time each tick takes. Returns at once when there is
+    seconds. Ticks are scheduled against fixed deadlines (a :func:`poll`
+    loop whose interval is the time to the next deadline), so the cadence
+    does not drift by the time each tick takes. Returns at once when there is
     nothing to send.
     """
     if not notifier.enabled:
@@ -195,14 +200,13 @@ async def run_watchdog(
     ping_interval = notifier.watchdog_interval
     if ping_interval is None and status is None:
         return
-    loop = asyncio.get_running_loop()
-    now = loop.time()
-    next_ping = now if ping_interval is not None else float("inf")
-    next_status = now + status_interval if status is not None else float("inf")
+    now = asyncio.get_running_loop().time()
+    due = _Deadlines(ping=now if ping_interval is not None else math.inf,
+                     status=now + status_interval if status is not None else math.inf)
     withholding = False
-    while not stop.is_set():
-        now = loop.time()
-        if ping_interval is not None and now >= next_ping:
+    async for tick in poll(stop, due.until_next, first_delay=0):
+        due.tick = tick
+        if ping_interval is not None and tick >= due.ping:
             if _is_healthy(healthy):
                 notifier.watchdog()
                 if withholding:
@@ -214,18 +218,26 @@ async def run_watchdog(
                 logger.warning("event loop unhealthy: withholding WATCHDOG=1")
                 withholding = True
             # After a stall, skip the missed slots instead of bursting pings.
-            next_ping += ping_interval * (int((now - next_ping) // ping_interval) + 1)
-        if status is not None and now >= next_status:
+            due.ping += ping_interval * (int((tick - due.ping) // ping_interval) + 1)
+        if status is not None and tick >= due.status:
             try:
                 notifier.status(status())
             except Exception:
                 logger.exception("building the sd_notify STATUS line failed")
-            next_status = now + status_interval
-        delay = max(0.0, min(next_ping, next_status) - loop.time())
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass
+            due.status = tick + status_interval
+
+
+@dataclass
+class _Deadlines:
+    """The watchdog's next ping and status times, and the tick being handled (loop time)."""
+
+    ping: float
+    status: float
+    tick: float = 0.0
+
+    def until_next(self) -> float:
+        """Seconds from this tick to the next deadline (``poll`` subtracts the tick's own run time)."""
+        return min(self.ping, self.status) - self.tick
 
 
 def _is_healthy(healthy: Callable[[], bool]) -> bool:

@@ -2,25 +2,24 @@
 
 Each app gets its own registry with the standard process, gc and platform
 collectors plus :class:`SnapshotCollector`, which translates the latest
-snapshot (never live objects) into metric families with stable names.
+snapshot (never live objects, so a scrape never takes a cache lock) into
+metric families with stable names: the daemon, memory and loop sections, the
+memory manager's caches, models, cleanup and admission, and the runs. Names
+and labels are stable API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from tradingd.memory.metrics import memory_manager_families
-from tradingd.stats import StatsBoard
-from tradingd.workflows.metrics import runs_families
 
 __all__ = ["FAMILIES", "SnapshotCollector", "build_registry"]
 
-Snapshot = dict[str, Any]
+Snapshot = Mapping[str, Any]
 FamilyBuilder = Callable[[Snapshot], Iterable[Metric]]
 
 
@@ -74,7 +73,141 @@ def loop_families(snap: Snapshot) -> Iterator[Metric]:
     )
 
 
-# Other rooms append their builders here (memory caches, runs, outcomes, ...).
+def _counter_rows(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+def _gauge_rows(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+def _cache_families(section: dict[str, Any]) -> Iterator[Metric]:
+    caches: dict[str, dict[str, Any]] = section.get("caches") or {}
+    yield _gauge_rows("tradingd_cache_budget_bytes", "Global cache byte budget.", [], [([], section["budget_bytes"])])
+    yield _gauge_rows("tradingd_cache_used_bytes", "Bytes held by all caches.", [], [([], section["used_bytes"])])
+    yield _gauge_rows(
+        "tradingd_cache_bytes", "Bytes held by a cache.", ["cache"], [([n], c["bytes"]) for n, c in caches.items()]
+    )
+    yield _gauge_rows(
+        "tradingd_cache_entries", "Entries in a cache.", ["cache"], [([n], c["entries"]) for n, c in caches.items()]
+    )
+    yield _counter_rows(
+        "tradingd_cache_hits_total", "Cache lookups that hit.", ["cache"], [([n], c["hits"]) for n, c in caches.items()]
+    )
+    yield _counter_rows(
+        "tradingd_cache_misses_total",
+        "Cache lookups that missed (one per computation, however many callers waited on it).",
+        ["cache"],
+        [([n], c["misses"]) for n, c in caches.items()],
+    )
+    yield _counter_rows(
+        "tradingd_cache_evictions_total",
+        "Entries evicted, by reason (ttl, lru, size, pressure).",
+        ["cache", "reason"],
+        [([n, r], v) for n, c in caches.items() for r, v in c["evictions"].items()],
+    )
+    yield _counter_rows(
+        "tradingd_cache_evicted_bytes_total",
+        "Bytes evicted, by reason.",
+        ["cache", "reason"],
+        [([n, r], v) for n, c in caches.items() for r, v in c["evicted_bytes"].items()],
+    )
+
+
+def _model_families(models: dict[str, Any]) -> Iterator[Metric]:
+    yield _gauge_rows("tradingd_models_known", "Models registered (on disk).", [], [([], models["known"])])
+    yield _gauge_rows("tradingd_models_resident", "Models in memory.", [], [([], models["resident"])])
+    yield _gauge_rows(
+        "tradingd_models_resident_bytes", "Estimated bytes of models in memory.", [], [([], models["resident_bytes"])]
+    )
+    for name, doc in (
+        ("demotions", "Idle models demoted to a weak reference."),
+        ("collections", "Demoted models collected."),
+        ("reloads", "Models reloaded from disk."),
+    ):
+        yield _counter_rows(f"tradingd_model_{name}_total", doc, [], [([], models[name])])
+
+
+def _cleanup_families(cleanup: dict[str, Any], admission: dict[str, Any]) -> Iterator[Metric]:
+    actions: dict[str, dict[str, Any]] = cleanup.get("actions") or {}
+    yield _counter_rows(
+        "tradingd_cleanup_actions_total",
+        "Cleanup steps taken, by action.",
+        ["action"],
+        [([a], v["count"]) for a, v in actions.items()],
+    )
+    yield _counter_rows(
+        "tradingd_cleanup_freed_bytes_total",
+        "Bytes freed by cleanup steps, by action.",
+        ["action"],
+        [([a], v["freed_bytes"]) for a, v in actions.items()],
+    )
+    yield _counter_rows(
+        "tradingd_cleanup_seconds_total",
+        "Time spent in cleanup steps, by action.",
+        ["action"],
+        [([a], v["seconds"]) for a, v in actions.items()],
+    )
+    yield _counter_rows(
+        "tradingd_cleanup_runs_total",
+        "Cleanup ladder runs, by level.",
+        ["level"],
+        [([lvl], n) for lvl, n in (cleanup.get("runs") or {}).items()],
+    )
+    if admission:
+        yield _gauge_rows(
+            "tradingd_admission_paused", "1 while new containers are held back.", [], [([], float(admission["paused"]))]
+        )
+        yield _counter_rows(
+            "tradingd_admission_pauses_total", "Times admission was paused.", [], [([], admission["pauses"])]
+        )
+
+
+def memory_manager_families(snap: Snapshot) -> Iterator[Metric]:
+    """Metric families for the memory manager's sections of ``snap`` (absent sections are skipped)."""
+    caches = snap.get("caches")
+    if isinstance(caches, dict) and "budget_bytes" in caches:
+        yield from _cache_families(caches)
+    models = snap.get("models")
+    if isinstance(models, dict) and "resident" in models:
+        yield from _model_families(models)
+    cleanup = snap.get("cleanup")
+    if isinstance(cleanup, dict) and "actions" in cleanup:
+        admission = snap.get("admission")
+        yield from _cleanup_families(
+            cleanup, admission if isinstance(admission, dict) and "paused" in admission else {}
+        )
+
+
+RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+
+
+def runs_families(snap: Snapshot) -> Iterator[Metric]:
+    """``tradingd_runs{status}``, ``tradingd_containers_running`` and the executor's load."""
+    runs = snap.get("runs")
+    if not isinstance(runs, dict) or "by_status" not in runs:
+        return
+    by_status = runs["by_status"]
+    family = GaugeMetricFamily("tradingd_runs", "Runs known to the daemon, by status.", labels=["status"])
+    for status in sorted(set(RUN_STATUSES) | set(by_status)):
+        family.add_metric([status], float(by_status.get(status, 0)))
+    yield family
+    yield GaugeMetricFamily(
+        "tradingd_containers_running", "Containers computing right now.", value=float(runs["containers_running"])
+    )
+    executor = runs.get("executor") or {}
+    for key, doc in (("max_workers", "Executor worker slots."), ("active", "Executor jobs running."),
+                     ("queued", "Executor jobs waiting for a worker.")):
+        if key in executor:
+            yield GaugeMetricFamily(f"tradingd_executor_{key}", doc, value=float(executor[key]))
+
+
 FAMILIES: list[FamilyBuilder] = [
     daemon_families, memory_families, loop_families, memory_manager_families, runs_families,
 ]
@@ -83,19 +216,20 @@ FAMILIES: list[FamilyBuilder] = [
 class SnapshotCollector(Collector):
     """Yields metric families from the latest stats snapshot."""
 
-    def __init__(self, stats: StatsBoard) -> None:
-        self._stats = stats
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterable[Metric]:
-        snap = self._stats.snapshot
+        snap = self._snapshot()
         for build in FAMILIES:
             yield from build(snap)
 
 
-def build_registry(stats: StatsBoard) -> CollectorRegistry:
+def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    """A registry with the standard collectors and one reading ``snapshot()`` on every scrape."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
     PlatformCollector(registry=registry)
-    registry.register(SnapshotCollector(stats))
+    registry.register(SnapshotCollector(snapshot))
     return registry

@@ -7,12 +7,13 @@ request only ever reads a finished dict and never walks the heap.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["StatsBoard", "StatsProvider"]
+__all__ = ["StatsBoard", "StatsProvider", "gc_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,13 @@ class StatsBoard:
         snapshot["snapshot_time"] = time.time()
         self._snapshot = snapshot
         return snapshot
+
+
+def gc_stats() -> dict[str, Any]:
+    """The ``gc`` section: the collector's counts and per-generation totals."""
+    generations = gc.get_stats()
+    return {
+        "counts": list(gc.get_count()),
+        "collections": [g["collections"] for g in generations],
+        "collected": [g["collected"] for g in generations],
+    }

@@ -1,24 +1,26 @@
-"""The daemon's lifecycle: ordered start, owned background tasks, ordered stop.
+"""The daemon's lifecycle: the one composition root.
 
-``main(config, stop=...)`` is the coroutine both the CLI and the tests drive;
-the CLI adds signal handlers that only set ``stop``. Every background task is
-created through :meth:`Supervisor.spawn` and is cancelled and awaited on stop.
+``Supervisor(config)`` only records what it will build; :meth:`Supervisor.start`
+acquires everything in the order of DESIGN §3 — validate (startup specs) →
+lock the state dir → memory (limit, caches) → outcome journal, executor and
+run queue → HTTP → background tasks → ``READY=1`` → resumed and startup runs —
+and :meth:`Supervisor.shutdown` releases it in an ordered sequence of nested
+``finally`` steps, each under its own timeout. ``tradingd run`` drives
+:func:`main`; ``tradingd run-workflow`` drives the same supervisor with
+``serve=False`` (no HTTP, no sd_notify, no startup or resumed runs) and submits
+its one run itself. Every background task belongs to ``Supervisor.tasks``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import fcntl
-import gc
 import logging
 import os
-import signal
 import time
-from collections.abc import Coroutine
-from pathlib import Path
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -28,16 +30,26 @@ from tradingd.auth import resolve_api_token
 from tradingd.config import Config
 from tradingd.health import LoopLagMeter
 from tradingd.memory.manager import MemoryManager
-from tradingd.memory.monitor import Monitor, discover_limit
+from tradingd.memory.monitor import Monitor, PressureLevel, discover_limit
 from tradingd.notify import Notifier, run_watchdog, status_line
-from tradingd.stats import StatsBoard
+from tradingd.periodic import poll
+from tradingd.stats import StatsBoard, gc_stats
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
-from tradingd.workflows.journal import journal_sink
-from tradingd.workflows.service import WorkflowService
+from tradingd.storage.statedir import StateDirLock, StateDirLocked
+from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
+from tradingd.workflows.outcome_sink import journal_sink
+from tradingd.workflows.runs import RunQueue
+from tradingd.workflows.service import WorkflowService, load_startup_specs
+from tradingd.workflows.spec import WorkflowSpec
 
 __all__ = ["Lifecycle", "StateDirLocked", "Supervisor", "main"]
 
 log = logging.getLogger(__name__)
+
+EXECUTOR_CLOSE_TIMEOUT = 5.0  # workers still busy after this are left to finish on their own
+RUN_CANCEL_TIMEOUT = 5.0  # cancelled runs' teardown writes are quick; this guards against the unexpected
+
+T = TypeVar("T")
 
 
 class Lifecycle(enum.StrEnum):
@@ -47,101 +59,70 @@ class Lifecycle(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class StateDirLocked(Exception):
-    """Another daemon already owns the state dir."""
-
-
-class StateDirLock:
-    """An exclusive ``flock`` on ``<state_dir>/tradingd.lock`` holding our pid.
-
-    The kernel drops the lock when the process dies, so a crash never leaves a
-    stale lock; a clean stop also removes the file.
-    """
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "tradingd.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StateDirLocked(
-                f"state dir {self.path.parent} is in use by another tradingd (pid {holder}); "
-                "stop it or choose another paths.state_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        # Unlink while still holding the lock so no other daemon can grab the old inode.
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-
 class Supervisor:
     """Owns every long-lived piece of the daemon; an async context manager."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, serve: bool = True, force: asyncio.Event | None = None) -> None:
         self.config = config
+        self.serve = serve
         self.state = Lifecycle.STARTING
         self.started_at = time.time()
         self.state_dir = config.state_dir
         self.results_dir = config.results_dir
         self.stats = StatsBoard()
         self.lag = LoopLagMeter()
-        self.monitor = Monitor(
-            discover_limit(config.memory.limit_mb),
-            thresholds=(
-                config.memory.thresholds.gc,
-                config.memory.thresholds.pressure,
-                config.memory.thresholds.critical,
-            ),
-            hysteresis=config.memory.hysteresis,
-            history_size=config.memory.history_size,
-        )
-        self.memory = MemoryManager(config, self.monitor)
+        self.tasks = TaskScheduler("supervisor")
+        self.stop_event = asyncio.Event()
+        self.force_event = force or asyncio.Event()  # the second signal: skip the remaining waits
+        self.notifier = Notifier.from_environ() if serve else Notifier({})
         self.api_token: str | None = None
         self.addresses: list[tuple[str, int]] = []
-        self.stop_event = asyncio.Event()
-        self.notifier = Notifier.from_environ()
-        self._lock = StateDirLock(self.state_dir)
-        self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.stats.register("daemon", self._daemon_stats)
-        self.stats.register("memory", self._memory_stats)
-        self.stats.register("loop", self._loop_stats)
-        self.stats.register("gc", _gc_stats)
-        self.memory.register_stats(self.stats)
         self.outcomes: OutcomeJournal | None = None
-        # Loads the startup workflow specs now, so a bad one fails before the state dir is locked.
-        self.workflows = WorkflowService(config, memory=self.memory)
-        self.stats.register("runs", self.workflows.stats)
-        self.stats.register("outcomes", self._outcome_stats)
+        self.startup_specs: list[WorkflowSpec] = []
+        self._lock = StateDirLock(self.state_dir)
+        self._monitor: Monitor | None = None
+        self._memory: MemoryManager | None = None
+        self._workflows: WorkflowService | None = None
+        self._runner: web.AppRunner | None = None
+        self._outcome_count = 0
+        self._stopped: asyncio.Future[None] | None = None
+        self.stats.register("daemon", self._daemon_stats)
+        self.stats.register("loop", lambda: self.lag.stats(self.config.http.loop_lag_threshold))
+        self.stats.register("gc", gc_stats)
 
     def __repr__(self) -> str:
-        return f"<Supervisor {self.state} pid={os.getpid()} tasks={len(self._tasks)} {self.monitor!r}>"
+        return f"<Supervisor {self.state} pid={os.getpid()} {self.tasks!r} {self._monitor!r}>"
 
-    # --- public state --------------------------------------------------------
+    # --- what start() built ----------------------------------------------------------
+
+    @property
+    def monitor(self) -> Monitor:
+        return _built(self._monitor, "monitor")
+
+    @property
+    def memory(self) -> MemoryManager:
+        return _built(self._memory, "memory manager")
+
+    @property
+    def workflows(self) -> WorkflowService:
+        return _built(self._workflows, "workflow service")
 
     @property
     def port(self) -> int:
         """The first bound port (useful with ``http.port: 0``)."""
         return self.addresses[0][1]
 
+    # --- what the HTTP API needs (api.Daemon) -----------------------------------------
+
+    @property
+    def runs(self) -> RunQueue:
+        return self.workflows.queue
+
     def healthy(self) -> bool:
         return self.lag.healthy(self.config.http.loop_lag_threshold)
+
+    def loop_lag(self) -> float:
+        return self.lag.current_lag()
 
     def readiness(self) -> tuple[bool, str]:
         """Whether we accept work, and why not."""
@@ -151,19 +132,21 @@ class Supervisor:
             return False, f"admission paused: {self.memory.admission.reason}"
         return True, "ready"
 
+    def stats_snapshot(self) -> Mapping[str, Any]:
+        return self.stats.snapshot
+
+    async def cleanup(self, level: PressureLevel) -> dict[str, Any]:
+        """Run the cleanup ladder now (off the loop: gc and malloc_trim take a while on a large heap)."""
+        report = await asyncio.to_thread(self.memory.run_ladder, level)
+        self.monitor.sample()
+        self.stats.refresh()
+        return report
+
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        """Start an owned background task; it is cancelled and awaited on stop."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        """Start an owned background task; it is drained on stop."""
+        return self.tasks.spawn(coro, name=name)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=exc)
-
-    # --- lifecycle -----------------------------------------------------------
+    # --- start -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
         await self.start()
@@ -175,112 +158,180 @@ class Supervisor:
         await self.shutdown()
 
     async def start(self) -> None:
-        """Lock the state dir, start HTTP and background tasks, then become ready."""
-        self._lock.acquire()
+        """Acquire everything in lifecycle order and become ready; on failure, release what was acquired."""
         try:
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            self.api_token = resolve_api_token(self.config, self.state_dir)
-            await asyncio.to_thread(self.memory.load_persisted)
-            if self.config.outcomes.enabled:
-                self.outcomes = await asyncio.to_thread(
-                    OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=self.config.outcomes.max_outcomes
-                )
-                self.workflows.services.on_trades = journal_sink(self.outcomes)
-            self.monitor.sample()
-            self.stats.refresh()
-            await self._start_http()
-            self.lag.reset()
-            self.spawn(self.lag.run(self.stop_event), name="loop-lag")
-            self.spawn(self._monitor_loop(), name="monitor")
-            self.spawn(self.memory.run(self.stop_event), name="cleanup")
+            await self._start()
         except BaseException:
             await self.shutdown()
             raise
+
+    async def _start(self) -> None:
+        config = self.config
+        # 1. Validate: a bad startup spec is a config error, found before any state exists.
+        if self.serve:
+            self.startup_specs = await asyncio.to_thread(load_startup_specs, config)
+        # 2. One daemon per state dir.
+        self._lock.acquire()
+        # 3. Memory: the limit (cgroup files), the monitor, caches and models, the persisted caches.
+        limit = await asyncio.to_thread(discover_limit, config.memory.limit_mb)
+        thresholds = config.memory.thresholds
+        self._monitor = Monitor(limit, thresholds=(thresholds.gc, thresholds.pressure, thresholds.critical),
+                                hysteresis=config.memory.hysteresis, history_size=config.memory.history_size)
+        self._memory = MemoryManager(config, self._monitor)
+        self.stats.register("memory", self._memory_stats)
+        self._memory.register_stats(self.stats)
+        await asyncio.to_thread(self._memory.load_persisted)
+        # 4. Results: the outcome journal, the executor and the run queue.
+        await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)
+        if config.outcomes.enabled:
+            self.outcomes = await asyncio.to_thread(
+                OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=config.outcomes.max_outcomes
+            )
+            self._outcome_count = await asyncio.to_thread(self.outcomes.count)
+        self.stats.register("outcomes", self._outcome_stats)
+        self._workflows = WorkflowService(
+            config, memory=self._memory, on_trades=journal_sink(self.outcomes) if self.outcomes is not None else None
+        )
+        self._workflows.open()
+        self.stats.register("runs", self._workflows.stats)
+        self._monitor.sample()
+        self.stats.refresh()
+        # 5. HTTP.
+        if self.serve:
+            self.api_token = await asyncio.to_thread(resolve_api_token, config, self.state_dir)
+            await self._start_http()
+        # 6. Background tasks.
+        self.lag.reset()
+        self.tasks.spawn(self.lag.run(self.stop_event), name="loop-lag")
+        self.tasks.spawn(self._monitor_loop(), name="monitor")
+        self.tasks.spawn(self._memory.run(self.stop_event), name="cleanup")
+        # 7. READY=1 only now: HTTP listens and state is loaded. The watchdog starts after it so
+        #    systemd sees READY first; it pings from this loop, only while the loop is healthy.
         self.state = Lifecycle.RUNNING
         self.stats.refresh()
-        # READY=1 only now: HTTP listens and state is loaded. The watchdog starts after it so
-        # systemd sees READY first; it pings from this loop, only while the loop is healthy.
         self.notifier.ready(status_line(self.stats.snapshot))
-        self.spawn(
-            run_watchdog(
-                self.notifier,
-                stop=self.stop_event,
-                healthy=self.healthy,
-                status=lambda: status_line(self.stats.snapshot),
-            ),
+        self.tasks.spawn(
+            run_watchdog(self.notifier, stop=self.stop_event, healthy=self.healthy,
+                         status=lambda: status_line(self.stats.snapshot)),
             name="sd-watchdog",
         )
-        # Work starts only once we are ready: resumed runs first, then startup workflows.
-        self.workflows.start()
-        log.info(
-            "tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)",
-            __version__,
-            ", ".join(f"http://{host}:{port}" for host, port in self.addresses),
-            self.state_dir,
-            self.monitor.limit.bytes / 2**20,
-            self.monitor.limit.source,
-        )
+        # 8. Work: resumed runs first, then the startup workflows.
+        where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
+        if self.serve:
+            self._workflows.start(self.startup_specs)
+        log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
+                 self.state_dir, limit.bytes / 2**20, limit.source)
 
     async def _start_http(self) -> None:
-        app = build_app(self)
+        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
         self.addresses = [(str(address[0]), int(address[1])) for address in self._runner.addresses]
 
+    # --- stop ------------------------------------------------------------------------
+
     async def shutdown(self) -> None:
-        """Stop in order, each step bounded; idempotent."""
-        if self.state in (Lifecycle.STOPPING, Lifecycle.STOPPED):
+        """Stop in order, each step bounded. Idempotent: every caller awaits the same completion.
+
+        Each step runs in the ``finally`` of the one before, so an exception or
+        a cancellation in any step still releases the lock and closes the
+        files. With ``force_event`` set (a second signal) the waits are skipped.
+        """
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
             return
-        self.state = Lifecycle.STOPPING
-        self.notifier.stopping()
-        log.info("stopping")
-        self.stop_event.set()
-        # 1. Runs: no new containers; in-flight ones get graceful_timeout, the rest are cancelled
-        #    (their teardown still writes a result, with status cancelled).
-        await self.workflows.close(self.config.graceful_timeout)
-        # 2. Background tasks got the stop event; give them a moment, then cancel.
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.graceful_timeout)
-            for task in pending:
-                task.cancel("tradingd is stopping")
-            if pending:
-                await asyncio.wait(pending, timeout=2.0)
-        # 3. Persist caches once nothing fills them any more (a no-op if they were never loaded).
+        self._stopped = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.memory.persist), self.config.graceful_timeout + 2.0)
-        except TimeoutError:
-            log.warning("persisting caches did not finish within its timeout")
-        # 4. HTTP last, so /ready answers 503 while we drain.
-        if self._runner is not None:
+            await self._stop()
+        finally:
+            self._stopped.set_result(None)
+
+    async def _stop(self) -> None:
+        self.state = Lifecycle.STOPPING
+        self.stop_event.set()
+        started = self._lock.held  # else start() failed before it took anything: nothing to say
+        if started:
+            log.info("stopping")
+        self.notifier.stopping()
+        graceful = self.config.graceful_timeout
+        steps: list[Step] = [
+            # 1. Runs: no new ones; in-flight containers get graceful_timeout, the rest are
+            #    cancelled (their teardown still writes a result, with status cancelled).
+            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + 1.0),
+            # 2. Background tasks saw the stop event; the drain cancels any that did not end.
+            ("background tasks", self._drain_tasks, graceful + 3.0),
+            # 3. Caches, once nothing fills them any more (a no-op if they were never loaded).
+            ("caches", self._persist_caches, graceful + 2.0),
+            # 4. The executor, once no container uses it.
+            ("executor", self._close_executor, EXECUTOR_CLOSE_TIMEOUT + 1.0),
+            # 5. HTTP last, so /ready answers 503 while we drain.
+            ("http", self._stop_http, self.config.http.shutdown_timeout + 1.0),
+        ]
+        # 6. Files (journal, lock, notify socket) after every step, whatever happened in them.
+        try:
+            await run_steps(steps, owner="stop")
+        finally:
             try:
-                await asyncio.wait_for(self._runner.cleanup(), self.config.http.shutdown_timeout + 1.0)
-            except TimeoutError:
-                log.warning("HTTP server did not close within its timeout")
-            self._runner = None
-        # 5. Files: the journal, then the lock.
-        if self.outcomes is not None:
-            self.outcomes.close()
-        self._lock.release()
-        self.notifier.close()
-        self.state = Lifecycle.STOPPED
-        log.info("stopped")
+                self._close_files()
+            finally:
+                self.state = Lifecycle.STOPPED
+        if started:
+            log.info("stopped")
+
+    async def _drain_runs(self) -> None:
+        if self._workflows is not None:
+            await self._workflows.drain(self.config.graceful_timeout, hurry=self.force_event)
+
+    async def _drain_tasks(self) -> None:
+        await self.tasks.close(self.config.graceful_timeout, hurry=self.force_event)
+
+    async def _persist_caches(self) -> None:
+        if self._memory is None:
+            return
+        if self.force_event.is_set():
+            log.warning("forced stop: caches not persisted (they are rebuilt as they are used)")
+            return
+        await asyncio.to_thread(self._memory.persist)
+
+    async def _close_executor(self) -> None:
+        if self._workflows is not None:
+            await self._workflows.close_executor(0.0 if self.force_event.is_set() else EXECUTOR_CLOSE_TIMEOUT)
+
+    async def _stop_http(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def _close_files(self) -> None:
+        """The journal, the lock, the notify socket: each closed even if the one before fails."""
+        try:
+            if self.outcomes is not None:
+                _close("the outcome journal", self.outcomes.close)
+        finally:
+            try:
+                _close("the state-dir lock", self._lock.release)
+            finally:
+                _close("the notify socket", self.notifier.close)
+
+    # --- the monitor task ----------------------------------------------------------------
 
     async def _monitor_loop(self) -> None:
-        interval = self.config.memory.monitor_interval
-        while not self.stop_event.is_set():
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), interval)
-            except TimeoutError:
-                pass
+        async for _ in poll(self.stop_event, self.config.memory.monitor_interval):
+            if self.outcomes is not None:
+                try:
+                    # SQLite, so off the loop; the stats section reads the cached figure.
+                    self._outcome_count = await asyncio.to_thread(self.outcomes.count)
+                except Exception:
+                    log.exception("counting the outcome journal failed")
             try:
                 self.monitor.sample()
                 self.stats.refresh()
             except Exception:
                 log.exception("memory sampling failed")
 
-    # --- stats sections ------------------------------------------------------
+    # --- stats sections ------------------------------------------------------------------
 
     def _daemon_stats(self) -> dict[str, Any]:
         return {
@@ -295,18 +346,19 @@ class Supervisor:
         }
 
     def _memory_stats(self) -> dict[str, Any]:
-        latest = self.monitor.latest
-        history = list(self.monitor.history)[-300:]
+        monitor = self.monitor
+        latest = monitor.latest
+        history = list(monitor.history)[-300:]
         return {
-            "limit_bytes": self.monitor.limit.bytes,
-            "limit_source": self.monitor.limit.source,
-            "limit_candidates": self.monitor.limit.candidates,
+            "limit_bytes": monitor.limit.bytes,
+            "limit_source": monitor.limit.source,
+            "limit_candidates": monitor.limit.candidates,
             "rss_bytes": latest.rss_bytes if latest else None,
             "anon_rss_bytes": latest.anon_rss_bytes if latest else None,
             "cgroup_bytes": latest.cgroup_bytes if latest else None,
             "used_bytes": latest.used_bytes if latest else None,
-            "level": self.monitor.level.label,
-            "marks_bytes": self.monitor.marks_bytes(),
+            "level": monitor.level.label,
+            "marks_bytes": monitor.marks_bytes(),
             "history": {
                 "time": [round(s.time, 3) for s in history],
                 "used_bytes": [s.used_bytes for s in history],
@@ -315,58 +367,28 @@ class Supervisor:
         }
 
     def _outcome_stats(self) -> dict[str, Any]:
-        journal = self.outcomes
         return {
-            "enabled": journal is not None,
-            "outcomes": journal.count() if journal is not None else 0,
+            "enabled": self.outcomes is not None,
+            "outcomes": self._outcome_count,
             "max_outcomes": self.config.outcomes.max_outcomes,
         }
 
-    def _loop_stats(self) -> dict[str, Any]:
-        return {
-            "lag_seconds": round(self.lag.current_lag(), 6),
-            "max_lag_seconds": round(self.lag.max_lag, 6),
-            "lag_threshold_seconds": self.config.http.loop_lag_threshold,
-            "healthy": self.healthy(),
-        }
+
+def _close(what: str, close: Callable[[], None]) -> None:
+    try:
+        close()
+    except Exception:
+        log.exception("closing %s failed", what)
 
 
-def _gc_stats() -> dict[str, Any]:
-    generations = gc.get_stats()
-    return {
-        "counts": list(gc.get_count()),
-        "collections": [g["collections"] for g in generations],
-        "collected": [g["collected"] for g in generations],
-    }
+def _built(part: T | None, what: str) -> T:
+    if part is None:
+        raise RuntimeError(f"the supervisor's {what} exists once start() has run")
+    return part
 
 
-async def main(config: Config, *, stop: asyncio.Event | None = None, handle_signals: bool = False) -> int:
-    """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT with ``handle_signals``)."""
-    async with Supervisor(config) as supervisor:
-        stop_event = stop or supervisor.stop_event
-        if handle_signals:
-            _install_signal_handlers(stop_event)
-        waiters = {asyncio.ensure_future(stop_event.wait()), asyncio.ensure_future(supervisor.stop_event.wait())}
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-    return 0
-
-
-def _install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT asks for a graceful stop; a second one forces exit."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if not stop.is_set():
-            log.info("received %s; stopping gracefully (send again to force)", signal.Signals(signum).name)
-            stop.set()
-            return
-        log.warning("received %s again; forcing exit", signal.Signals(signum).name)
-        logging.shutdown()
-        os._exit(128 + signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+async def main(config: Config, *, stop: asyncio.Event | None = None, force: asyncio.Event | None = None) -> None:
+    """Run the daemon until ``stop`` is set; ``force`` (a second signal) skips the stop's waits."""
+    supervisor = Supervisor(config, force=force)
+    async with supervisor:
+        await wait_any(supervisor.stop_event, *([stop] if stop is not None else []))

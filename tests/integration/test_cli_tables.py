@@ -11,8 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from tradingd.cli.tables import Style, render_table
+from tradingd.formatting import fmt_bytes, fmt_duration
 from tradingd.supervisor import Supervisor
-from tradingd.tables import Style, fmt_bytes, fmt_duration, render_table
 
 from tests.conftest import base_url
 from tests.unit.test_reports import run_workflow

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 import yaml
+from tradingd.api import parse_similar_query
 from tradingd.cli import main
 from tradingd.config import Config
 from tradingd.storage.outcomes import TradeOutcome
@@ -54,9 +57,15 @@ async def test_outcomes_endpoints(make_config: Callable[..., Config], http: aioh
         assert summary["outcomes"] == 6
         assert summary["by_strategy"]["sma_crossover"]["trades"] == 3
         assert summary["by_regime"]["trending"]["trades"] == 6
-        sup.stats.refresh()
-        async with http.get(f"{url}/stats") as resp:
-            assert (await resp.json())["outcomes"] == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000}
+        # The count is taken off the loop by the monitor task, so /stats shows it within a tick or two.
+        deadline = time.monotonic() + 30
+        while True:
+            async with http.get(f"{url}/stats") as resp:
+                section = (await resp.json())["outcomes"]
+            if section["outcomes"] == 6 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert section == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000}
         async with http.get(f"{url}/outcomes/similar", params={"features": "4,1", "k": "2"}) as resp:
             assert resp.status == 200
             similar = await resp.json()
@@ -156,3 +165,17 @@ def test_keyed_outcomes_are_recorded_once(tmp_path: Path) -> None:
         assert journal.count() == 4
     finally:
         journal.close()
+
+
+def test_similar_query_parsing() -> None:
+    assert parse_similar_query({"features": "0.5, -1,2e-3", "k": "3"}) == ([0.5, -1.0, 0.002], 3)
+    assert parse_similar_query({"features": "1"}) == ([1.0], 10)
+    for bad, message in (
+        ({}, "required"),
+        ({"features": "a,b"}, "numbers"),
+        ({"features": "nan"}, "finite"),
+        ({"features": "1", "k": "x"}, "integer"),
+        ({"features": "1", "k": "0"}, "between"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_similar_query(bad)

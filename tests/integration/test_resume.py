@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tradingd.cli.workflows import run_workflow_once
 from tradingd.config import parse_config
-from tradingd.workflows.commands import run_workflow_once
 from tradingd.workflows.runs import startup_run_id
 from tradingd.workflows.spec import load_spec_file
 

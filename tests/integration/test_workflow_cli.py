@@ -6,11 +6,14 @@ import asyncio
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from tradingd.supervisor import Supervisor
 
@@ -113,3 +116,59 @@ async def test_submit_sends_the_spec_with_the_state_dir_token(supervisor: Superv
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and "rejected the token" in err.decode()
+
+
+async def test_run_workflow_submits_to_the_daemon_that_holds_the_state_dir(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    spec = write(tmp_path, "s.yaml", SPEC)
+    # The fixture's daemon: same state and results dirs, and the port it really listens on.
+    config = write(tmp_path, "cfg.yaml", {"paths": {"state_dir": str(supervisor.state_dir),
+                                                    "results_dir": str(supervisor.results_dir)},
+                                          "http": {"host": "127.0.0.1", "port": supervisor.port}})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tradingd", "run-workflow", str(spec), "--config", str(config), "--run-id", "remote-1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRADINGD_API_TOKEN")},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()
+    assert f"holds the state dir {supervisor.state_dir}; submitting the run to it" in err.decode()
+    assert "run remote-1: completed, 10/10 containers (100%), phase testing" in err.decode()
+    assert "run remote-1 completed: 10/10 containers" in out.decode()
+    run = supervisor.runs.get("remote-1")  # the daemon ran it: one writer per run directory
+    assert run.status == "completed" and run.source == "api"
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_run_workflow_through_the_supervisor_and_the_run_resumes(tmp_path: Path) -> None:
+    many = {**SPEC, "name": "many", "type": "backtest",
+            "data": {"source": "sample", "symbols": ["SYM01", "SYM02", "SYM03", "SYM04", "SYM05"]},
+            "strategy": {"name": "sma_crossover", "grid": {"fast": {"min": 2, "max": 21}, "slow": [50, 100, 150]}},
+            "execution": {"chunk_size": 1, "batch_size": 1}}  # 300 small containers
+    spec, config = write(tmp_path, "many.yaml", many), config_file(tmp_path)
+    containers = tmp_path / "results" / "many-1" / "backtest" / "containers"
+    proc = subprocess.Popen([sys.executable, "-m", "tradingd", "run-workflow", str(spec), "--config", str(config),
+                             "--run-id", "many-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not (containers.is_dir() and any(containers.glob("*.json"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "no container finished"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert "run many-1 interrupted" in out and "resume with: tradingd run-workflow" in out
+    assert "stopping gracefully" in err and "Traceback" not in err
+    assert not (tmp_path / "state" / "tradingd.lock").exists()
+    done_before = len(list(containers.glob("*.json")))
+    assert 0 < done_before < 300
+
+    again = tradingd("run-workflow", str(spec), "--config", str(config), "--run-id", "many-1")
+    assert again.returncode == 0, again.stderr
+    assert "run many-1 completed: 300/300 containers" in again.stdout
+    assert len(list(containers.glob("*.json"))) == 300

@@ -16,10 +16,11 @@ from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.trading import strategies
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.ml import MLClassifier
 from tradingd.trading.regime import FEATURE_NAMES
 from tradingd.trading.strategy import Strategy
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.journal import journal_sink
+from tradingd.workflows.outcome_sink import journal_sink
 from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec
 from tradingd.workflows.thread_executor import ThreadExecutor
@@ -212,13 +213,28 @@ async def test_walk_forward_windows_write_separately(queue_for: Callable[..., Ru
         assert len({tuple(v) for v in chosen.values()}) == 1  # across_symbols: the same for every symbol
 
 
-async def test_ml_models_are_trained_once_registered_and_tested(queue_for: Callable[..., RunQueue],
-                                                                tmp_path: Path) -> None:
+async def test_ml_models_are_trained_once_registered_and_tested(
+    queue_for: Callable[..., RunQueue], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     registry = ModelRegistry(tmp_path / "models", secret=b"k" * 32)
+    # While a testing container computes, the cleanup ladder at its most forceful must not demote its model.
+    while_testing: list[dict[str, Any]] = []
+    positions = MLClassifier.positions
+
+    def testing_positions(self: MLClassifier, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                          cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> np.ndarray:
+        if models is not None:
+            registry.evict_idle(force=True)
+            while_testing.append(registry.stats())
+        return positions(self, data, grid, cache=cache, models=models)
+
+    monkeypatch.setattr(MLClassifier, "positions", testing_positions)
     spec = study(strategy={"name": "ml_classifier", "grid": {"model": ["logistic"], "lags": [2, 4], "seed": 1}},
                  data={"source": "sample", "symbols": ["SYM01"], "start": "2019-01-01"}, selection={"top": 1})
     run = await finish(queue_for(models=registry).submit(spec, run_id="ml"))
     assert run.status == "completed", run.error
+    assert while_testing and all(s["leased"] == 1 and s["strong"] == 1 and s["demotions"] == 0 for s in while_testing)
+    assert registry.stats()["leased"] == 0  # released once the phase's containers ended
     summary = load(tmp_path / "results" / "ml" / "training" / "phase_summary.json")
     (key,) = summary["models"]["SYM01"].values()
     assert key in registry and registry.registrations == 1

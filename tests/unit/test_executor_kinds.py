@@ -29,7 +29,7 @@ def test_the_daemon_refuses_to_start_with_kind_dask_and_no_extra(
     monkeypatch.setitem(sys.modules, "distributed", None)
     config = make_config(executor={"kind": "dask"})
     with pytest.raises(ConfigError) as caught:
-        WorkflowService(config)
+        WorkflowService(config).open()
     assert "executor.kind: dask needs the optional extra: pip install 'tradingd[dask]'" in str(caught.value)
 
 

@@ -166,17 +166,3 @@ def test_similar_matches_a_brute_force_reference(journal_path: Path) -> None:
     journal.close()
 
 
-def test_similar_query_parsing() -> None:
-    from tradingd.storage.outcomes import parse_similar_query
-
-    assert parse_similar_query({"features": "0.5, -1,2e-3", "k": "3"}) == ([0.5, -1.0, 0.002], 3)
-    assert parse_similar_query({"features": "1"}) == ([1.0], 10)
-    for bad, message in (
-        ({}, "required"),
-        ({"features": "a,b"}, "numbers"),
-        ({"features": "nan"}, "finite"),
-        ({"features": "1", "k": "x"}, "integer"),
-        ({"features": "1", "k": "0"}, "between"),
-    ):
-        with pytest.raises(ValueError, match=message):
-            parse_similar_query(bad)

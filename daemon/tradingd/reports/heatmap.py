@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tradingd.formatting import finite_number
 from tradingd.reports.phase_data import Combination, higher_is_better
-from tradingd.tables import finite_number
 
 __all__ = ["Heatmap", "build_heatmap", "swept_parameters"]
 

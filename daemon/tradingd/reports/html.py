@@ -10,9 +10,9 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tradingd.formatting import fmt_number, fmt_percent
 from tradingd.reports.heatmap import Heatmap
 from tradingd.reports.phase_data import Combination, PhaseData, RunData, higher_is_better
-from tradingd.tables import fmt_number, fmt_percent
 
 __all__ = ["render_phase_html", "render_run_html"]
 

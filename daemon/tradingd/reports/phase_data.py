@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tradingd.tables import finite_number
+from tradingd.formatting import finite_number
 
 __all__ = [
     "Combination",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["JOURNAL_FILE", "OutcomeJournal", "TradeOutcome", "parse_similar_query"]
+__all__ = ["JOURNAL_FILE", "OutcomeJournal", "TradeOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -314,26 +314,3 @@ class OutcomeJournal:
                 conn.close()
             except sqlite3.Error as exc:
                 log.warning("closing an outcome journal connection failed: %s", exc)
-
-
-def parse_similar_query(query: Mapping[str, str], *, max_k: int = 1000) -> tuple[list[float], int]:
-    """Parse ``features=0.1,0.2,...&k=10`` (the HTTP query of ``GET /outcomes/similar``).
-
-    Raises ValueError with a message fit for a 400 answer.
-    """
-    raw = query.get("features", "").strip()
-    if not raw:
-        raise ValueError("query parameter 'features' is required: comma-separated numbers")
-    try:
-        features = [float(x) for x in raw.split(",")]
-    except ValueError:
-        raise ValueError(f"'features' must be comma-separated numbers, got {raw!r}") from None
-    if not all(math.isfinite(x) for x in features):
-        raise ValueError("'features' must be finite numbers")
-    try:
-        k = int(query.get("k", "10"))
-    except ValueError:
-        raise ValueError(f"'k' must be an integer, got {query.get('k')!r}") from None
-    if not 1 <= k <= max_k:
-        raise ValueError(f"'k' must be between 1 and {max_k}")
-    return features, k

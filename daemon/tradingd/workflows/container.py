@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +69,8 @@ class ModelStore(Protocol):
     def register(self, key: str, model: object) -> None: ...
 
     def get(self, key: str) -> Any: ...
+
+    def use(self, key: str) -> AbstractContextManager[Any]: ...
 
     def __contains__(self, key: str) -> bool: ...
 

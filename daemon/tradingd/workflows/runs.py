@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tradingd.tasks import TaskScheduler
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.layout import read_json
+from tradingd.workflows.layout import RunLayout, read_json
 from tradingd.workflows.spec import MAX_NAME_LENGTH, SpecError, WorkflowSpec, check_safe_name
 from tradingd.workflows.workflow_run import FINISHED, MANIFEST_FORMAT, RESUMABLE, WorkflowRun
 
@@ -81,18 +82,16 @@ class RunQueue:
         self.results_dir = results_dir
         self.services = services
         self.runs: dict[str, WorkflowRun] = {}
-        self._slots = asyncio.Semaphore(max_concurrent_runs)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._scheduler = TaskScheduler("runs", limit=max_concurrent_runs)
         self._draining = False
 
     def __repr__(self) -> str:
         active = sum(1 for r in self.runs.values() if not r.finished)
-        return f"<RunQueue {len(self.runs)} runs, {active} active{' closed' if self._closed else ''}>"
+        return f"<RunQueue {len(self.runs)} runs, {active} active{' closed' if self._scheduler.closed else ''}>"
 
     @property
     def accepting(self) -> bool:
-        return not self._closed
+        return not self._scheduler.closed
 
     def draining(self) -> bool:
         return self._draining
@@ -134,7 +133,7 @@ class RunQueue:
 
     def submit(self, spec: WorkflowSpec, *, run_id: str | None = None, source: str = "api") -> WorkflowRun:
         """Queue a run of ``spec``; raises QueueClosed or DuplicateRun."""
-        if self._closed:
+        if not self.accepting:
             raise QueueClosed("the daemon is stopping; no new runs")
         run_id = check_safe_name(run_id or spec.run_id or new_run_id(spec.name), "run id")
         if run_id in self.runs or (self.results_dir / run_id).exists():
@@ -148,28 +147,45 @@ class RunQueue:
 
     def resume(self, run: WorkflowRun) -> None:
         """Run again a run loaded from its manifest (:meth:`WorkflowRun.from_manifest`)."""
-        if self._closed:
+        if not self.accepting:
             raise QueueClosed("the daemon is stopping; no new runs")
         self.runs[run.id] = run
         self._launch(run)
 
+    def submit_or_resume(self, spec: WorkflowSpec, *, run_id: str | None, source: str) -> WorkflowRun:
+        """Run ``spec``, resuming run ``run_id`` if the results directory holds it unfinished.
+
+        A run ``run_id`` that already finished is returned as it is (its
+        ``task`` is None); one started from another spec raises SpecError.
+        """
+        if run_id is not None:
+            layout = RunLayout(self.results_dir, check_safe_name(run_id, "run id"))
+            doc = read_json(layout.manifest)
+            if doc is not None and doc.get("format") == MANIFEST_FORMAT:
+                run = WorkflowRun.from_manifest(doc, self.results_dir)
+                if run.spec.fingerprint() != spec.fingerprint():
+                    raise SpecError([f"run {run_id} was started from a different spec; choose another --run-id"])
+                if run.finished:
+                    self.runs[run.id] = run
+                    return run
+                run.source = source
+                self.resume(run)
+                return run
+        return self.submit(spec, run_id=run_id, source=source)
+
     def _launch(self, run: WorkflowRun) -> None:
-        task = asyncio.create_task(self._drive(run), name=f"run {run.id}")
+        task = self._scheduler.spawn(self._drive(run), name=f"run {run.id}")
         run.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._settle(run))
 
     async def _drive(self, run: WorkflowRun) -> None:
-        try:
-            async with self._slots:
-                if self._draining:
-                    return
-                await run.execute(self.services, self.draining)
-        except asyncio.CancelledError:
-            if run.status == "queued":  # cancelled before it started
-                run.status = run.cancel_reason or "interrupted"
-                run._finish()
-            raise
+        if self._draining:
+            return  # got its slot during the drain: it stays queued and resumes at the next start
+        await run.execute(self.services, self.draining)
+
+    def _settle(self, run: WorkflowRun) -> None:
+        if run.status == "queued" and run.task is not None and run.task.cancelled():
+            run.finish(run.cancel_reason or "interrupted")  # cancelled while it waited for a slot
 
     def get(self, run_id: str) -> WorkflowRun:
         try:
@@ -193,22 +209,20 @@ class RunQueue:
 
     # --- stop --------------------------------------------------------------------
 
-    async def close(self, graceful_timeout: float) -> None:
-        """Refuse new runs, let in-flight containers finish, then cancel what is left. Idempotent."""
-        self._closed = True
+    async def close(self, graceful_timeout: float, *, hurry: asyncio.Event | None = None) -> None:
+        """Refuse new runs, let in-flight containers finish, then cancel what is left. Idempotent.
+
+        ``hurry`` (the second signal) ends the graceful wait at once.
+        """
         self._draining = True
-        if not self._tasks:
-            return
-        log.info("waiting up to %.1f s for %d run(s) to reach a safe point", graceful_timeout, len(self._tasks))
-        _, pending = await asyncio.wait(set(self._tasks), timeout=graceful_timeout)
-        for task in pending:
-            run = next((r for r in self.runs.values() if r.task is task), None)
-            if run is not None:
-                run.cancel_reason = "interrupted"
-            task.cancel("tradingd is stopping")
-        if pending:
-            # Teardown writes are synchronous, so this is quick; the bound guards against the unexpected.
-            await asyncio.wait(pending, timeout=5.0)
+        active = [run for run in self.runs.values() if run.task is not None and not run.task.done()]
+        for run in active:
+            # Cancelled by the drain (not by a user): resumable at the next start.
+            run.cancel_reason = run.cancel_reason or "interrupted"
+        if active:
+            log.info("waiting up to %.1f s for %d run(s) to reach a safe point", graceful_timeout, len(active))
+        # Teardown writes are synchronous, so cancelled runs end quickly; the bound guards against the unexpected.
+        await self._scheduler.close(graceful_timeout, cancel_timeout=5.0, hurry=hurry)
 
     # --- stats -------------------------------------------------------------------
 

@@ -1,16 +1,13 @@
-"""The sequencer: expands a workflow into phases and runs them in order.
-
-- ``backtest``: one phase, ``backtest``.
-- ``train_test``: ``training`` then ``testing``; each symbol's bars are split
-  (``train_fraction`` or ``split_date``).
-- ``walk_forward``: per window ``window-NNN-training`` then
-  ``window-NNN-testing``, each pair on its own bars, written separately.
+"""The sequencer: runs a workflow's phases (:mod:`tradingd.workflows.phases`) in order.
 
 A phase expands into containers (symbol x parameter chunk), runs them on the
-executor with at most ``max_workers`` in flight, then aggregates their files.
-A testing phase tests the parameter indices its training phase selected; for a
-trainable strategy the training phase also fits one model per selection.
-Containers with a completed result file of the same spec are skipped, which is
+executor with at most ``max_workers`` in flight (a phase's
+:class:`~tradingd.tasks.TaskScheduler` owns their tasks), then aggregates
+their files. A testing phase tests the parameter indices its training phase
+selected; for a trainable strategy the training phase also fits one model per
+selection, and the testing phase leases each model it tests from the model
+registry while its containers run, so the cleanup ladder never demotes one in
+use. Containers with a completed result file of the same spec are skipped, which is
 all resuming takes.
 """
 
@@ -21,120 +18,29 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from typing import Any
-
-import numpy as np
 
 from tradingd.reports import publish_phase_report
 from tradingd.storage.atomic import atomic_write_json
+from tradingd.tasks import TaskScheduler
 from tradingd.trading.data import MarketData
 from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
-from tradingd.workflows.container import Container, RunServices, load_completed
+from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
 from tradingd.workflows.layout import PhaseLayout, RunLayout
+from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
-from tradingd.workflows.spec import PhaseKind, PhaseSettings, WorkflowSpec
+from tradingd.workflows.spec import WorkflowSpec
 
-__all__ = ["PhasePlan", "PlanError", "RunInterrupted", "Sequencer", "plan_phases"]
+__all__ = ["RunInterrupted", "Sequencer"]
 
 log = logging.getLogger(__name__)
 
 
-class PlanError(ValueError):
-    """The data cannot hold the phases the spec asks for (too few bars...)."""
-
-
 class RunInterrupted(Exception):
     """The daemon is stopping: in-flight containers finished, the rest did not start."""
-
-
-@dataclass
-class PhasePlan:
-    """One phase: its bars per symbol, its settings, and how it went."""
-
-    name: str
-    kind: PhaseKind
-    bounds: dict[str, tuple[int, int]]  # symbol -> [start, stop) bar range
-    settings: PhaseSettings
-    window: int | None = None
-    source_phase: str | None = None  # testing: the training phase whose selection it tests
-    status: str = "pending"
-    started_at: float | None = None
-    finished_at: float | None = None
-    container_ids: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "window": self.window,
-            "status": self.status,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "containers": {"total": len(self.container_ids), **self.counts},
-            "container_ids": list(self.container_ids),
-        }
-
-
-def plan_phases(spec: WorkflowSpec, data: Mapping[str, MarketData]) -> list[PhasePlan]:
-    """The phases of ``spec`` on ``data`` (raises :class:`PlanError` if the data is too short)."""
-    if spec.type == "backtest":
-        return [PhasePlan("backtest", "backtest", {s: (0, d.n_bars) for s, d in data.items()},
-                          spec.phase_settings("backtest"))]
-    if spec.type == "train_test":
-        split = {symbol: _split_index(spec, d) for symbol, d in data.items()}
-        return [
-            PhasePlan("training", "training", {s: (0, split[s]) for s in data}, spec.phase_settings("training")),
-            PhasePlan("testing", "testing", {s: (split[s], d.n_bars) for s, d in data.items()},
-                      spec.phase_settings("testing"), source_phase="training"),
-        ]
-    return _walk_forward(spec, data)
-
-
-def _split_index(spec: WorkflowSpec, data: MarketData) -> int:
-    tt = spec.train_test
-    if tt is not None and tt.split_date is not None:
-        index = int(np.searchsorted(data.timestamps, np.datetime64(tt.split_date, "ns"), side="left"))
-    else:
-        index = int(data.n_bars * (tt.train_fraction if tt is not None else 0.7))
-    if index < 2 or data.n_bars - index < 2:
-        raise PlanError(
-            f"{data.symbol}: the train/test split leaves {index} training and {data.n_bars - index} testing bars "
-            "(each needs at least 2)"
-        )
-    return index
-
-
-def _walk_forward(spec: WorkflowSpec, data: Mapping[str, MarketData]) -> list[PhasePlan]:
-    wf = spec.walk_forward
-    assert wf is not None  # the spec validator guarantees it
-    step = wf.step_bars or wf.test_bars
-    span = wf.train_bars + wf.test_bars
-    shortest = min(data.values(), key=lambda d: d.n_bars)
-    windows = (shortest.n_bars - span) // step + 1 if shortest.n_bars >= span else 0
-    if wf.max_windows is not None:
-        windows = min(windows, wf.max_windows)
-    if windows < 1:
-        raise PlanError(
-            f"{shortest.symbol} has {shortest.n_bars} bars; one walk-forward window needs "
-            f"{span} (train_bars + test_bars)"
-        )
-    plans: list[PhasePlan] = []
-    for w in range(windows):
-        offset = w * step
-        train_start = 0 if wf.anchored else offset
-        train_stop = offset + wf.train_bars
-        prefix = f"window-{w:03d}"
-        plans.append(PhasePlan(f"{prefix}-training", "training", dict.fromkeys(data, (train_start, train_stop)),
-                               spec.phase_settings("training", f"{prefix}-training"), window=w))
-        plans.append(PhasePlan(f"{prefix}-testing", "testing",
-                               dict.fromkeys(data, (train_stop, train_stop + wf.test_bars)),
-                               spec.phase_settings("testing", f"{prefix}-testing"), window=w,
-                               source_phase=f"{prefix}-training"))
-    return plans
 
 
 class Sequencer:
@@ -220,19 +126,16 @@ class Sequencer:
         for container in containers:
             if container.id in done:
                 self.progress.skip(container.work_units)
-        if self._trainable and plan.kind == "testing":
-            assert plan.source_phase is not None
-            for container in todo:
-                container.attach_models(
-                    [await self._model(plan.source_phase, container.symbol, i) for i in container.indices]
-                )
         if resumed:
             log.info("run %s phase %s: %d of %d containers already completed", self.run_id, plan.name,
                      resumed, len(containers))
-        in_flight = asyncio.Semaphore(self.services.executor.max_workers)
-        async with asyncio.TaskGroup() as group:
-            for container in todo:
-                group.create_task(self._run_container(container, in_flight), name=f"container {container.id}")
+        with ExitStack() as leases:  # models tested here stay leased until the phase's containers end
+            if self._trainable and plan.kind == "testing":
+                assert plan.source_phase is not None
+                for container in todo:
+                    container.attach_models([await self._model(plan.source_phase, container.symbol, i, leases)
+                                             for i in container.indices])
+            await self._run_containers(plan, todo)
         if self._should_stop():
             plan.status = "interrupted"
             self._on_change()
@@ -267,26 +170,32 @@ class Sequencer:
             if load_completed(c.path, container_id=c.id, fingerprint=self.fingerprint) is not None
         }
 
-    async def _run_container(self, container: Container, in_flight: asyncio.Semaphore) -> None:
-        async with in_flight:
+    async def _run_containers(self, plan: PhasePlan, containers: Sequence[Container]) -> None:
+        # max_workers is read here, on the loop, once per phase (a Dask cluster may resize meanwhile).
+        scheduler = TaskScheduler(f"run {self.run_id} phase {plan.name}", limit=self.services.executor.max_workers)
+        for container in containers:
+            scheduler.spawn(self._run_container(container), name=f"container {container.id}")
+        await scheduler.join()
+
+    async def _run_container(self, container: Container) -> None:
+        if self._should_stop():
+            return  # not started: it runs on resume
+        if self.services.admission is not None:
+            await self.services.admission.wait()
             if self._should_stop():
-                return  # not started: it runs on resume
-            if self.services.admission is not None:
-                await self.services.admission.wait()
-                if self._should_stop():
-                    return
-            self.progress.running += 1
-            try:
-                async with container:
-                    await container.run()
-            except Exception as exc:
-                # Recorded in the container's file; the phase goes on with the others.
-                log.warning("container %s/%s failed: %s: %s", container.phase, container.id,
-                            type(exc).__name__, exc)
-            finally:
-                self.progress.running -= 1
-                if container.status in ("completed", "failed", "cancelled"):
-                    self.progress.finish(container.status, container.work_units)
+                return
+        self.progress.running += 1
+        try:
+            async with container:
+                await container.run()
+        except Exception as exc:
+            # Recorded in the container's file; the phase goes on with the others.
+            log.warning("container %s/%s failed: %s: %s", container.phase, container.id,
+                        type(exc).__name__, exc)
+        finally:
+            self.progress.running -= 1
+            if container.status in ("completed", "failed", "cancelled"):
+                self.progress.finish(container.status, container.work_units)
 
     def _containers(self, plan: PhasePlan, layout: PhaseLayout) -> list[Container]:
         chunk = self.spec.execution.chunk_size
@@ -327,33 +236,37 @@ class Sequencer:
         keys: dict[str, dict[str, str]] = {}
         for symbol, indices in selection.items():
             for index in indices:
-                await self._model(plan.name, symbol, index)
+                await self._model(plan.name, symbol, index, None)
                 keys.setdefault(symbol, {})[str(index)] = self._model_key(plan.name, symbol, index)
         self.model_keys[plan.name] = keys
 
-    async def _model(self, phase: str, symbol: str, index: int) -> Any:
+    async def _model(self, phase: str, symbol: str, index: int, leases: ExitStack | None) -> Any:
         """The model trained in ``phase`` for (symbol, index): from the registry, or trained now.
 
-        Training is seeded, so a model retrained after a restart (or after the
-        registry lost it) is the same model.
+        With ``leases``, the model is leased from the registry until the stack
+        closes. Training is seeded, so a model retrained after a restart (or
+        after the registry lost it) is the same model.
         """
         key = self._model_key(phase, symbol, index)
         registry = self.services.models
         if key in self.services.local_models:
             return self.services.local_models[key]
-        if registry is not None and key in registry:
+        if registry is not None:
             try:
-                return await asyncio.to_thread(registry.get, key)
+                model = await asyncio.to_thread(_find_model, registry, key)
             except KeyError as exc:  # ModelUnavailable: the file is gone or failed its check
                 log.warning("model %s unavailable (%s); retraining", key, exc)
+                model = None
+            if model is not None:
+                return _leased(registry, key, leases, model)
         plan = next(p for p in self.plans if p.name == phase)
         model = await self.services.executor.submit(train_model, self._slice(plan, symbol),
                                                     self.spec.strategy.name, self.grid[index])
-        if registry is not None:
-            await asyncio.to_thread(registry.register, key, model)
-        else:
+        if registry is None:
             self.services.local_models[key] = model
-        return model
+            return model
+        await asyncio.to_thread(registry.register, key, model)
+        return _leased(registry, key, leases, model)
 
     # --- files -------------------------------------------------------------------
 
@@ -393,3 +306,19 @@ class Sequencer:
             summary["models"] = self.model_keys[plan.name]
         atomic_write_json(layout.summary, summary)
 
+
+
+def _find_model(registry: ModelStore, key: str) -> Any:
+    """The registry's model for ``key`` (reloaded from disk if need be), or None if it has none."""
+    return registry.get(key) if key in registry else None
+
+
+def _leased(registry: ModelStore, key: str, leases: ExitStack | None, model: Any) -> Any:
+    """``model``, leased from ``registry`` until ``leases`` closes.
+
+    Cheap on the loop: we hold ``model``, so the registry finds it live and
+    only counts the lease (no reload).
+    """
+    if leases is None:
+        return model
+    return leases.enter_context(registry.use(key))

@@ -1,5 +1,11 @@
 """The workflows room as the supervisor sees it: executor + run queue + startup specs.
 
+The supervisor builds a :class:`WorkflowService` in its constructor (no I/O),
+loads the startup specs while it validates (:func:`load_startup_specs`),
+``open()``s the service once the state dir is locked, ``start()``s the work
+once the daemon is ready, and in its stop sequence ``drain()``s the runs and
+then ``close_executor()``s.
+
 ``startup_workflows`` entries in the daemon config are either
 
 - ``bundled:NAME`` — a spec shipped in the package (``daemon/tradingd/defaults/workflows/NAME.yaml``), or
@@ -9,14 +15,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
-from tradingd.workflows.container import RunServices
-from tradingd.workflows.executor import ExecutorUnavailable
+from tradingd.workflows.container import RunServices, TradeSink
+from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
@@ -29,7 +37,6 @@ __all__ = ["BUNDLED_PREFIX", "WorkflowService", "bundled_spec_names", "load_star
 log = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
-EXECUTOR_CLOSE_TIMEOUT = 5.0  # workers still busy after this are stopped by force
 
 
 def bundled_spec_names() -> list[str]:
@@ -68,37 +75,57 @@ def load_startup_specs(config: Config) -> list[WorkflowSpec]:
 
 
 class WorkflowService:
-    """Owns the executor and the run queue for the supervisor."""
+    """Owns the executor and the run queue for the supervisor; see the module docstring."""
 
-    def __init__(self, config: Config, *, memory: MemoryManager | None = None, max_concurrent_runs: int = 2) -> None:
-        self.startup_specs = load_startup_specs(config)
+    def __init__(self, config: Config, *, memory: MemoryManager | None = None, on_trades: TradeSink | None = None,
+                 max_concurrent_runs: int = 2) -> None:
+        self.config = config
+        self.memory = memory
+        self.on_trades = on_trades
+        self.max_concurrent_runs = max_concurrent_runs
+        self.executor: Executor | None = None
+        self._queue: RunQueue | None = None
+
+    def __repr__(self) -> str:
+        return f"<WorkflowService {self._queue!r} {self.executor!r}>"
+
+    @property
+    def queue(self) -> RunQueue:
+        """The run queue (once :meth:`open` has run)."""
+        if self._queue is None:
+            raise RuntimeError("the workflow service is not open")
+        return self._queue
+
+    def open(self) -> None:
+        """Create the executor and the run queue (raises ConfigError for an unavailable executor kind)."""
+        config = self.config
         try:
             self.executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
         except ExecutorUnavailable as exc:
             raise ConfigError([f"{config.source}: executor.kind: {exc}"]) from None
-        self.services = RunServices(
+        memory = self.memory
+        services = RunServices(
             executor=self.executor,
             indicator_cache=memory.cache("indicators") if memory is not None else None,
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
+            on_trades=self.on_trades,
         )
-        self.queue = RunQueue(config.results_dir, self.services, max_concurrent_runs=max_concurrent_runs)
-        self._closed = False
+        self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
 
-    def __repr__(self) -> str:
-        return f"<WorkflowService {self.queue!r} {self.executor!r}>"
-
-    def start(self) -> None:
+    def start(self, startup_specs: Sequence[WorkflowSpec]) -> None:
         """Resume unfinished runs and submit the startup workflows (call once the daemon is ready)."""
-        self.queue.start(self.startup_specs)
+        self.queue.start(startup_specs)
 
-    async def close(self, graceful_timeout: float) -> None:
-        """Drain the queue, then release the executor. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self.queue.close(graceful_timeout)
-        await self.executor.close(EXECUTOR_CLOSE_TIMEOUT)
+    async def drain(self, graceful_timeout: float, *, hurry: asyncio.Event | None = None) -> None:
+        """Refuse new runs; in-flight containers get ``graceful_timeout``, the rest are cancelled."""
+        if self._queue is not None:
+            await self._queue.close(graceful_timeout, hurry=hurry)
+
+    async def close_executor(self, join_timeout: float) -> None:
+        """Release the executor's workers, waiting up to ``join_timeout`` for them (after :meth:`drain`)."""
+        if self.executor is not None:
+            await self.executor.close(join_timeout)
 
     def stats(self) -> dict[str, Any]:
         return self.queue.stats()

@@ -28,8 +28,9 @@ from tradingd.trading.strategy import StrategyError
 from tradingd.workflows.compute import load_data
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout
+from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
-from tradingd.workflows.sequencer import PhasePlan, PlanError, RunInterrupted, Sequencer
+from tradingd.workflows.sequencer import RunInterrupted, Sequencer
 from tradingd.workflows.spec import SpecError, WorkflowSpec, check_safe_name, parse_spec
 
 __all__ = ["FINISHED", "MANIFEST_FORMAT", "RESUMABLE", "WorkflowRun"]
@@ -109,8 +110,7 @@ class WorkflowRun:
             self.status = "interrupted"
             log.info("run %s interrupted: %s", self.id, exc)
         except asyncio.CancelledError:
-            self.status = self.cancel_reason or "interrupted"
-            self._finish()
+            self.finish(self.cancel_reason or "interrupted")
             raise
         except (DataError, StrategyError, PlanError, SpecError) as exc:
             self.status, self.error = "failed", str(exc)
@@ -118,7 +118,7 @@ class WorkflowRun:
         except Exception as exc:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("run %s failed", self.id)
-        self._finish()
+        self.finish(self.status)
         if self.status == "completed":
             await publish_run_report(self.layout.root)
 
@@ -153,7 +153,9 @@ class WorkflowRun:
         else:
             self.status = "completed"
 
-    def _finish(self) -> None:
+    def finish(self, status: str) -> None:
+        """Record that the run ended with ``status`` (also for a run cancelled before it started)."""
+        self.status = status
         self.finished_at = time.time()
         self.progress.pause_timer()
         try:

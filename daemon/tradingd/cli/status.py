@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from tradingd.client import ClientError, DaemonClient, HttpError, default_url
-from tradingd.tables import Style, fmt_bytes, fmt_duration, fmt_number, fmt_percent, fmt_time, render_kv, render_table
+from tradingd.cli.client import DaemonClient, HttpError, default_url
+from tradingd.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
+from tradingd.cli.tables import Style, render_kv, render_table
+from tradingd.config import load_config
+from tradingd.formatting import fmt_bytes, fmt_duration, fmt_number, fmt_percent, fmt_time
+from tradingd.reports.phase_data import load_run
+from tradingd.workflows.spec import SAFE_NAME
 
-__all__ = ["add_operator_commands", "render_results", "render_runs", "render_status"]
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+__all__ = ["add_status_commands", "render_results", "render_runs", "render_status"]
 
 
 def _map(value: Any) -> dict[str, Any]:
@@ -160,8 +162,6 @@ def render_status(stats: Mapping[str, Any], runs: Any, style: Style) -> str:
 
 def render_results(run_dir: Path, style: Style) -> str:
     """Best parameters and metrics per phase of the run stored in ``run_dir``."""
-    from tradingd.reports.phase_data import load_run
-
     run = load_run(run_dir)
     m = style.missing
     lines = [render_kv({"run": run.run_id, "status": run.status, "type": run.workflow_type, "path": str(run_dir)},
@@ -205,11 +205,6 @@ def _client(args: argparse.Namespace) -> DaemonClient:
     return DaemonClient(args.url or default_url(), token=token, timeout=args.timeout)
 
 
-def _fail(exc: ClientError) -> int:
-    print(f"tradingd: {exc}", file=sys.stderr)
-    return exc.exit_code
-
-
 def _runs_or_none(client: DaemonClient) -> Any:
     try:
         return client.get_json("/runs")
@@ -220,50 +215,40 @@ def _runs_or_none(client: DaemonClient) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        client = _client(args)
-        stats = client.get_json("/stats")
-        runs = _runs_or_none(client)
-    except ClientError as exc:
-        return _fail(exc)
+    client = _client(args)
+    stats = client.get_json("/stats")
+    runs = _runs_or_none(client)
     print(render_status(stats, runs, _style(sys.stdout)))
-    return 0
+    return EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    client = _client(args)
     try:
-        client = _client(args)
         runs = client.get_json("/runs")
     except HttpError as exc:
         if exc.status == 404:
-            print(f"tradingd: the daemon at {args.url or default_url()} has no runs API", file=sys.stderr)
-            return 1
-        return _fail(exc)
-    except ClientError as exc:
-        return _fail(exc)
+            raise CommandFailed(f"the daemon at {client.url} has no runs API") from None
+        raise
     print(render_runs(runs, _style(sys.stdout)))
-    return 0
+    return EXIT_OK
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    if not _SAFE_NAME.fullmatch(args.run_id):
-        print(f"tradingd: invalid run id {args.run_id!r} (must match {_SAFE_NAME.pattern})", file=sys.stderr)
-        return 2
+    if not SAFE_NAME.fullmatch(args.run_id):
+        raise CommandFailed(f"invalid run id {args.run_id!r} (must match {SAFE_NAME.pattern})", EXIT_USAGE)
     if args.results_dir is not None:
         results_dir = Path(args.results_dir)
     else:
-        from tradingd.config import load_config
-
         results_dir = load_config(args.config, check_paths=False).results_dir
     run_dir = results_dir / args.run_id
     if not run_dir.is_dir():
-        print(f"tradingd: no results for run {args.run_id} under {results_dir}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"no results for run {args.run_id} under {results_dir}")
     print(render_results(run_dir, _style(sys.stdout)))
-    return 0
+    return EXIT_OK
 
 
-def add_operator_commands(commands: Any) -> None:
+def add_status_commands(commands: Any) -> None:
     """Register ``status``, ``runs`` and ``results`` on the CLI's subparsers."""
 
     def daemon_options(parser: argparse.ArgumentParser) -> None:

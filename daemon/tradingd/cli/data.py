@@ -1,4 +1,4 @@
-"""``tradingd data import`` and ``tradingd outcomes``.
+"""``tradingd data import`` and ``tradingd outcomes``: commands on files, daemon or not.
 
 Both work on files only, with or without a running daemon: the store import
 builds a new directory and renames it into place; the outcome journal is
@@ -15,28 +15,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tradingd.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
+from tradingd.cli.tables import Style, render_table
 from tradingd.config import load_config
+from tradingd.formatting import fmt_number, fmt_percent
 from tradingd.storage.mmapstore import StoreError
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
-from tradingd.tables import Style, fmt_number, fmt_percent, render_table
+from tradingd.trading.data import DataError
 from tradingd.workflows.datastore import import_files
 
-__all__ = ["add_storage_commands"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+__all__ = ["add_data_commands"]
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from tradingd.trading.data import DataError
-
     try:
         index = import_files(args.paths, args.store, overwrite=args.overwrite, timeframe=args.timeframe)
     except (StoreError, DataError) as exc:
-        print(f"tradingd data import: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandFailed(f"data import: {exc}") from None
     except FileNotFoundError as exc:
-        print(f"tradingd data import: {exc.filename}: no such file or directory", file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandFailed(f"data import: {exc.filename}: no such file or directory", EXIT_USAGE) from None
     rows = sum(entry.rows for entry in index.symbols.values())
     print(f"imported {len(index.symbols)} symbols, {rows} rows into {args.store} (content {index.content_hash[:16]})")
     return EXIT_OK
@@ -46,12 +43,11 @@ def _style() -> Style:
     return Style(tty=sys.stdout.isatty() and os.environ.get("NO_COLOR") is None)
 
 
-def _journal(args: argparse.Namespace) -> OutcomeJournal | None:
+def _journal(args: argparse.Namespace) -> OutcomeJournal:
     config = load_config(args.config, check_paths=False)
     path = config.state_dir / JOURNAL_FILE
     if not path.exists():
-        print(f"tradingd outcomes: no journal at {path} (no trade has been recorded yet)", file=sys.stderr)
-        return None
+        raise CommandFailed(f"outcomes: no journal at {path} (no trade has been recorded yet)")
     return OutcomeJournal(path, max_outcomes=config.outcomes.max_outcomes)
 
 
@@ -75,16 +71,13 @@ def _summary_tables(summary: dict[str, Any], style: Style) -> str:
 
 def cmd_outcomes(args: argparse.Namespace) -> int:
     journal = _journal(args)
-    if journal is None:
-        return EXIT_FAILURE
     try:
         if args.similar is not None:
             try:
                 features = [float(x) for x in args.similar.split(",")]
             except ValueError:
-                message = f"--similar takes comma-separated numbers, got {args.similar!r}"
-                print(f"tradingd outcomes: {message}", file=sys.stderr)
-                return EXIT_USAGE
+                raise CommandFailed(f"outcomes: --similar takes comma-separated numbers, got {args.similar!r}",
+                                    EXIT_USAGE) from None
             result: Any = journal.similar(features, args.k)
             if not args.json:
                 style = _style()
@@ -113,7 +106,7 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
         journal.close()
 
 
-def add_storage_commands(commands: Any) -> None:
+def add_data_commands(commands: Any) -> None:
     """Register ``data import`` and ``outcomes`` on the CLI's subparsers."""
     data = commands.add_parser("data", help="market data stores")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

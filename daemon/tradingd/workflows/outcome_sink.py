@@ -1,4 +1,4 @@
-"""The bridge from containers' closed trades to the outcome journal.
+"""The sink that turns containers' closed trades into outcome-journal records.
 
 ``journal_sink(journal)`` is a :data:`~tradingd.workflows.container.TradeSink`:
 pass it as ``on_trades`` and every completed container that kept trades

@@ -1,4 +1,4 @@
-"""Plain-text tables and value formatting for the CLI (and the reports).
+"""Plain-text tables for the CLI (values are formatted by :mod:`tradingd.formatting`).
 
 One renderer for every table the ``tradingd`` commands print: columns are
 aligned, numbers right-aligned, missing values shown as ``—`` (``-`` in plain
@@ -8,23 +8,11 @@ stdout is a pipe or a file the output is plain ASCII, so it greps and diffs.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = [
-    "Style",
-    "finite_number",
-    "fmt_bytes",
-    "fmt_duration",
-    "fmt_number",
-    "fmt_percent",
-    "fmt_time",
-    "render_kv",
-    "render_table",
-]
+__all__ = ["Style", "render_kv", "render_table"]
 
 _LEVEL_COLOURS = {"normal": "32", "gc": "36", "pressure": "33", "critical": "31"}
 
@@ -48,76 +36,6 @@ class Style:
 
     def rule(self, width: int) -> str:
         return ("─" if self.tty else "-") * width
-
-
-def finite_number(value: Any) -> float | None:
-    """``value`` as a float if it is a finite int or float (not a bool); else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def fmt_bytes(value: Any, missing: str = "-") -> str:
-    """``1536`` → ``1.5 KiB``; anything not a number → ``missing``."""
-    number = finite_number(value)
-    if number is None:
-        return missing
-    sign = "-" if number < 0 else ""
-    number = abs(number)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if number < 1024 or unit == "GiB":
-            return f"{sign}{number:.0f} {unit}" if unit == "B" else f"{sign}{number:.1f} {unit}"
-        number /= 1024
-    return missing  # unreachable: the loop returns at GiB
-
-
-def fmt_duration(seconds: Any, missing: str = "-") -> str:
-    """``3725`` → ``1h02m``; ``42.5`` → ``42s``; ``0.0123`` → ``12.3ms``."""
-    number = finite_number(seconds)
-    if number is None or number < 0:
-        return missing
-    if number < 1:
-        return f"{number * 1000:.1f}ms"
-    whole = round(number)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def fmt_percent(fraction: Any, missing: str = "-", digits: int = 1) -> str:
-    """``0.4567`` → ``45.7%``."""
-    number = finite_number(fraction)
-    return missing if number is None else f"{number * 100:.{digits}f}%"
-
-
-def fmt_number(value: Any, missing: str = "-", digits: int = 4) -> str:
-    """Integers as they are; floats with ``digits`` significant digits; strings unchanged."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    number = finite_number(value)
-    if number is None:
-        return missing
-    return f"{number:.{digits}g}"
-
-
-def fmt_time(epoch: Any, missing: str = "-") -> str:
-    """Unix seconds → local ``YYYY-MM-DD HH:MM:SS``."""
-    number = finite_number(epoch)
-    if number is None or number <= 0:
-        return missing
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(number))
 
 
 def _is_numeric(cell: str) -> bool:

@@ -1,7 +1,8 @@
 """A small synchronous HTTP client for a running daemon (used by the CLI).
 
-Standard library only (``urllib``), so ``tradingd status`` starts fast and
-works without an event loop. Every failure becomes a :class:`ClientError`
+``urllib``, not aiohttp, so ``tradingd status`` starts fast and works
+without an event loop; :func:`config_url` and :func:`client_token` find the
+daemon and its token from a config the way the daemon does. Every failure becomes a :class:`ClientError`
 whose message is one line an operator can act on, and whose ``exit_code``
 follows the CLI's convention (1 runtime failure, 2 bad input such as a wrong
 token).
@@ -14,7 +15,11 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+from tradingd.auth import state_token_path
+from tradingd.config import Config
 
 __all__ = [
     "DEFAULT_URL",
@@ -23,6 +28,8 @@ __all__ = [
     "DaemonClient",
     "DaemonUnreachable",
     "HttpError",
+    "client_token",
+    "config_url",
     "default_url",
 ]
 
@@ -56,6 +63,35 @@ class HttpError(ClientError):
 def default_url() -> str:
     """``$TRADINGD_URL`` or the default loopback address."""
     return os.environ.get("TRADINGD_URL", "").strip() or DEFAULT_URL
+
+
+def config_url(config: Config) -> str:
+    """The URL of the daemon ``config`` describes (a wildcard bind is reached over loopback)."""
+    host = config.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{config.http.port}" if ":" in host else f"http://{host}:{config.http.port}"
+
+
+def client_token(config: Config) -> str | None:
+    """The token a client should present, found where the daemon finds it (never generated here).
+
+    ``$TRADINGD_API_TOKEN``, else ``$TRADINGD_API_TOKEN_FILE``, else the
+    config's ``http.token_file``, else ``<state_dir>/api_token``.
+    """
+    if token := os.environ.get("TRADINGD_API_TOKEN", "").strip():
+        return token
+    for candidate in (os.environ.get("TRADINGD_API_TOKEN_FILE"), config.http.token_file,
+                      state_token_path(config.state_dir)):
+        if not candidate:
+            continue
+        try:
+            token = Path(candidate).read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if token:
+            return token
+    return None
 
 
 class DaemonClient:
