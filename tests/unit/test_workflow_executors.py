@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 from tradingd.config import ExecutorConfig
@@ -16,9 +15,17 @@ from tradingd.workflows.executors import (
     create_executor,
 )
 
+from tests.conftest import await_until
 
-def whoami(delay: float) -> str:
-    time.sleep(delay)
+
+def whoami() -> str:
+    return threading.current_thread().name
+
+
+def gated(gate: threading.Event) -> str:
+    """Hold a worker until the test opens ``gate``; fails if it is never opened."""
+    if not gate.wait(30):
+        raise TimeoutError("the gate was never opened")
     return threading.current_thread().name
 
 
@@ -28,31 +35,34 @@ def fail() -> None:
 
 async def test_runs_in_a_worker_thread_while_the_loop_stays_free() -> None:
     executor = ThreadExecutor(2)
+    gate = threading.Event()
     try:
-        job = asyncio.ensure_future(executor.submit(whoami, 0.3))
-        # The loop keeps ticking while the job sleeps in its thread.
-        ticks = 0
-        while not job.done():
-            await asyncio.sleep(0.01)
-            ticks += 1
+        job = asyncio.ensure_future(executor.submit(gated, gate))
+        # The job waits in its thread for the loop to open the gate: the loop is free meanwhile.
+        await await_until(lambda: executor.stats()["active"] == 1, what="the job to start")
+        assert not job.done()
+        gate.set()
         assert (await job).startswith("tradingd-compute")
-        assert ticks >= 10
         assert executor.stats()["completed"] == 1
     finally:
+        gate.set()
         executor.close()
 
 
 async def test_at_most_max_workers_run_at_once() -> None:
     executor = ThreadExecutor(2)
+    gate = threading.Event()
     try:
-        jobs = [asyncio.ensure_future(executor.submit(whoami, 0.2)) for _ in range(4)]
-        await asyncio.sleep(0.1)
+        jobs = [asyncio.ensure_future(executor.submit(gated, gate)) for _ in range(4)]
+        await await_until(lambda: executor.stats()["active"] == 2, what="two jobs to start")
         stats = executor.stats()
         assert stats["active"] == 2 and stats["queued"] == 2
+        gate.set()
         names = await asyncio.gather(*jobs)
         assert len(set(names)) == 2
         assert executor.stats()["queued"] == 0
     finally:
+        gate.set()
         executor.close()
 
 
@@ -68,16 +78,19 @@ async def test_errors_propagate_and_are_counted() -> None:
 
 async def test_cancelling_a_waiting_job_drops_it() -> None:
     executor = ThreadExecutor(1)
+    gate = threading.Event()
     try:
-        running = asyncio.ensure_future(executor.submit(whoami, 0.2))
-        waiting = asyncio.ensure_future(executor.submit(whoami, 0.0))
-        await asyncio.sleep(0.05)
+        running = asyncio.ensure_future(executor.submit(gated, gate))
+        waiting = asyncio.ensure_future(executor.submit(whoami))
+        await await_until(lambda: executor.stats()["active"] == 1, what="the first job to start")
         waiting.cancel()
+        await await_until(lambda: executor.stats()["queued"] == 0, what="the waiting job to be dropped")
+        gate.set()
         await running
-        await asyncio.sleep(0.05)
         stats = executor.stats()
-        assert stats["completed"] == 1 and stats["queued"] == 0
+        assert stats["completed"] == 1 and stats["queued"] == 0 and stats["active"] == 0
     finally:
+        gate.set()
         executor.close()
 
 
@@ -86,7 +99,7 @@ async def test_close_is_idempotent_and_refuses_new_work() -> None:
     executor.close()
     executor.close()
     with pytest.raises(ExecutorClosed):
-        executor.submit(whoami, 0.0)
+        executor.submit(whoami)
     assert executor.stats()["closed"] is True
 
 
