@@ -23,6 +23,8 @@ from tradingd.workflows.dataref import store_location
 from tradingd.workflows.executors import ExecutorClosed, ThreadExecutor, create_executor
 from tradingd.workflows.process_executor import ProcessExecutor, RemoteTraceback, WorkerLost
 
+from tests.conftest import await_until
+
 pytestmark = pytest.mark.timeout(90)
 
 LEAK_BYTES = 16 * 2**20
@@ -124,10 +126,7 @@ async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Cal
     assert all(w["pid"] is None for w in executor.stats()["workers"])  # nothing runs before it is needed
     executor.start()
     # Worker RSS right after start, before any leak.
-    for _ in range(50):
-        if all(w["pid"] for w in executor.stats()["workers"]):
-            break
-        await asyncio.sleep(0.1)
+    await await_until(lambda: all(w["pid"] for w in executor.stats()["workers"]), what="both workers to start")
     first_pids = {w["pid"] for w in executor.stats()["workers"]}
     fresh_worker = max(w["rss_bytes"] for w in executor.stats()["workers"])
     daemon_before = rss()
@@ -135,11 +134,12 @@ async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Cal
     outputs = await asyncio.gather(*(executor.submit(run_batch, task(sample["SYM01"], "leaky_sma", i * 3), None)
                                      for i in range(n_tasks)))
     assert [row["index"] for out in outputs for row in out.rows] == list(range(n_tasks * 3))
-    for _ in range(50):  # a slot retires its worker just after handing back the last result
+
+    def retired() -> dict[str, Any] | None:  # a slot retires its worker just after handing back the last result
         stats = executor.stats()
-        if all(w["tasks"] < 2 and w["pid"] for w in stats["workers"]):
-            break
-        await asyncio.sleep(0.05)
+        return stats if all(w["tasks"] < 2 and w["pid"] for w in stats["workers"]) else None
+
+    stats = await await_until(retired, what="the last workers to retire")
     # Each worker retired after 2 tasks: at least (20 - 2 leftovers per slot) / 2 retirements.
     assert stats["recycled"]["tasks"] >= (n_tasks - 2 * 2) // 2 and stats["recycled"]["rss"] == 0
     assert stats["workers_started"] == 2 + stats["recycled"]["tasks"]
@@ -181,11 +181,7 @@ async def test_a_killed_worker_fails_only_its_task_and_is_replaced(
         make_executor: Callable[..., ProcessExecutor]) -> None:
     executor = make_executor(1)
     running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0))
-    for _ in range(100):
-        busy = [w for w in executor.stats()["workers"] if w["busy"]]
-        if busy:
-            break
-        await asyncio.sleep(0.05)
+    busy = await await_until(lambda: [w for w in executor.stats()["workers"] if w["busy"]], what="a busy worker")
     victim = busy[0]["pid"]
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(WorkerLost, match=str(victim)):

@@ -200,7 +200,9 @@ async def test_publish_draws_off_the_event_loop(tmp_path: Path) -> None:
     task.cancel()
     assert report is not None and report.heatmap is not None and report.heatmap.filled == 19 * 16
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert elapsed > 0.1 and max(gaps) < max(0.1, elapsed / 2), "the loop was blocked while plotting"
+    # Plotting takes ~0.5 s here; drawn on the loop, one gap would be most of it. A loaded
+    # machine stretches every gap a little, hence the generous floor.
+    assert elapsed > 0.1 and max(gaps) < max(0.25, elapsed / 2), "the loop was blocked while plotting"
 
 
 async def test_publish_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
