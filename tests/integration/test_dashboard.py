@@ -173,6 +173,7 @@ async def run_row(page: Any, run_id: str) -> dict[str, Any]:
     return row
 
 
+@pytest.mark.slow
 async def test_dashboard_shows_run_progress(supervisor: Supervisor, http: aiohttp.ClientSession, page: Any) -> None:
     url = base_url(supervisor)
     await page.goto(f"{url}/?interval=250")

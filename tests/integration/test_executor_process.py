@@ -99,6 +99,7 @@ def same_output(a: BatchOutput, b: BatchOutput) -> None:
     assert a.equity == b.equity and a.equity_times == b.equity_times
 
 
+@pytest.mark.slow
 async def test_batches_give_the_same_output_as_in_process(make_executor: Callable[..., ProcessExecutor],
                                                           sample: dict[str, MarketData]) -> None:
     executor = make_executor()
@@ -120,6 +121,7 @@ async def test_batches_give_the_same_output_as_in_process(make_executor: Callabl
                           ml.positions(test_bars, [params], models=[local]), equal_nan=True)
 
 
+@pytest.mark.slow
 async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Callable[..., ProcessExecutor],
                                                               sample: dict[str, MarketData]) -> None:
     executor = make_executor(2, max_tasks_per_child=2)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from tradingd.config import parse_config
 from tradingd.workflows.commands import run_workflow_once
@@ -82,6 +83,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart_resumes_to_identical_aggregates(
     tmp_path: Path, write_config: Callable[..., Path], daemon_process: Callable[..., DaemonProcess]
 ) -> None:

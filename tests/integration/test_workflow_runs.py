@@ -143,6 +143,7 @@ async def test_ranking_follows_the_objective_and_its_direction(queue_for: Callab
     assert run.status == "completed"
 
 
+@pytest.mark.slow
 async def test_interrupted_run_resumes_and_matches_a_clean_run(queue_for: Callable[..., RunQueue],
                                                               tmp_path: Path) -> None:
     spec = study(strategy=SLEEPY, type="train_test", data=TWO_SYMBOLS)
@@ -195,6 +196,7 @@ async def test_drain_lets_in_flight_containers_finish(queue_for: Callable[..., R
     assert [r.id for r in queue_for().scan()] == ["d"]
 
 
+@pytest.mark.slow
 async def test_walk_forward_windows_write_separately(queue_for: Callable[..., RunQueue], tmp_path: Path) -> None:
     spec = study(type="walk_forward", walk_forward={"train_bars": 250, "test_bars": 100, "max_windows": 3},
                  selection={"top": 1, "scope": "across_symbols"})

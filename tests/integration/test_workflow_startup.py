@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from tradingd.config import default_config_text
 
@@ -23,6 +24,7 @@ def test_default_config_names_the_bundled_study() -> None:
     assert yaml.safe_load(default_config_text())["startup_workflows"] == ["bundled:sample_study"]
 
 
+@pytest.mark.slow
 def test_default_config_runs_the_sample_train_test_study(
     tmp_path: Path, daemon_process: Callable[..., DaemonProcess]
 ) -> None:
