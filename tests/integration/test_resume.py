@@ -84,6 +84,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_sigkill_mid_run_then_restart_resumes_to_identical_aggregates(
     tmp_path: Path, write_config: Callable[..., Path], daemon_process: Callable[..., DaemonProcess]
 ) -> None:
