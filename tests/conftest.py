@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp
 import pytest
@@ -40,7 +40,7 @@ settings.register_profile("explore", deadline=None, suppress_health_check=[Healt
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def wait_until(predicate: Callable[[], T], *, within: float = 30.0, what: str = "the condition") -> T:
+def wait_until(predicate: Callable[[], T | None], *, within: float = 30.0, what: str = "the condition") -> T:
     """Poll ``predicate`` (from a thread that may block) until it returns something truthy.
 
     Returns that value; fails the test with ``what`` once ``within`` seconds pass.
@@ -56,9 +56,13 @@ def wait_until(predicate: Callable[[], T], *, within: float = 30.0, what: str = 
         time.sleep(0.01)
 
 
+@overload
+async def await_until(predicate: Callable[[], Awaitable[T | None]], *, within: float = ..., what: str = ...) -> T: ...
+@overload
+async def await_until(predicate: Callable[[], T | None], *, within: float = ..., what: str = ...) -> T: ...
 async def await_until(
-    predicate: Callable[[], T | Awaitable[T]], *, within: float = 30.0, what: str = "the condition"
-) -> T:
+    predicate: Callable[[], Any], *, within: float = 30.0, what: str = "the condition"
+) -> Any:
     """``wait_until`` for a test on the event loop: the loop keeps running between polls.
 
     ``predicate`` may be a plain function or a coroutine function (an HTTP probe, say).
@@ -177,13 +181,11 @@ class DaemonProcess:
             return line
 
         try:
-            line = wait_until(find, within=timeout, what=f"a log line with {fragment!r}")
+            return wait_until(find, within=timeout, what=f"a log line with {fragment!r}")
         except AssertionError as exc:
             if self.proc.poll() is not None:
                 raise  # find() already said how it exited, with the log
             raise AssertionError(f"{exc}; the daemon's log:\n{self.log()}") from None
-        assert line is not None
-        return line
 
     def wait_listening(self, timeout: float = 30.0) -> int:
         """Wait for the 'ready on http://host:port' log line and return the port."""

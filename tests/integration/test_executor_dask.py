@@ -26,6 +26,8 @@ from tradingd.workflows.process_executor import ProcessExecutor
 from tradingd.workflows.runs import RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text
 
+from tests.conftest import await_until
+
 pytestmark = pytest.mark.timeout(120)
 
 SLOW_SECONDS = 0.15
@@ -144,13 +146,13 @@ async def test_stats_show_per_worker_memory(cluster: DaskExecutor) -> None:
 
 async def _executing_worker(executor: DaskExecutor) -> str:
     """The address of a worker running a task right now."""
-    for _ in range(200):
+
+    async def busy_worker() -> str | None:
         processing: dict[str, Any] = await asyncio.to_thread(executor.client.processing)
         busy = [address for address, keys in processing.items() if keys]
-        if busy and executor.stats()["completed"] >= 3:
-            return busy[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no task started")
+        return busy[0] if busy and executor.stats()["completed"] >= 3 else None
+
+    return await await_until(busy_worker, within=60, what="a worker running a task")
 
 
 @pytest.mark.slow
@@ -170,12 +172,12 @@ async def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes_identic
     tree = results_tree(await run)
     assert tree == reference
     # The nanny started a new worker process in its place.
-    for _ in range(100):
+
+    async def replaced() -> bool:
         pids = await asyncio.to_thread(cluster.worker_pids)
-        if len(pids) == 2 and victim not in pids.values():
-            break
-        await asyncio.sleep(0.1)
-    assert len(pids) == 2 and victim not in pids.values()
+        return len(pids) == 2 and victim not in pids.values()
+
+    await await_until(replaced, within=60, what="the nanny to replace the killed worker")
 
 
 def _scheduler_tasks(dask_scheduler: Any) -> int:
@@ -192,10 +194,10 @@ async def test_cancelling_a_run_cancels_its_futures(cluster: DaskExecutor, tmp_p
     assert run.status == "cancelled"
     assert cluster.stats()["active"] == 0 and cluster.stats()["cancelled"] > before
     # The scheduler forgets the cancelled tasks: nothing is left queued or running for this run.
-    for _ in range(100):
-        left = await asyncio.to_thread(cluster.client.run_on_scheduler, _scheduler_tasks)
-        if left == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert left == 0
+
+    async def forgotten() -> bool:
+        left: int = await asyncio.to_thread(cluster.client.run_on_scheduler, _scheduler_tasks)
+        return left == 0
+
+    await await_until(forgotten, within=60, what="the scheduler to forget the cancelled tasks")
     await queue.close(1.0)
