@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(STAMP)
 	$(BIN)/ruff check daemon tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The inner loop: the same checks, without the tests marked slow (daemon subprocesses, the
+# bundled study, a Dask cluster, wheel builds). `make test` stays the gate.
+test-fast: $(STAMP)
+	$(BIN)/ruff check daemon tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests bench scripts

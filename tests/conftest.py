@@ -1,24 +1,82 @@
-"""Shared fixtures: configs in a temp dir, a live supervisor on port 0, daemon subprocesses."""
+"""Shared fixtures: configs in a temp dir, a live supervisor on port 0, daemon subprocesses.
+
+Also the two ways a test waits (``wait_until`` and ``await_until``: poll a condition
+until a deadline, never a fixed sleep) and the hypothesis profiles.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import aiohttp
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 from tradingd.config import Config, parse_config
 from tradingd.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+# Hypothesis: the suite is a gate, so by default it is deterministic: the same examples on every
+# run and every machine (derandomize), nothing read from or saved to .hypothesis/ (a failing
+# example stored in one clone must not fail that clone forever, nor differ from CI), and no
+# timing-based checks (deadline, too_slow) on a loaded machine. Exploring with fresh random
+# examples is opt-in: HYPOTHESIS_PROFILE=explore make test.
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def wait_until(predicate: Callable[[], T | None], *, within: float = 30.0, what: str = "the condition") -> T:
+    """Poll ``predicate`` (from a thread that may block) until it returns something truthy.
+
+    Returns that value; fails the test with ``what`` once ``within`` seconds pass.
+    ``within`` is a deadline for a machine under load, not a measurement.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@overload
+async def await_until(predicate: Callable[[], Awaitable[T | None]], *, within: float = ..., what: str = ...) -> T: ...
+@overload
+async def await_until(predicate: Callable[[], T | None], *, within: float = ..., what: str = ...) -> T: ...
+async def await_until(
+    predicate: Callable[[], Any], *, within: float = 30.0, what: str = "the condition"
+) -> Any:
+    """``wait_until`` for a test on the event loop: the loop keeps running between polls.
+
+    ``predicate`` may be a plain function or a coroutine function (an HTTP probe, say).
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -113,18 +171,27 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_listening(self, timeout: float = 20.0) -> int:
-        """Wait for the 'ready on http://host:port' log line and return the port."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log().splitlines():
-                if " ready on http://" in line:
-                    self.port = int(line.split(" ready on http://", 1)[1].split()[0].split(":")[1].rstrip(","))
-                    return self.port
-            if self.proc.poll() is not None:
+    def wait_for_line(self, fragment: str, timeout: float = 30.0) -> str:
+        """Wait until a log line contains ``fragment`` and return that line."""
+
+        def find() -> str | None:
+            line = next((line for line in self.log().splitlines() if fragment in line), None)
+            if line is None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"daemon did not become ready:\n{self.log()}")
+            return line
+
+        try:
+            return wait_until(find, within=timeout, what=f"a log line with {fragment!r}")
+        except AssertionError as exc:
+            if self.proc.poll() is not None:
+                raise  # find() already said how it exited, with the log
+            raise AssertionError(f"{exc}; the daemon's log:\n{self.log()}") from None
+
+    def wait_listening(self, timeout: float = 30.0) -> int:
+        """Wait for the 'ready on http://host:port' log line and return the port."""
+        line = self.wait_for_line(" ready on http://", timeout)
+        self.port = int(line.split(" ready on http://", 1)[1].split()[0].split(":")[1].rstrip(","))
+        return self.port
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

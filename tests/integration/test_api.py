@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from tradingd.config import Config
 from tradingd.supervisor import Supervisor
 
-from tests.conftest import base_url
+from tests.conftest import await_until, base_url
 
 
 async def test_health_ready_stats(supervisor: Supervisor, http: aiohttp.ClientSession) -> None:
@@ -45,10 +45,14 @@ async def test_stats_is_a_refreshed_snapshot(supervisor: Supervisor, http: aioht
         first = (await resp.json())["snapshot_time"]
     async with http.get(f"{url}/stats") as resp:
         assert (await resp.json())["snapshot_time"] == first, "served from the snapshot, not per request"
-    await asyncio.sleep(0.5)  # monitor_interval is 0.2 s in tests
-    async with http.get(f"{url}/stats") as resp:
-        later = await resp.json()
-    assert later["snapshot_time"] > first
+
+
+    async def refreshed() -> dict[str, Any] | None:
+        async with http.get(f"{url}/stats") as resp:
+            stats: dict[str, Any] = await resp.json()
+        return stats if stats["snapshot_time"] > first else None
+
+    later = await await_until(refreshed, what="the monitor to refresh the snapshot")
     assert len(later["memory"]["history"]["used_bytes"]) >= 2
 
 
@@ -87,37 +91,52 @@ async def test_health_turns_503_when_the_loop_stalls(
 ) -> None:
     async with Supervisor(make_config(http={"loop_lag_threshold": 0.3})) as sup:
         url = base_url(sup)
-        answers: list[tuple[int, dict[str, object]]] = []
+        sent = threading.Event()
+        answers: list[bytes] = []
 
         def probe() -> None:  # a client outside the loop asks while the loop is blocked
-            time.sleep(0.2)
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5)
-            except urllib.error.HTTPError as err:
-                answers.append((err.code, json.loads(err.read())))
+            with socket.create_connection(("127.0.0.1", sup.port), timeout=10) as conn:
+                conn.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                sent.set()
+                answers.append(conn.makefile("rb").read())
 
         prober = threading.Thread(target=probe)
         prober.start()
-        time.sleep(0.8)  # noqa: ASYNC251 -- block the event loop on purpose
+        # Block the event loop on purpose, until the request waits in the socket and for
+        # longer than the lag threshold.
+        blocked = time.monotonic()
+        assert sent.wait(10)
+        time.sleep(max(0.0, 0.8 - (time.monotonic() - blocked)))  # noqa: ASYNC251
         await asyncio.to_thread(prober.join)
-        assert answers and answers[0][0] == 503
-        assert answers[0][1]["status"] == "stalled" and "error" in answers[0][1]
-        await asyncio.sleep(0.6)
-        async with http.get(f"{url}/health") as resp:
-            assert resp.status == 200
+        head, _, body = answers[0].partition(b"\r\n\r\n")
+        assert head.split()[1] == b"503", head
+        stalled = json.loads(body)
+        assert stalled["status"] == "stalled" and "error" in stalled
+
+        async def health() -> bool:
+            async with http.get(f"{url}/health") as resp:
+                return resp.status == 200
+
+        await await_until(health, what="/health to recover")
 
 
 async def test_ready_is_503_while_stopping(make_config: Callable[..., Config], http: aiohttp.ClientSession) -> None:
-    sup = Supervisor(make_config())
+    sup = Supervisor(make_config(graceful_timeout=60.0))  # the drain waits for us, not for a clock
     await sup.start()
     url = base_url(sup)
-    # A task that takes a while to finish keeps the shutdown in its draining step.
-    sup.spawn(asyncio.sleep(1.0), name="slow-work")
+    # A task that has not finished keeps the shutdown in its draining step.
+    release = asyncio.Event()
+    sup.spawn(release.wait(), name="slow-work")
     stopping = asyncio.ensure_future(sup.shutdown())
-    await asyncio.sleep(0.1)
-    async with http.get(f"{url}/ready") as resp:
-        assert resp.status == 503
-        assert (await resp.json())["reason"] == "stopping"
+
+    async def ready_status() -> tuple[int, dict[str, Any]] | None:
+        async with http.get(f"{url}/ready") as resp:
+            return (resp.status, await resp.json()) if resp.status != 200 else None
+
+    status, body = await await_until(ready_status, what="/ready to turn 503")
+    assert status == 503 and body["reason"] == "stopping"
+    assert not stopping.done()
+    release.set()
     await stopping
     assert not (sup.state_dir / "tradingd.lock").exists()
 

@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -15,7 +16,7 @@ from tradingd.cli.tables import Style, render_table
 from tradingd.formatting import fmt_bytes, fmt_duration
 from tradingd.supervisor import Supervisor
 
-from tests.conftest import base_url
+from tests.conftest import await_until, base_url
 from tests.unit.test_reports import run_workflow
 
 
@@ -42,7 +43,7 @@ async def test_status_tables_from_a_live_daemon(supervisor: Supervisor) -> None:
         cache.put(("SYM", i), np.ones(10_000))
     cache.get(("SYM", 0))
     cache.get(("SYM", 99))
-    await asyncio.sleep(0.5)  # let the monitor refresh the snapshot
+    supervisor.stats.refresh()  # what the monitor does on its next tick
     code, out, err = await tradingd("status", "--url", base_url(supervisor))
     assert code == 0, err
     assert "\x1b[" not in out, "plain text when stdout is not a TTY"
@@ -88,12 +89,14 @@ async def test_runs_lists_the_daemons_runs(supervisor: Supervisor, http: aiohttp
                          headers={"Authorization": f"Bearer {supervisor.api_token}"}) as resp:
         assert resp.status == 201, await resp.text()
         run_id = (await resp.json())["id"]
-    for _ in range(100):
+
+
+    async def finished() -> dict[str, Any] | None:
         async with http.get(f"{url}/runs/{run_id}") as resp:
-            run = await resp.json()
-        if run["status"] == "completed":
-            break
-        await asyncio.sleep(0.1)
+            run: dict[str, Any] = await resp.json()
+        return run if run["status"] not in ("queued", "running") else None
+
+    run = await await_until(finished, what=f"run {run_id} to finish")
     total = run["progress"]["total"]
     assert run["status"] == "completed" and total > 0
     code, out, err = await tradingd("runs", "--url", url)

@@ -7,7 +7,6 @@ pass silently. Screenshots land in tests/artifacts/ (git-ignored).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from tradingd.supervisor import Supervisor
 
-from tests.conftest import REPO, base_url
+from tests.conftest import REPO, await_until, base_url
 
 pytestmark = pytest.mark.browser
 
@@ -96,10 +95,12 @@ async def test_dashboard_shows_live_memory_caches_and_cleanup(
     assert first["marks"] == ["mark-gc", "mark-pressure", "mark-critical", "mark-limit"]
     assert first["level"] == supervisor.monitor.level.label
 
-    # Memory moves: hold 96 MiB of fresh pages, then wait for two more refreshes.
+    # Memory moves: hold 96 MiB of fresh pages; once the monitor has sampled them, two more
+    # refreshes guarantee one that started after.
     ballast = np.ones(96 * 2**20 // 8)
-    await asyncio.sleep(0.5)  # monitor_interval is 0.2 s in tests
-    await wait_refreshes(page, first_refresh + 2)
+    await await_until(lambda: supervisor.stats.snapshot["memory"]["used_bytes"] - first["used"] > 64 * 2**20,
+                      what="the monitor to sample the ballast")
+    await wait_refreshes(page, await wait_refreshes(page, first_refresh) + 2)
     second = await chart_state(page)
     assert second["last"] > first["last"], "the chart shows new samples"
     assert second["samples"] >= first["samples"]
@@ -172,6 +173,7 @@ async def run_row(page: Any, run_id: str) -> dict[str, Any]:
     return row
 
 
+@pytest.mark.slow
 async def test_dashboard_shows_run_progress(supervisor: Supervisor, http: aiohttp.ClientSession, page: Any) -> None:
     url = base_url(supervisor)
     await page.goto(f"{url}/?interval=250")

@@ -240,6 +240,7 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     assert _ignored("daemon/__pycache__/notify.cpython-311.pyc", rules)
 
 
+@pytest.mark.slow
 def test_context_holds_every_copy_source_and_builds_the_installed_wheel(tmp_path: Path) -> None:
     context = _build_context(tmp_path / "context")
     instructions = _instructions(DOCKERFILE.read_text(encoding="utf-8"))

@@ -97,10 +97,11 @@ def test_daemon_sends_ready_watchdog_status_and_stopping(tmp_path: Path, listene
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
             assert reply.status == 200
 
-        # Pings at the watchdog cadence for about a second.
-        listener.collect(timeout=1.2)
-        pings = [at for at, text in listener.messages if text == "WATCHDOG=1"]
-        assert len(pings) >= 3, listener.messages
+        # Pings at the watchdog cadence: three of them, however long a loaded machine takes.
+        deadline = time.monotonic() + 30
+        while len([text for _, text in listener.messages if text == "WATCHDOG=1"]) < 3:
+            assert time.monotonic() < deadline, listener.messages
+            listener.collect(until="WATCHDOG=1", timeout=deadline - time.monotonic())
 
         proc.send_signal(signal.SIGTERM)
         messages = listener.collect(until="STOPPING=1", timeout=15)

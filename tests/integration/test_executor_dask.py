@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from tradingd.workflows.spec import WorkflowSpec, parse_spec, parse_spec_text
 from tradingd.workflows.thread_executor import ThreadExecutor
 
 # One LocalCluster for the module; its asynchronous client lives on the module's event loop.
+from tests.conftest import await_until
+
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 
 SLOW_SECONDS = 0.15
@@ -81,13 +83,6 @@ async def cluster() -> AsyncIterator[DaskExecutor]:
     yield executor
     await executor.close(30.0)
 
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 async def worker_pids(executor: DaskExecutor) -> dict[str, int]:
@@ -168,7 +163,7 @@ async def _executing_worker(executor: DaskExecutor) -> str:
         busy[:] = [address for address, keys in processing.items() if keys]
         return bool(busy) and executor.stats()["completed"] >= 3
 
-    await eventually(running)
+    await await_until(running)
     return busy[0]
 
 
@@ -194,7 +189,7 @@ async def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes_identic
         pids = await worker_pids(cluster)
         return len(pids) == 2 and victim not in pids.values()
 
-    await eventually(replaced)
+    await await_until(replaced)
 
 
 def _scheduler_tasks(dask_scheduler: Any) -> int:
@@ -216,5 +211,5 @@ async def test_cancelling_a_run_cancels_its_futures(cluster: DaskExecutor, tmp_p
         left: int = await cluster.client.run_on_scheduler(_scheduler_tasks)
         return left == 0
 
-    await eventually(forgotten)
+    await await_until(forgotten)
     await queue.close(1.0)

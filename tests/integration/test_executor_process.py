@@ -28,6 +28,8 @@ from tradingd.workflows.process_executor import ProcessExecutor, WorkerLost
 from tradingd.workflows.process_worker import RemoteTraceback
 from tradingd.workflows.thread_executor import ThreadExecutor
 
+from tests.conftest import await_until
+
 pytestmark = pytest.mark.timeout(90)
 
 LEAK_BYTES = 16 * 2**20
@@ -77,14 +79,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def eventually(predicate: Callable[[], bool], seconds: float = 60.0) -> None:
-    """Poll ``predicate`` until it holds (worker start-up is slow on a loaded host)."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.05)
-
 
 @pytest.fixture(scope="module")
 def sample() -> dict[str, MarketData]:
@@ -125,6 +119,7 @@ def same_output(a: BatchOutput, b: BatchOutput) -> None:
     assert a.equity == b.equity and a.equity_times == b.equity_times
 
 
+@pytest.mark.slow
 async def test_batches_give_the_same_output_as_in_process(make_executor: Callable[..., ProcessExecutor],
                                                           sample: dict[str, MarketData]) -> None:
     executor = make_executor()
@@ -146,13 +141,14 @@ async def test_batches_give_the_same_output_as_in_process(make_executor: Callabl
                           ml.positions(test_bars, [params], models=[local]), equal_nan=True)
 
 
+@pytest.mark.slow
 async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Callable[..., ProcessExecutor],
                                                               sample: dict[str, MarketData]) -> None:
     executor = make_executor(2, max_tasks_per_child=2)
     assert all(w["pid"] is None for w in executor.stats()["workers"])  # nothing runs before it is needed
     executor.start()
     # Worker RSS right after start (a worker shows its pid once it is ready), before any leak.
-    await eventually(lambda: all(w["pid"] for w in executor.stats()["workers"]))
+    await await_until(lambda: all(w["pid"] for w in executor.stats()["workers"]))
     first_pids = {w["pid"] for w in executor.stats()["workers"]}
     fresh_worker = max(w["rss_bytes"] for w in executor.stats()["workers"])
     daemon_before = rss()
@@ -161,7 +157,7 @@ async def test_workers_are_replaced_after_max_tasks_per_child(make_executor: Cal
                                      for i in range(n_tasks)))
     assert [row["index"] for out in outputs for row in out.rows] == list(range(n_tasks * 3))
     # A slot retires its worker just after handing back the last result, then starts another.
-    await eventually(lambda: all(w["tasks"] < 2 and w["pid"] for w in executor.stats()["workers"]))
+    await await_until(lambda: all(w["tasks"] < 2 and w["pid"] for w in executor.stats()["workers"]))
     stats = executor.stats()
     # Each worker retired after 2 tasks: at least (20 - 2 leftovers per slot) / 2 retirements.
     assert stats["recycled"]["tasks"] >= (n_tasks - 2 * 2) // 2 and stats["recycled"]["rss"] == 0
@@ -205,7 +201,7 @@ async def test_a_killed_worker_fails_only_its_task_and_is_replaced(
     executor = make_executor(1)
     started = tmp_path / "started"
     running = asyncio.ensure_future(executor.submit(worker_pid_after, 30.0, str(started)))
-    await eventually(started.exists)
+    await await_until(started.exists)
     victim = executor.stats()["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(WorkerLost, match=str(victim)):
@@ -231,7 +227,7 @@ async def test_close_refuses_work_joins_every_process_and_removes_its_own_data_d
     before = children()
     executor = ProcessExecutor(2)
     await executor.submit(run_batch, task(sample["SYM01"]), None)
-    await eventually(lambda: all(w["pid"] for w in executor.stats()["workers"]))
+    await await_until(lambda: all(w["pid"] for w in executor.stats()["workers"]))
     pids = {w["pid"] for w in executor.stats()["workers"]}
     assert pids <= children()
     data_dir = executor.data_dir
@@ -252,7 +248,7 @@ async def test_close_kills_a_worker_still_busy_after_the_timeout(
     executor = make_executor(1)
     started = tmp_path / "started"
     running = asyncio.ensure_future(executor.submit(worker_pid_after, 60.0, str(started)))
-    await eventually(started.exists)
+    await await_until(started.exists)
     victim = executor.stats()["workers"][0]["pid"]
     await executor.close(0.5)
     assert not alive(victim)

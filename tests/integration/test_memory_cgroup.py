@@ -45,6 +45,9 @@ async def main() -> None:
             nonlocal pushed, waited
             i = 0
             while pushed < TOTAL:
+                if i == TOTAL // 2 // (4 * 2**20):  # halfway: the test probes the daemon, then lets us go on
+                    print("HALFWAY", flush=True)
+                    sys.stdin.readline()
                 started = time.monotonic()
                 sup.memory.admission.wait_blocking()  # a new container waits while paused
                 waited += time.monotonic() - started
@@ -54,7 +57,7 @@ async def main() -> None:
                 time.sleep(0.01)
 
         await asyncio.to_thread(containers)
-        await asyncio.sleep(0.5)
+        sup.monitor.sample()
         snap = sup.stats.refresh()
         print("RESULT", json.dumps({
             "pushed": pushed,
@@ -182,16 +185,18 @@ def test_daemon_survives_a_workload_past_its_cgroup_cap(tmp_path: Path, capped_c
     driver.write_text(DRIVER)
     procs = child / "cgroup.procs"
     command = f'echo $$ > {procs} && exec "{sys.executable}" {driver} {config_path} {2 * CAP}'
-    proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith("PORT"), first + proc.stderr.read() if proc.stderr else first
         port = int(first.split()[1])
-        time.sleep(1.0)  # mid-workload: the daemon still answers
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
+        halfway = proc.stdout.readline()
+        assert halfway.startswith("HALFWAY"), halfway + proc.stderr.read() if proc.stderr else halfway
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:  # it still answers
             assert json.load(resp)["memory"]["limit_source"] == "cgroup"
-        out, err = proc.communicate(timeout=80)
+        out, err = proc.communicate("go\n", timeout=80)
     finally:
         if proc.poll() is None:
             proc.kill()

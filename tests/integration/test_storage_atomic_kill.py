@@ -20,9 +20,10 @@ import sys
 from tradingd.storage.atomic import atomic_write_bytes
 target = sys.argv[1]
 n = 0
-print("ready", flush=True)
 while True:
     atomic_write_bytes(target, (b"A" if n % 2 else b"B") * {SIZE})
+    if n == 0:  # the kill lands inside the loop of writes, however slow the machine
+        print("ready", flush=True)
     n += 1
 """
 

@@ -44,6 +44,7 @@ def config_file(tmp_path: Path) -> Path:
                                                   "results_dir": str(tmp_path / "results")}})
 
 
+@pytest.mark.slow
 def test_run_workflow_prints_plain_progress_lines_and_writes_results(tmp_path: Path) -> None:
     result = tradingd("run-workflow", str(write(tmp_path, "s.yaml", SPEC)), "--config", str(config_file(tmp_path)),
                       "--run-id", "cli-1")

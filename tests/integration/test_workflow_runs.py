@@ -145,6 +145,7 @@ async def test_ranking_follows_the_objective_and_its_direction(queue_for: Callab
     assert run.status == "completed"
 
 
+@pytest.mark.slow
 async def test_interrupted_run_resumes_and_matches_a_clean_run(queue_for: Callable[..., RunQueue],
                                                               tmp_path: Path) -> None:
     spec = study(strategy=SLEEPY, type="train_test", data=TWO_SYMBOLS)
@@ -197,6 +198,7 @@ async def test_drain_lets_in_flight_containers_finish(queue_for: Callable[..., R
     assert [r.id for r in queue_for().scan()] == ["d"]
 
 
+@pytest.mark.slow
 async def test_walk_forward_windows_write_separately(queue_for: Callable[..., RunQueue], tmp_path: Path) -> None:
     spec = study(type="walk_forward", walk_forward={"train_bars": 250, "test_bars": 100, "max_windows": 3},
                  selection={"top": 1, "scope": "across_symbols"})
@@ -266,13 +268,14 @@ async def test_cancel_stops_a_running_batch_in_its_thread(queue_for: Callable[..
     queue = queue_for()
     run = queue.submit(spec, run_id="stop")
     executor = queue.services.executor
-    await eventually(lambda: executor.stats()["active"] == 1)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: run.progress.running == 1 and executor.stats()["active"] == 1)  # the batch computes
+    before = executor.stats()
     await queue.cancel("stop")
-    cancelled_at = time.monotonic()
-    await eventually(lambda: executor.stats()["active"] == 0, seconds=10)
-    assert time.monotonic() - cancelled_at < 1.0
+    await eventually(lambda: executor.stats()["active"] == 0)
     assert run.status == "cancelled"
+    # The thread gave up its batch (the engine raised between chunks) instead of finishing it.
+    after = executor.stats()
+    assert after["completed"] == before["completed"] and after["failed"] == before["failed"] + 1
 
 
 async def test_closed_trades_reach_the_outcome_journal(queue_for: Callable[..., RunQueue], tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from tradingd.memory.cleanup import Admission, parse_level
 from tradingd.memory.manager import MemoryManager
 from tradingd.memory.monitor import MemoryLimit, MemorySample, Monitor, PressureLevel
 
+from tests.conftest import await_until
+
 MB = 1024 * 1024
 LIMIT = 100 * MB
 
@@ -103,15 +105,9 @@ async def test_loop_walks_every_level_and_back(tmp_path: Path) -> None:
     seen: list[PressureLevel] = []
     monitor.add_listener(lambda old, new: seen.append(new))
 
-    async def settle() -> None:
-        await asyncio.sleep(0.15)
-
     async def eventually(condition: Callable[[], bool]) -> None:
         # The cleanup task reacts on its own schedule; a loaded machine may need more than a tick.
-        deadline = time.monotonic() + 5.0
-        while not condition():
-            assert time.monotonic() < deadline, "the cleanup task did not react within 5 s"
-            await asyncio.sleep(0.02)
+        await await_until(condition, what="the cleanup task to react")
 
     try:
         usage.other = 72 * MB  # gc
@@ -130,12 +126,13 @@ async def test_loop_walks_every_level_and_back(tmp_path: Path) -> None:
         await eventually(lambda: manager.ladder.runs["critical"] >= 1)
         await eventually(lambda: manager.admission.paused)
         admitted = asyncio.create_task(manager.admission.wait())
-        await settle()
-        assert not admitted.done()  # a new container would wait here
+        await eventually(lambda: manager.admission.stats()["waiting"] == 1)
+        assert not admitted.done()  # a new container waits here
 
         usage.other = 82 * MB  # below critical but not below pressure: still paused
+        pressure_runs = manager.ladder.runs["pressure"]
         monitor.sample()
-        await settle()
+        await eventually(lambda: manager.ladder.runs["pressure"] > pressure_runs)  # it saw the new level
         assert manager.admission.paused and not admitted.done()
 
         usage.other = 10 * MB  # back to normal
@@ -160,10 +157,7 @@ async def test_loop_sweeps_expired_entries_on_its_interval(tmp_path: Path) -> No
     stop = asyncio.Event()
     task = asyncio.create_task(manager.run(stop))
     try:
-        for _ in range(100):
-            if cache.evictions["ttl"]:
-                break
-            await asyncio.sleep(0.02)
+        await await_until(lambda: cache.evictions["ttl"], what="the TTL sweep")
     finally:
         stop.set()
         await asyncio.wait_for(task, 2)
@@ -180,7 +174,7 @@ class TestAdmission:
         admission = Admission()
         admission.pause("test")
         waiters = [asyncio.create_task(admission.wait()) for _ in range(3)]
-        await asyncio.sleep(0.01)
+        await await_until(lambda: admission.stats()["waiting"] == 3, what="three waiters")
         assert not any(w.done() for w in waiters)
         await asyncio.to_thread(admission.resume)
         await asyncio.wait_for(asyncio.gather(*waiters), 1)
@@ -190,7 +184,7 @@ class TestAdmission:
         admission = Admission()
         admission.pause("test")
         waiter = asyncio.create_task(admission.wait())
-        await asyncio.sleep(0.01)
+        await await_until(lambda: admission.stats()["waiting"] == 1, what="the waiter")
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from tradingd.notify import Notifier, run_watchdog, status_line
 
+from tests.conftest import await_until, wait_until
+
 pytestmark = pytest.mark.timeout(10)
 
 
@@ -82,6 +84,19 @@ class FakeSystemd:
 
 
 NotifierFactory = Callable[[Mapping[str, str]], Notifier]
+
+
+def record_pings(notifier: Notifier, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When the notifier sent each ``WATCHDOG=1``, seen from the sender (no receive-side jitter)."""
+    sent: list[float] = []
+    watchdog = notifier.watchdog
+
+    def ping() -> bool:
+        sent.append(time.monotonic())
+        return watchdog()
+
+    monkeypatch.setattr(notifier, "watchdog", ping)
+    return sent
 
 
 @pytest.fixture
@@ -229,69 +244,81 @@ def test_close_is_idempotent_and_stops_sending(path_systemd: FakeSystemd, notifi
     assert not notifier.enabled
 
 
-async def test_watchdog_pings_at_half_the_watchdog_timeout(systemd: FakeSystemd, notifier_for: NotifierFactory) -> None:
+async def test_watchdog_pings_at_half_the_watchdog_timeout(
+    systemd: FakeSystemd, notifier_for: NotifierFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # WatchdogSec=200ms -> a ping every 100 ms.
     notifier = notifier_for(systemd.env(watchdog_usec=200_000))
+    sent = record_pings(notifier, monkeypatch)
     stop = asyncio.Event()
     task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=lambda: True))
-    await asyncio.sleep(0.75)
+    await await_until(lambda: len(sent) >= 6, what="six pings")
     stop.set()
-    await asyncio.wait_for(task, 1)
-    pings = systemd.times_of("WATCHDOG=1")
-    # One at start, then every 0.1 s: 8 in 0.75 s; allow for a slow CI box.
-    assert 5 <= len(pings) <= 9, pings
-    gaps = sorted(b - a for a, b in itertools.pairwise(pings))
-    median = gaps[len(gaps) // 2]
-    assert 0.07 <= median <= 0.14, gaps
+    await asyncio.wait_for(task, 5)
+    await await_until(lambda: len(systemd.times_of("WATCHDOG=1")) == len(sent), what="the pings to arrive")
+    # Ping k goes out on its slot, k x 100 ms after the first, never before it (a loaded machine
+    # only delays them); and typically well within the 200 ms systemd allows.
+    assert all(at - sent[0] >= k * 0.1 - 0.03 for k, at in enumerate(sent)), sent
+    gaps = sorted(b - a for a, b in itertools.pairwise(sent))
+    assert gaps[len(gaps) // 2] < 0.2, gaps
 
 
-async def test_no_watchdog_while_the_loop_is_blocked(path_systemd: FakeSystemd, notifier_for: NotifierFactory) -> None:
+async def test_no_watchdog_while_the_loop_is_blocked(
+    path_systemd: FakeSystemd, notifier_for: NotifierFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))  # ping every 50 ms
+    sent = record_pings(notifier, monkeypatch)
     stop = asyncio.Event()
     task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=lambda: True))
-    await asyncio.sleep(0.2)
-    # From here the loop is wedged by synchronous sleeps, so nothing can be sent
-    # from it; first let the receiver thread take in what was sent before.
-    time.sleep(0.1)  # noqa: ASYNC251 - deliberately wedge the event loop
-    before = len(path_systemd.times_of("WATCHDOG=1"))
-    assert before >= 2
+    await await_until(lambda: len(sent) >= 2, what="two pings")
+    # From here the loop is wedged (the waits below block it), so nothing can be sent from it;
+    # first the receiver thread takes in what was sent before.
+    before = len(sent)
+    wait_until(lambda: len(path_systemd.times_of("WATCHDOG=1")) == before, what="the pings sent so far to arrive")
     time.sleep(0.5)  # noqa: ASYNC251 - ten ping intervals with the loop wedged
     blocked_until = time.monotonic()
+    assert len(sent) == before
     assert len(path_systemd.times_of("WATCHDOG=1")) == before
 
-    # Once the loop runs again, pings resume, without a burst for missed slots.
-    await asyncio.sleep(0.2)
+    # Once the loop runs again, pings resume, without a burst for the missed slots.
+    await await_until(lambda: len(sent) >= before + 3, what="pings to resume")
     stop.set()
-    await asyncio.wait_for(task, 1)
-    after = [t for t in path_systemd.times_of("WATCHDOG=1") if t >= blocked_until]
-    assert 2 <= len(after) <= 6, after
+    await asyncio.wait_for(task, 5)
+    # One ping at once, then one per 50 ms slot: no burst for the ten slots missed.
+    after = [t for t in sent if t >= blocked_until]
+    assert all(at - blocked_until >= (k - 1) * 0.05 - 0.01 for k, at in enumerate(after) if k >= 1), after
 
 
 async def test_no_watchdog_while_unhealthy(
-    path_systemd: FakeSystemd, notifier_for: NotifierFactory, caplog: pytest.LogCaptureFixture
+    path_systemd: FakeSystemd,
+    notifier_for: NotifierFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="tradingd.notify")
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))
+    sent = record_pings(notifier, monkeypatch)
     stop = asyncio.Event()
     healthy = True
-    task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=lambda: healthy))
-    await asyncio.sleep(0.2)
-    assert len(path_systemd.times_of("WATCHDOG=1")) >= 2
+    checks = 0
 
-    healthy = False
-    await asyncio.sleep(0.15)  # a ping sent just before may still be in flight
-    at_start = len(path_systemd.times_of("WATCHDOG=1"))
-    await asyncio.sleep(0.4)  # eight ping intervals while unhealthy
-    time.sleep(0.1)  # noqa: ASYNC251 - wedge briefly so the receiver catches up
-    assert len(path_systemd.times_of("WATCHDOG=1")) == at_start
-    unhealthy_until = time.monotonic()
+    def check() -> bool:
+        nonlocal checks
+        checks += 1
+        return healthy
+
+    task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=check))
+    await await_until(lambda: len(sent) >= 2, what="two pings")
+
+    healthy = False  # from here (the watchdog runs on this loop) nothing more may be sent
+    at_start, checks_at_start = len(sent), checks
+    await await_until(lambda: checks >= checks_at_start + 8, what="eight checks while unhealthy")
+    assert len(sent) == at_start
     healthy = True
-    await asyncio.sleep(0.2)
+    await await_until(lambda: len(sent) >= at_start + 2, what="pings to resume")
     stop.set()
-    await asyncio.wait_for(task, 1)
-
-    pings = path_systemd.times_of("WATCHDOG=1")
-    assert len([t for t in pings if t >= unhealthy_until]) >= 2
+    await asyncio.wait_for(task, 5)
+    await await_until(lambda: len(path_systemd.times_of("WATCHDOG=1")) == len(sent), what="the pings to arrive")
     # One warning for the whole episode (the journal says why a restart came), one recovery note.
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("event loop unhealthy: withholding WATCHDOG=1") == 1
@@ -303,16 +330,21 @@ async def test_a_failing_health_check_counts_as_unhealthy(
     caplog: pytest.LogCaptureFixture,
     notifier_for: NotifierFactory,
 ) -> None:
+    checks = 0
+
     def broken() -> bool:
+        nonlocal checks
+        checks += 1
         raise RuntimeError("lag probe broke")
 
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))
     stop = asyncio.Event()
     with caplog.at_level(logging.ERROR, logger="tradingd.notify"):
         task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=broken))
-        await asyncio.sleep(0.2)
+        await await_until(lambda: checks >= 3, what="three health checks")
         stop.set()
-        await asyncio.wait_for(task, 1)
+        await asyncio.wait_for(task, 5)
+    assert notifier.sent == 0
     assert path_systemd.times_of("WATCHDOG=1") == []
     assert any("health check failed" in r.getMessage() for r in caplog.records)
 
@@ -336,9 +368,9 @@ async def test_status_is_refreshed_periodically(path_systemd: FakeSystemd, notif
             status_interval=0.05,
         )
     )
-    await asyncio.sleep(0.3)
+    await await_until(lambda: len(path_systemd.texts()) >= 3, what="three STATUS lines")
     stop.set()
-    await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(task, 5)
     texts = path_systemd.texts()
     assert texts[:3] == ["STATUS=tick 1", "STATUS=tick 2", "STATUS=tick 3"]
     assert "WATCHDOG=1" not in texts
@@ -349,7 +381,11 @@ async def test_a_failing_status_line_does_not_stop_the_watchdog(
     caplog: pytest.LogCaptureFixture,
     notifier_for: NotifierFactory,
 ) -> None:
+    attempts = 0
+
     def broken() -> str:
+        nonlocal attempts
+        attempts += 1
         raise ValueError("no snapshot yet")
 
     notifier = notifier_for(path_systemd.env(watchdog_usec=100_000))
@@ -364,10 +400,10 @@ async def test_a_failing_status_line_does_not_stop_the_watchdog(
                 status_interval=0.05,
             )
         )
-        await asyncio.sleep(0.25)
+        await await_until(lambda: attempts >= 2 and len(path_systemd.times_of("WATCHDOG=1")) >= 3,
+                          what="pings after two failed STATUS lines")
         stop.set()
-        await asyncio.wait_for(task, 1)
-    assert len(path_systemd.times_of("WATCHDOG=1")) >= 3
+        await asyncio.wait_for(task, 5)
     assert any("STATUS line failed" in r.getMessage() for r in caplog.records)
 
 
@@ -385,11 +421,9 @@ async def test_stop_ends_the_watchdog_promptly(path_systemd: FakeSystemd, notifi
     notifier = notifier_for(path_systemd.env(watchdog_usec=60_000_000))  # ping every 30 s
     stop = asyncio.Event()
     task = asyncio.create_task(run_watchdog(notifier, stop=stop, healthy=lambda: True))
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
+    await await_until(lambda: notifier.sent >= 1, what="the first ping")  # now it sleeps for 30 s
     stop.set()
-    await asyncio.wait_for(task, 1)
-    assert time.monotonic() - started < 0.5
+    await asyncio.wait_for(task, 10)  # far less than the 30 s it would sleep
 
 
 async def test_full_lifecycle_in_order(systemd: FakeSystemd, notifier_for: NotifierFactory) -> None:
@@ -406,10 +440,11 @@ async def test_full_lifecycle_in_order(systemd: FakeSystemd, notifier_for: Notif
             status_interval=0.12,
         )
     )
-    await asyncio.sleep(0.3)
+    await await_until(lambda: systemd.texts().count("WATCHDOG=1") >= 4 and "STATUS=runs 0" in systemd.texts(),
+                      what="four pings and a STATUS line")
     notifier.stopping()
     stop.set()
-    await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(task, 5)
     notifier.close()
     systemd.wait_for_text("STOPPING=1")
     texts = systemd.texts()

@@ -153,6 +153,7 @@ def test_phase_without_summary_uses_the_given_status(tmp_path: Path) -> None:
     assert report.status == "failed" and "too few bars" in report.html.read_text()
 
 
+@pytest.mark.slow
 async def test_walk_forward_run_report_stitches_out_of_sample_equity(tmp_path: Path) -> None:
     run_dir = await run_workflow(tmp_path, "wf", kind="walk_forward",
                                  walk_forward={"train_bars": 400, "test_bars": 200, "max_windows": 3})
@@ -183,6 +184,7 @@ async def test_report_without_matplotlib_is_written_and_logs_one_line(tmp_path: 
     assert not list(run_dir.rglob("*.png"))
 
 
+@pytest.mark.slow
 async def test_publish_draws_off_the_event_loop(tmp_path: Path) -> None:
     run_dir = await run_workflow(tmp_path, "big", kind="backtest",
                                  grid={"fast": list(range(2, 40, 2)), "slow": list(range(40, 200, 10))})
@@ -200,7 +202,9 @@ async def test_publish_draws_off_the_event_loop(tmp_path: Path) -> None:
     task.cancel()
     assert report is not None and report.heatmap is not None and report.heatmap.filled == 19 * 16
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert elapsed > 0.1 and max(gaps) < max(0.1, elapsed / 2), "the loop was blocked while plotting"
+    # Plotting takes ~0.5 s here; drawn on the loop, one gap would be most of it. A loaded
+    # machine stretches every gap a little, hence the generous floor.
+    assert elapsed > 0.1 and max(gaps) < max(0.25, elapsed / 2), "the loop was blocked while plotting"
 
 
 async def test_publish_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -182,6 +182,7 @@ def assert_close(actual: Any, expected: Any, scale: float = 1.0) -> None:
     np.testing.assert_allclose(actual, expected, rtol=TOL, atol=TOL * scale)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_engine_matches_per_bar_reference(case: tuple[np.ndarray, np.ndarray, np.ndarray, BacktestConfig]) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 
 import pytest
 from tradingd.config import ExecutorConfig
 from tradingd.workflows.executor import ExecutorClosed, ExecutorUnavailable, available_cores
 from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.thread_executor import ThreadExecutor
+
+from tests.conftest import await_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,13 +27,6 @@ def fail() -> None:
     raise ValueError("boom")
 
 
-async def eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
-
 
 async def test_a_job_runs_in_a_worker_thread_while_the_loop_stays_free() -> None:
     executor = ThreadExecutor(2)
@@ -40,7 +34,7 @@ async def test_a_job_runs_in_a_worker_thread_while_the_loop_stays_free() -> None
     try:
         job = asyncio.ensure_future(executor.submit(held_until, release))
         # The loop keeps running (it polls the counters) while the job holds its thread.
-        await eventually(lambda: executor.stats()["active"] == 1)
+        await await_until(lambda: executor.stats()["active"] == 1)
         release.set()
         thread = await job
         assert thread.name.startswith("tradingd-compute") and thread is not threading.current_thread()
@@ -55,7 +49,7 @@ async def test_at_most_max_workers_run_at_once() -> None:
     release = threading.Event()
     try:
         jobs = [asyncio.ensure_future(executor.submit(held_until, release)) for _ in range(4)]
-        await eventually(lambda: executor.stats()["active"] == 2)
+        await await_until(lambda: executor.stats()["active"] == 2)
         assert executor.stats()["queued"] == 2 and executor.stats()["submitted"] == 4
         release.set()
         threads = await asyncio.gather(*jobs)
@@ -82,9 +76,9 @@ async def test_cancelling_a_waiting_job_drops_it() -> None:
     try:
         running = asyncio.ensure_future(executor.submit(held_until, release))
         waiting = asyncio.ensure_future(executor.submit(held_until, release))
-        await eventually(lambda: executor.stats()["active"] == 1)
+        await await_until(lambda: executor.stats()["active"] == 1)
         waiting.cancel()
-        await eventually(lambda: executor.stats()["cancelled"] == 1)
+        await await_until(lambda: executor.stats()["cancelled"] == 1)
         release.set()
         await running
         stats = executor.stats()
@@ -99,9 +93,9 @@ async def test_close_refuses_new_work_then_joins_the_running_job() -> None:
     release = threading.Event()
     running = asyncio.ensure_future(executor.submit(held_until, release))
     queued = asyncio.ensure_future(executor.submit(held_until, release))
-    await eventually(lambda: executor.stats()["active"] == 1)
+    await await_until(lambda: executor.stats()["active"] == 1)
     closing = asyncio.ensure_future(executor.close(10.0))
-    await eventually(lambda: executor.closed)
+    await await_until(lambda: executor.closed)
     with pytest.raises(ExecutorClosed):
         executor.submit(held_until, release)
     with pytest.raises(asyncio.CancelledError):
@@ -119,7 +113,7 @@ async def test_close_gives_up_on_a_stuck_thread_after_its_timeout() -> None:
     executor = ThreadExecutor(1)
     release = threading.Event()
     running = asyncio.ensure_future(executor.submit(held_until, release))
-    await eventually(lambda: executor.stats()["active"] == 1)
+    await await_until(lambda: executor.stats()["active"] == 1)
     await executor.close(0.05)  # returns although the thread cannot be interrupted
     assert executor.closed and not running.done()
     release.set()
