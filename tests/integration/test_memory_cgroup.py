@@ -41,6 +41,8 @@ async def main() -> None:
         pushed = 0
         waited = 0.0
 
+        loop = asyncio.get_running_loop()
+
         def containers() -> None:
             nonlocal pushed, waited
             i = 0
@@ -49,7 +51,8 @@ async def main() -> None:
                     print("HALFWAY", flush=True)
                     sys.stdin.readline()
                 started = time.monotonic()
-                sup.memory.admission.wait_blocking()  # a new container waits while paused
+                # A new container waits on admission (on the loop) while it is paused.
+                asyncio.run_coroutine_threadsafe(sup.memory.admission.wait(), loop).result()
                 waited += time.monotonic() - started
                 value = cache.get_or_compute(i, lambda: np.random.standard_normal(512 * 1024))  # 4 MiB
                 pushed += value.nbytes

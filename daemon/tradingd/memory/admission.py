@@ -2,8 +2,8 @@
 
 The cleanup ladder closes it under critical memory pressure (clearing caches
 is pointless if new containers refill them at once) and the cleanup loop
-reopens it once the level is below ``pressure``. Both asyncio tasks and
-threads may wait on it.
+reopens it once the level is below ``pressure``. The ladder runs in a worker
+thread, so pausing and resuming are thread-safe; containers wait on the loop.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import threading
 import time
 from typing import Any
 
-from tradingd.memory.flight import wake_async_waiters
-
 __all__ = ["Admission"]
 
 log = logging.getLogger(__name__)
@@ -24,8 +22,7 @@ log = logging.getLogger(__name__)
 class Admission:
     """Whether new containers may start; paused under critical memory pressure.
 
-    Thread-safe. Containers ``await admission.wait()`` before starting; code in
-    threads may call :meth:`wait_blocking`.
+    Thread-safe. Containers ``await admission.wait()`` before starting.
     """
 
     def __init__(self) -> None:
@@ -67,7 +64,11 @@ class Admission:
                 self.paused_seconds_total += time.time() - self.paused_since
             self.reason, self.paused_since = None, None
             waiters, self._waiters = self._waiters, []
-        wake_async_waiters(waiters)
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop is closed; nobody is waiting any more
+                pass
         log.info("admission resumed")
 
     async def wait(self) -> None:
@@ -84,10 +85,6 @@ class Admission:
             with self._lock:
                 self._waiters = [(lp, f) for lp, f in self._waiters if f is not future]
 
-    def wait_blocking(self, timeout: float | None = None) -> bool:
-        """Thread variant of :meth:`wait`; returns False on timeout."""
-        return self._open.wait(timeout)
-
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -98,3 +95,8 @@ class Admission:
                 "paused_seconds_total": round(self.paused_seconds_total, 3),
                 "waiting": len(self._waiters),
             }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

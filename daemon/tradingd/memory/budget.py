@@ -1,4 +1,4 @@
-"""The byte budget shared by every :class:`~tradingd.memory.cache.ManagedCache`.
+"""The byte budget shared by every cache attached to it.
 
 Each cache enforces its own share under its own lock on every put; the budget
 only steps in when caches *together* overflow ``caches.budget_mb``, and then
@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from tradingd.memory.cache import ManagedCache
-
-__all__ = ["CacheBudget"]
+__all__ = ["BudgetMember", "CacheBudget"]
 
 _MB = 1024 * 1024
+
+
+class BudgetMember(Protocol):
+    """What the budget needs of a cache (``BudgetMember`` is one)."""
+
+    @property
+    def bytes(self) -> int: ...
+
+    def oldest_access(self) -> float | None:
+        """When the least recently used entry was last used (``None`` when empty)."""
+
+    def evict_oldest(self) -> int:
+        """Evict the least recently used entry for size; return the bytes freed."""
 
 
 class CacheBudget:
@@ -26,8 +36,8 @@ class CacheBudget:
         if total_bytes <= 0:
             raise ValueError("cache budget must be positive")
         self.total_bytes = int(total_bytes)
-        # Read without the lock by ManagedCache.put (the hot path), hence copy-on-write.
-        self._caches: list[ManagedCache] = []
+        # Read without the lock by BudgetMember.put (the hot path), hence copy-on-write.
+        self._caches: list[BudgetMember] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -35,19 +45,25 @@ class CacheBudget:
         return f"<CacheBudget {used:.1f} of {total:.1f} MB, {len(self._caches)} caches>"
 
     @property
-    def caches(self) -> tuple[ManagedCache, ...]:
+    def caches(self) -> tuple[BudgetMember, ...]:
         return tuple(self._caches)
 
     @property
     def used_bytes(self) -> int:
         return sum(cache.bytes for cache in self._caches)
 
-    def attach(self, cache: ManagedCache) -> None:
+    @property
+    def overdrawn(self) -> bool:
+        """Whether caches *together* exceed the budget (one cache alone enforces it on put)."""
+        caches = self._caches
+        return len(caches) > 1 and sum(cache.bytes for cache in caches) > self.total_bytes
+
+    def attach(self, cache: BudgetMember) -> None:
         with self._lock:
             if cache not in self._caches:
                 self._caches = [*self._caches, cache]  # copy-on-write: readers never lock
 
-    def detach(self, cache: ManagedCache) -> None:
+    def detach(self, cache: BudgetMember) -> None:
         with self._lock:
             self._caches = [c for c in self._caches if c is not cache]
 
@@ -62,12 +78,12 @@ class CacheBudget:
             over = self.used_bytes - self.total_bytes
             if over <= 0:
                 return freed
-            victim: ManagedCache | None = None
+            victim: BudgetMember | None = None
             oldest = math.inf
             for cache in self._caches:
-                last = cache._oldest_access()
+                last = cache.oldest_access()
                 if last is not None and last < oldest:
                     victim, oldest = cache, last
             if victim is None:
                 return freed
-            freed += victim._evict_oldest("size")
+            freed += victim.evict_oldest()

@@ -11,23 +11,21 @@ get), so the hot path is a dict lookup under one lock. Expiry is tracked in a
 heap keyed by deadline, so :meth:`ManagedCache.purge_expired` releases expired
 values without anyone touching them, in time proportional to what expired.
 
-:meth:`ManagedCache.get_or_compute` is single-flight: when many threads (or
-tasks, with :meth:`ManagedCache.aget_or_compute`) miss the same key at once,
-one computes and the others wait for its result (:mod:`tradingd.memory.flight`).
+:meth:`ManagedCache.get_or_compute` is single-flight: when many threads miss
+the same key at once, one computes and the others wait for its result
+(:mod:`tradingd.memory.flight`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
-import inspect
 import itertools
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
@@ -37,6 +35,8 @@ from tradingd.memory.flight import Flight
 from tradingd.memory.sizeof import ARRAY_HEADER_BYTES, sizeof
 
 __all__ = ["EVICTION_REASONS", "CacheBudget", "EvictionReason", "ManagedCache", "PersistedEntry"]
+
+_MISS = object()
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +142,25 @@ class ManagedCache:
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The live value for ``key`` (and mark it recently used), else ``default``."""
         with self._lock:
-            entry = self._data.get(key)
-            if entry is not None:
-                now = self._clock()
-                if entry[2] > now:
-                    self._data.move_to_end(key)
-                    entry[3] = now
-                    self.hits += 1
-                    return entry[0]
-                self._drop(key, entry, "ttl")
-            self.misses += 1
-            return default
+            value = self._hit(key)
+            if value is _MISS:
+                self.misses += 1
+                return default
+            return value
+
+    def _hit(self, key: Hashable) -> Any:
+        """Under the lock: the live value (marked used, counted), or ``_MISS`` (an expired entry is dropped)."""
+        entry = self._data.get(key)
+        if entry is None:
+            return _MISS
+        now = self._clock()
+        if entry[2] <= now:
+            self._drop(key, entry, "ttl")
+            return _MISS
+        self._data.move_to_end(key)
+        entry[3] = now
+        self.hits += 1
+        return entry[0]
 
     def put(self, key: Hashable, value: Any, *, ttl: float | None = None, nbytes: int | None = None) -> bool:
         """Store ``value``; returns False if it alone exceeds the cache's capacity.
@@ -169,10 +177,7 @@ class ManagedCache:
         if size > capacity:
             with self._lock:
                 self.rejected += 1
-                old = self._data.pop(key, None)
-                if old is not None:
-                    self._bytes -= old[1]
-                    self._deadlines.pop(key, None)
+                self._remove(key)
             return False
         data = self._data
         with self._lock:
@@ -182,46 +187,44 @@ class ManagedCache:
                 self._deadlines.pop(key, None)
             total = self._bytes + size - (old[1] if old is not None else 0)
             seq = next(_seq)
+            expires = now + (self._ttl if ttl is None else ttl)
+            data[key] = [value, size, expires, now, seq]
             if ttl is None:
-                expires = now + self._ttl
-                data[key] = [value, size, expires, now, seq]
                 self._deadlines[key] = expires
-            else:
-                expires = now + ttl
-                data[key] = [value, size, expires, now, seq]
-                if expires != _INF:
-                    expiry = self._expiry
-                    _heappush(expiry, (expires, seq, key))
-                    if len(expiry) > 2 * len(data) + 64:
-                        self._compact_expiry()
+            elif expires != _INF:
+                expiry = self._expiry
+                _heappush(expiry, (expires, seq, key))
+                if len(expiry) > 2 * len(data) + 64:
+                    self._compact_expiry()
             # Evict LRU entries for the entry limit, then for bytes: this
             # cache's cap and the whole budget, whichever is tighter, enforced
             # under our own lock; only a budget shared with other caches needs
             # the cross-cache settle below.
+            self._bytes = total
             max_entries = self.max_entries
-            if (max_entries is not None and len(data) > max_entries) or total > capacity:
-                self._bytes = total
-                if max_entries is not None:
-                    while len(data) > max_entries:
-                        self._pop_lru("lru")
-                while self._bytes > capacity:
-                    self._pop_lru("size")
-            else:
-                self._bytes = total
+            if max_entries is not None:
+                while len(data) > max_entries:
+                    self._pop_lru("lru")
+            while self._bytes > capacity:
+                self._pop_lru("size")
         budget = self.budget
-        if budget is not None and len(budget._caches) > 1 and budget.used_bytes > budget.total_bytes:
+        if budget is not None and budget.overdrawn:
             budget.settle()
         return True
 
     def pop(self, key: Hashable) -> Any:
         """Remove ``key`` and return its value (``None`` if absent). Not counted as an eviction."""
         with self._lock:
-            entry = self._data.pop(key, None)
-            if entry is None:
-                return None
-            self._deadlines.pop(key, None)
-            self._bytes -= entry[1]
-            return entry[0]
+            return self._remove(key)
+
+    def _remove(self, key: Hashable) -> Any:
+        """Under the lock: take ``key`` out (not an eviction); its value or ``None``."""
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return None
+        self._deadlines.pop(key, None)
+        self._bytes -= entry[1]
+        return entry[0]
 
     def keys(self) -> list[Hashable]:
         """A snapshot of the keys, least recently used first."""
@@ -230,114 +233,50 @@ class ManagedCache:
 
     # --- single flight -------------------------------------------------------
 
-    def _lookup_or_join(self, key: Hashable) -> tuple[bool, Any, Flight | None, bool]:
-        """Under the lock: (hit, value, flight, leader)."""
-        entry = self._data.get(key)
-        if entry is not None:
-            now = self._clock()
-            if entry[2] > now:
-                self._data.move_to_end(key)
-                entry[3] = now
-                self.hits += 1
-                return True, entry[0], None, False
-            self._drop(key, entry, "ttl")
-        flight = self._flights.get(key)
-        if flight is not None:
-            self.coalesced += 1
-            return False, None, flight, False
-        flight = self._flights[key] = Flight()
-        self.misses += 1
-        return False, None, flight, True
-
-    def _land(
-        self,
-        key: Hashable,
-        flight: Flight,
-        *,
-        value: Any = None,
-        error: BaseException | None = None,
-        retry: bool = False,
-        ttl: float | None = None,
-    ) -> None:
-        """Leader side: store the result, retire the flight, wake the waiters."""
-        if error is None and not retry:
-            self.put(key, value, ttl=ttl)
-        with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        flight.value, flight.error, flight.retry = value, error, retry
-        flight.finish()
-
     def get_or_compute(self, key: Hashable, compute: Callable[[], V], *, ttl: float | None = None) -> V:
         """The cached value for ``key``, computing it once however many threads ask.
 
         If ``compute`` raises, every caller waiting on that computation gets the
-        exception and nothing is cached.
+        exception and nothing is cached; if the leader is interrupted
+        (``BaseException``), a waiter takes over.
         """
         while True:
             with self._lock:
-                hit, value, flight, leader = self._lookup_or_join(key)
-            if hit:
-                return cast(V, value)
-            assert flight is not None
-            if leader:
-                try:
-                    result = compute()
-                except Exception as exc:
-                    self._land(key, flight, error=exc)
-                    raise
-                except BaseException:
-                    self._land(key, flight, retry=True)  # let a waiter take over
-                    raise
-                self._land(key, flight, value=result, ttl=ttl)
-                return result
-            flight.done.wait()
-            if flight.retry:
-                continue
-            if flight.error is not None:
-                raise flight.error
-            return cast(V, flight.value)
+                value = self._hit(key)
+                if value is not _MISS:
+                    return cast(V, value)
+                flight = self._flights.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights[key] = Flight()
+                    self.misses += 1
+                else:
+                    self.coalesced += 1
+            if not leader:
+                flight.done.wait()
+                if flight.retry:
+                    continue
+                if flight.error is not None:
+                    raise flight.error
+                return cast(V, flight.value)
+            try:
+                result = compute()
+            except Exception as exc:
+                self._land(key, flight, error=exc)
+                raise
+            except BaseException:
+                self._land(key, flight, retry=True)
+                raise
+            self.put(key, result, ttl=ttl)
+            self._land(key, flight, value=result)
+            return result
 
-    async def aget_or_compute(
-        self, key: Hashable, compute: Callable[[], Awaitable[V]] | Callable[[], V], *, ttl: float | None = None
-    ) -> V:
-        """Async :meth:`get_or_compute`; shares single-flight with threads.
-
-        A coroutine function is awaited; a plain callable runs in a worker
-        thread (``asyncio.to_thread``) so the event loop never blocks on it.
-        """
-        while True:
-            waiter: asyncio.Future[None] | None = None
-            with self._lock:
-                hit, value, flight, leader = self._lookup_or_join(key)
-                if flight is not None and not leader:
-                    waiter = flight.add_async_waiter()
-            if hit:
-                return cast(V, value)
-            assert flight is not None
-            if leader:
-                try:
-                    if inspect.iscoroutinefunction(compute):
-                        result = await compute()
-                    else:
-                        result = await asyncio.to_thread(compute)
-                        if inspect.isawaitable(result):
-                            raise TypeError("compute returned an awaitable; pass an async function instead")
-                except Exception as exc:
-                    self._land(key, flight, error=exc)
-                    raise
-                except BaseException:
-                    self._land(key, flight, retry=True)
-                    raise
-                self._land(key, flight, value=result, ttl=ttl)
-                return cast(V, result)
-            assert waiter is not None
-            await waiter
-            if flight.retry:
-                continue
-            if flight.error is not None:
-                raise flight.error
-            return cast(V, flight.value)
+    def _land(self, key: Hashable, flight: Flight, **outcome: Any) -> None:
+        """Leader side: retire the flight, then wake its waiters with ``outcome``."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.finish(**outcome)
 
     # --- eviction ------------------------------------------------------------
 
@@ -350,27 +289,25 @@ class ManagedCache:
         return int(entry[1])
 
     def _pop_lru(self, reason: EvictionReason) -> int:
-        key, entry = self._data.popitem(last=False)
-        self._deadlines.pop(key, None)
-        self._bytes -= entry[1]
-        self.evictions[reason] += 1
-        self.evicted_bytes[reason] += entry[1]
-        return int(entry[1])
+        key = next(iter(self._data))
+        return self._drop(key, self._data[key], reason)
 
     def _compact_expiry(self) -> None:
         deadlines = self._deadlines
         self._expiry = [(e[2], e[4], k) for k, e in self._data.items() if e[2] != _INF and k not in deadlines]
         heapq.heapify(self._expiry)
 
-    def _oldest_access(self) -> float | None:
+    def oldest_access(self) -> float | None:
+        """When the least recently used entry was last used (``None`` when empty)."""
         with self._lock:
             if not self._data:
                 return None
             return float(next(iter(self._data.values()))[3])
 
-    def _evict_oldest(self, reason: EvictionReason) -> int:
+    def evict_oldest(self) -> int:
+        """Evict the least recently used entry for size (the shared budget's call); return bytes freed."""
         with self._lock:
-            return self._pop_lru(reason) if self._data else 0
+            return self._pop_lru("size") if self._data else 0
 
     def purge_expired(self) -> int:
         """Drop every expired entry now; return the bytes released."""
@@ -431,17 +368,11 @@ class ManagedCache:
             now, wall = self._clock(), time.time()
             return [(k, e[0], wall + (e[2] - now)) for k, e in self._data.items() if e[2] > now]
 
-    def import_entries(self, entries: Iterator[PersistedEntry] | list[PersistedEntry]) -> int:
+    def import_entries(self, entries: Iterable[PersistedEntry]) -> int:
         """Load persisted entries, skipping those already expired; return how many were loaded."""
-        loaded = 0
         wall = time.time()
-        for key, value, expires_at in entries:
-            remaining = expires_at - wall
-            if remaining <= 0:
-                continue
-            if self.put(key, value, ttl=remaining):
-                loaded += 1
-        return loaded
+        return sum(1 for key, value, expires_at in entries
+                   if expires_at > wall and self.put(key, value, ttl=expires_at - wall))
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes, JSON-safe."""

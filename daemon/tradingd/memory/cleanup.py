@@ -33,10 +33,10 @@ from tradingd.memory.admission import Admission
 from tradingd.memory.cache import ManagedCache
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import PressureLevel
+from tradingd.periodic import poll
 
 __all__ = [
     "ACTIONS",
-    "Admission",
     "CleanupAction",
     "CleanupLadder",
     "cleanup_loop",
@@ -114,7 +114,12 @@ class CleanupLadder:
 
     ``caches`` is called each run (caches may come and go); ``usage`` returns
     anonymous RSS in bytes now, used to measure what collection and trimming
-    gave back. One run at a time: the loop and ``POST /admin/cleanup`` share it.
+    gave back.
+
+    Threads: ladder runs take ``_run_lock`` (one at a time: the loop and
+    ``POST /admin/cleanup`` share the ladder); the counters and the record of
+    recent actions change only under ``_counters_lock``, which sweeps (run from
+    worker threads beside a ladder run) and :meth:`stats` take too.
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class CleanupLadder:
         self.seconds: dict[str, float] = dict.fromkeys(ACTIONS, 0.0)
         self.runs: dict[str, int] = {lvl.label: 0 for lvl in PressureLevel}
         self._run_lock = threading.Lock()
+        self._counters_lock = threading.Lock()
 
     def __repr__(self) -> str:
         freed = sum(self.freed.values()) / 2**20
@@ -150,10 +156,11 @@ class CleanupLadder:
     def _record(self, level: str, action: str, freed: int, started: float, detail: str = "") -> CleanupAction:
         duration = time.perf_counter() - started
         step = CleanupAction(time.time(), level, action, max(int(freed), 0), round(duration, 6), detail)
-        self.counts[action] += 1
-        self.freed[action] += step.freed_bytes
-        self.seconds[action] += duration
-        self.recent.append(step)
+        with self._counters_lock:
+            self.counts[action] += 1
+            self.freed[action] += step.freed_bytes
+            self.seconds[action] += duration
+            self.recent.append(step)
         return step
 
     def _cache_step(self, level: str, action: str, fn: Callable[[ManagedCache], int]) -> CleanupAction:
@@ -196,7 +203,8 @@ class CleanupLadder:
             started = time.perf_counter()
             usage_before = self._usage()
             steps = self._steps(lvl)
-            self.runs[lvl.label] += 1
+            with self._counters_lock:
+                self.runs[lvl.label] += 1
             usage_after = self._usage()
         freed = sum(s.freed_bytes for s in steps)
         duration = time.perf_counter() - started
@@ -254,21 +262,22 @@ class CleanupLadder:
 
     def stats(self) -> dict[str, Any]:
         """Counters and the most recent actions, JSON-safe."""
-        return {
-            "runs": dict(self.runs),
-            "actions": {
-                name: {
-                    "count": self.counts[name],
-                    "freed_bytes": self.freed[name],
-                    "seconds": round(self.seconds[name], 6),
-                }
-                for name in ACTIONS
-            },
-            "freed_bytes_total": sum(self.freed.values()),
-            "malloc_trim": self.trim_enabled,
-            "low_water": self.low_water,
-            "recent": [a.as_dict() for a in list(self.recent)[-50:]],
-        }
+        with self._counters_lock:
+            return {
+                "runs": dict(self.runs),
+                "actions": {
+                    name: {
+                        "count": self.counts[name],
+                        "freed_bytes": self.freed[name],
+                        "seconds": round(self.seconds[name], 6),
+                    }
+                    for name in ACTIONS
+                },
+                "freed_bytes_total": sum(self.freed.values()),
+                "malloc_trim": self.trim_enabled,
+                "low_water": self.low_water,
+                "recent": [a.as_dict() for a in list(self.recent)[-50:]],
+            }
 
 
 async def cleanup_loop(
@@ -302,9 +311,8 @@ async def cleanup_loop(
     next_ttl = loop.time() + ttl_sweep_interval
     next_models = loop.time() + model_sweep_interval
     next_persist = loop.time() + persist_interval
-    while not stop.is_set():
+    async for now in poll(stop, interval, wake=wake, first_delay=0):
         try:
-            now = loop.time()
             current = level()
             if current > PressureLevel.NORMAL and (current != last_level or now - last_ladder >= repeat_interval):
                 await asyncio.to_thread(ladder.run, current)
@@ -326,15 +334,3 @@ async def cleanup_loop(
                 next_persist = now + persist_interval
         except Exception:
             log.exception("cleanup tick failed")
-        await _sleep(stop, wake, interval)
-
-
-async def _sleep(stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
-    """Wait ``interval`` seconds, or less if ``stop`` or ``wake`` is set."""
-    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        wake.clear()

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from tradingd.config import CacheSettings, Config
+from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
-from tradingd.memory.cleanup import Admission, CleanupLadder, cleanup_loop
+from tradingd.memory.cleanup import CleanupLadder, cleanup_loop
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
 from tradingd.stats import StatsBoard

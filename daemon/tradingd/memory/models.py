@@ -195,17 +195,6 @@ class ModelRegistry:
             slot.leases += 1
         return model
 
-    def unregister(self, key: str) -> bool:
-        """Forget ``key`` and delete its file; returns whether it existed."""
-        with self._lock:
-            slot = self._slots.pop(key, None)
-        path = slot.path if slot is not None else self._path(key)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return slot is not None
-        return True
-
     # --- eviction ------------------------------------------------------------
 
     def evict_idle(self, *, force: bool = False) -> int:
