@@ -57,6 +57,11 @@ def memory_families(snap: Snapshot) -> Iterator[Metric]:
     yield from _gauge(
         "tradingd_memory_cgroup_bytes", "Cgroup working set, when in a cgroup v2.", mem.get("cgroup_bytes")
     )
+    yield from _gauge("tradingd_memory_used_bytes", "Memory the pressure level is computed from.", mem.get("used_bytes"))
+    marks = mem.get("marks_bytes") or {}
+    if marks:
+        yield _gauge_rows("tradingd_memory_mark_bytes", "Where each pressure level starts.", ["level"],
+                          [([level], value) for level, value in marks.items()])
     levels = {"normal": 0, "gc": 1, "pressure": 2, "critical": 3}
     yield from _gauge(
         "tradingd_memory_pressure_level",
@@ -71,6 +76,11 @@ def loop_families(snap: Snapshot) -> Iterator[Metric]:
     yield from _gauge(
         "tradingd_event_loop_max_lag_seconds", "Largest recent event-loop lag.", loop.get("max_lag_seconds")
     )
+    yield from _gauge("tradingd_event_loop_lag_threshold_seconds", "Lag over which /health answers 503.",
+                      loop.get("lag_threshold_seconds"))
+    if "healthy" in loop:
+        yield from _gauge("tradingd_healthy", "1 while /health answers 200 (loop lag under the threshold).",
+                          float(bool(loop["healthy"])))
 
 
 def _counter_rows(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> Metric:
@@ -193,6 +203,8 @@ def runs_families(snap: Snapshot) -> Iterator[Metric]:
     runs = snap.get("runs")
     if not isinstance(runs, dict) or "by_status" not in runs:
         return
+    if snap.get("daemon", {}).get("state") == "starting":
+        return  # the runs on disk are not loaded yet: no series beats a wrong 0
     by_status = runs["by_status"]
     family = GaugeMetricFamily("tradingd_runs", "Runs known to the daemon, by status.", labels=["status"])
     for status in sorted(set(RUN_STATUSES) | set(by_status)):
@@ -208,8 +220,30 @@ def runs_families(snap: Snapshot) -> Iterator[Metric]:
             yield GaugeMetricFamily(f"tradingd_executor_{key}", doc, value=float(executor[key]))
 
 
+def operator_families(snap: Snapshot) -> Iterator[Metric]:
+    """Throughput, disk and the log counters (the ``throughput``, ``disk`` and ``log`` sections)."""
+    work = snap.get("throughput")
+    if isinstance(work, dict) and "containers_total" in work:
+        yield _counter_rows("tradingd_containers_finished_total", "Containers finished (any status) by this process.",
+                            [], [([], work["containers_total"])])
+        yield _counter_rows("tradingd_bar_combinations_total",
+                            "Bars x parameter combinations computed by this process.", [],
+                            [([], work["bar_combinations_total"])])
+    disk = snap.get("disk")
+    if isinstance(disk, dict):
+        volumes = [(name, d) for name, d in disk.items() if isinstance(d, dict) and "free_bytes" in d]
+        yield _gauge_rows("tradingd_disk_total_bytes", "Size of the filesystem holding the volume.", ["volume"],
+                          [([name], d["total_bytes"]) for name, d in volumes])
+        yield _gauge_rows("tradingd_disk_free_bytes", "Free bytes on the filesystem holding the volume.", ["volume"],
+                          [([name], d["free_bytes"]) for name, d in volumes])
+    log = snap.get("log")
+    if isinstance(log, dict) and isinstance(log.get("counts"), dict):
+        yield _counter_rows("tradingd_log_messages_total", "Warnings and errors logged, by level.", ["level"],
+                            [([level.lower()], n) for level, n in log["counts"].items()])
+
+
 FAMILIES: list[FamilyBuilder] = [
-    daemon_families, memory_families, loop_families, memory_manager_families, runs_families,
+    daemon_families, memory_families, loop_families, memory_manager_families, runs_families, operator_families,
 ]
 
 

@@ -17,6 +17,7 @@ import asyncio
 import enum
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
@@ -29,9 +30,11 @@ from tradingd.api import build_app
 from tradingd.auth import resolve_api_token
 from tradingd.config import Config
 from tradingd.health import LoopLagMeter
+from tradingd.listen import bind_listeners
 from tradingd.memory.manager import MemoryManager
 from tradingd.memory.monitor import Monitor, PressureLevel, discover_limit
 from tradingd.notify import Notifier, run_watchdog, status_line
+from tradingd.ops import OperatorStats, memory_section
 from tradingd.periodic import poll
 from tradingd.stats import StatsBoard, gc_stats
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
@@ -84,6 +87,8 @@ class Supervisor:
         self._memory: MemoryManager | None = None
         self._workflows: WorkflowService | None = None
         self._runner: web.AppRunner | None = None
+        self._listeners: list[socket.socket] = []
+        self._ops: OperatorStats | None = None
         self._outcome_count = 0
         self._stopped: asyncio.Future[None] | None = None
         self.stats.register("daemon", self._daemon_stats)
@@ -167,9 +172,11 @@ class Supervisor:
 
     async def _start(self) -> None:
         config = self.config
-        # 1. Validate: a bad startup spec is a config error, found before any state exists.
+        # 1. Validate: a bad startup spec is a config error, found before any state exists; so is
+        #    an address we cannot bind (bound now, served from step 5).
         if self.serve:
             self.startup_specs = await asyncio.to_thread(load_startup_specs, config)
+            self._listeners = await bind_listeners(config.http, source=config.source)
         # 2. One daemon per state dir.
         self._lock.acquire()
         # 3. Memory: the limit (cgroup files), the monitor, caches and models, the persisted caches.
@@ -178,7 +185,7 @@ class Supervisor:
         self._monitor = Monitor(limit, thresholds=(thresholds.gc, thresholds.pressure, thresholds.critical),
                                 hysteresis=config.memory.hysteresis, history_size=config.memory.history_size)
         self._memory = MemoryManager(config, self._monitor)
-        self.stats.register("memory", self._memory_stats)
+        self.stats.register("memory", lambda: memory_section(self.monitor))
         self._memory.register_stats(self.stats)
         await asyncio.to_thread(self._memory.load_persisted)
         # 4. Results: the outcome journal, the executor and the run queue.
@@ -194,6 +201,8 @@ class Supervisor:
         )
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
+        self._ops = OperatorStats(self._monitor, self.runs.list, {"state": self.state_dir, "results": self.results_dir})
+        self._ops.register(self.stats)
         self._monitor.sample()
         self.stats.refresh()
         # 5. HTTP.
@@ -219,6 +228,7 @@ class Supervisor:
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
             self._workflows.start(self.startup_specs)
+            self.stats.refresh()  # the runs found on disk are in the first scrape, not one interval later
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
@@ -226,8 +236,8 @@ class Supervisor:
         app = build_app(self, max_body_bytes=self.config.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
+        for sock in self._listeners:
+            await web.SockSite(self._runner, sock).start()
         self.addresses = [(str(address[0]), int(address[1])) for address in self._runner.addresses]
 
     # --- stop ------------------------------------------------------------------------
@@ -303,10 +313,14 @@ class Supervisor:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        for sock in self._listeners:  # bound but never served when start() failed before HTTP
+            sock.close()
 
     def _close_files(self) -> None:
         """The journal, the lock, the notify socket: each closed even if the one before fails."""
         try:
+            if self._ops is not None:
+                self._ops.close()  # detaches the log tail
             if self.outcomes is not None:
                 _close("the outcome journal", self.outcomes.close)
         finally:
@@ -343,27 +357,6 @@ class Supervisor:
             "addresses": [f"{host}:{port}" for host, port in self.addresses],
             "state_dir": str(self.state_dir),
             "results_dir": str(self.results_dir),
-        }
-
-    def _memory_stats(self) -> dict[str, Any]:
-        monitor = self.monitor
-        latest = monitor.latest
-        history = list(monitor.history)[-300:]
-        return {
-            "limit_bytes": monitor.limit.bytes,
-            "limit_source": monitor.limit.source,
-            "limit_candidates": monitor.limit.candidates,
-            "rss_bytes": latest.rss_bytes if latest else None,
-            "anon_rss_bytes": latest.anon_rss_bytes if latest else None,
-            "cgroup_bytes": latest.cgroup_bytes if latest else None,
-            "used_bytes": latest.used_bytes if latest else None,
-            "level": monitor.level.label,
-            "marks_bytes": monitor.marks_bytes(),
-            "history": {
-                "time": [round(s.time, 3) for s in history],
-                "used_bytes": [s.used_bytes for s in history],
-                "rss_bytes": [s.rss_bytes for s in history],
-            },
         }
 
     def _outcome_stats(self) -> dict[str, Any]:
