@@ -147,7 +147,7 @@ def _malformed_json(exc: json.JSONDecodeError) -> web.HTTPBadRequest:
 
 
 INITIAL_STATE_MARK = "/*INITIAL_STATE*/null"
-DASHBOARD_RUNS = 25  # runs embedded in the first paint (the page's first page of runs)
+DASHBOARD_RUNS = 20  # runs embedded in the first paint: the page's first page of runs
 
 
 async def index(request: web.Request) -> web.Response:
@@ -157,10 +157,7 @@ async def index(request: web.Request) -> web.Response:
     paint shows data instead of waiting for the first poll.
     """
     daemon = request.app[DAEMON]
-    runs = daemon.runs.list()
-    initial = {"stats": daemon.stats_snapshot(),
-               "runs": {"runs": [r.describe() for r in runs[:DASHBOARD_RUNS]], "total": len(runs),
-                        "offset": 0, "limit": DASHBOARD_RUNS}}
+    initial = {"stats": daemon.stats_snapshot(), "runs": runs_page(daemon.runs.list(), limit=DASHBOARD_RUNS)}
     # "</script>" or "<!--" in a run's error would end or derail the <script>: escape every "<".
     embedded = _dumps(initial).replace("<", "\\u003c")
     return web.Response(text=request.app[DASHBOARD].replace(INITIAL_STATE_MARK, embedded, 1), content_type="text/html")
@@ -229,14 +226,19 @@ async def list_runs(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="'limit' and 'offset' must be integers") from None
     if (limit is not None and limit < 0) or offset < 0:
         raise web.HTTPBadRequest(text="'limit' and 'offset' must not be negative")
-    every = request.app[DAEMON].runs.list()
+    return ok(runs_page(request.app[DAEMON].runs.list(), wanted=wanted, limit=limit, offset=offset))
+
+
+def runs_page(every: list[WorkflowRun], *, wanted: set[str] | None = None, limit: int | None = None,
+              offset: int = 0) -> dict[str, Any]:
+    """The body of ``GET /runs``: one page of the runs whose status is ``wanted``, with counts."""
     counts: dict[str, int] = {}
     for run in every:
         counts[run.status] = counts.get(run.status, 0) + 1
     runs = [r for r in every if wanted is None or r.status in wanted]
     page = runs[offset:offset + limit if limit is not None else None]
-    return ok({"runs": [r.describe() for r in page], "total": len(runs), "offset": offset, "limit": limit,
-               "counts": counts})
+    return {"runs": [r.describe() for r in page], "total": len(runs), "offset": offset, "limit": limit,
+            "counts": counts}
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -57,7 +57,9 @@ def memory_families(snap: Snapshot) -> Iterator[Metric]:
     yield from _gauge(
         "tradingd_memory_cgroup_bytes", "Cgroup working set, when in a cgroup v2.", mem.get("cgroup_bytes")
     )
-    yield from _gauge("tradingd_memory_used_bytes", "Memory the pressure level is computed from.", mem.get("used_bytes"))
+    yield from _gauge(
+        "tradingd_memory_used_bytes", "Memory the pressure level is computed from.", mem.get("used_bytes")
+    )
     marks = mem.get("marks_bytes") or {}
     if marks:
         yield _gauge_rows("tradingd_memory_mark_bytes", "Where each pressure level starts.", ["level"],

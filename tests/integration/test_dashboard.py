@@ -7,16 +7,21 @@ pass silently. Screenshots land in tests/artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
+from tradingd.config import Config
 from tradingd.supervisor import Supervisor
+from tradingd.workflows.spec import parse_spec
+from tradingd.workflows.workflow_run import WorkflowRun
 
 from tests.conftest import REPO, await_until, base_url
 
@@ -73,6 +78,8 @@ async def chart_state(page: Any) -> dict[str, Any]:
                             used: Number(s.dataset.lastUsed),
                             points: (s.querySelector('.series-used')?.getAttribute('points') || '').split(' ').length,
                             marks: [...s.querySelectorAll('line.mark')].map(l => l.classList[1]),
+                            offscale: document.getElementById('mem-offscale').textContent,
+                            yMax: Number(s.dataset.yMax),
                             text: document.getElementById('mem-used').textContent,
                             level: document.getElementById('mem-level').textContent }; }"""
     )
@@ -92,7 +99,15 @@ async def test_dashboard_shows_live_memory_caches_and_cleanup(
     first_refresh = await wait_refreshes(page, 1)
     first = await chart_state(page)
     assert first["samples"] >= 1 and first["text"].endswith("MiB")
-    assert first["marks"] == ["mark-gc", "mark-pressure", "mark-critical", "mark-limit"]
+    # Scaled to the data: a few hundred MiB of a many-GiB limit fills the chart; the marks above it are named.
+    limit = supervisor.monitor.limit.bytes
+    assert first["yMax"] < 0.5 * limit and first["marks"] == []
+    assert all(name in first["offscale"] for name in ("gc", "pressure", "critical", "limit"))
+    await page.click("#scale")
+    zoomed_out = await chart_state(page)
+    assert zoomed_out["marks"] == ["mark-gc", "mark-pressure", "mark-critical", "mark-limit"]
+    assert zoomed_out["offscale"] == "" and zoomed_out["yMax"] >= limit
+    await page.click("#scale")
     assert first["level"] == supervisor.monitor.level.label
 
     # Memory moves: hold 96 MiB of fresh pages; once the monitor has sampled them, two more
@@ -120,6 +135,11 @@ async def test_dashboard_shows_live_memory_caches_and_cleanup(
         "document.querySelector('#cleanup-body').innerText.includes('clear_caches')", timeout=10_000)
     cleanup_text = await page.inner_text("#cleanup-body")
     assert "critical" in cleanup_text
+    # Folded: only actions that freed bytes are rows; the rest are one counted line.
+    listed = await page.eval_on_selector_all("#cleanup-body tbody tr", "rows => rows.map(r => r.cells[3].innerText)")
+    assert listed and all(not freed.startswith("0 B") for freed in listed), listed
+    noop = await page.inner_text("#cleanup-noop")
+    assert "not listed" in noop and "clear_caches" not in noop
     await page.wait_for_function(
         "document.querySelector('tr[data-cache=\"indicators\"] td:nth-child(2)').textContent === '0'", timeout=10_000)
     assert "pressure 4" in await page.inner_text('tr[data-cache="indicators"]')
@@ -187,7 +207,7 @@ async def test_dashboard_shows_run_progress(supervisor: Supervisor, http: aiohtt
         " return tr && Number(tr.dataset.done) > 0 && Number(tr.dataset.done) < Number(tr.dataset.total); }",
         arg=run_id, timeout=15_000)
     first = await run_row(page, run_id)
-    assert first["cells"][3] == "running" and first["href"] == f"runs/{run_id}"
+    assert first["cells"][2] == "running" and first["href"] == f"runs/{run_id}"
     assert first["width"] == pytest.approx(100 * first["done"] / first["total"], abs=0.1)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
@@ -199,9 +219,163 @@ async def test_dashboard_shows_run_progress(supervisor: Supervisor, http: aiohtt
     assert second["done"] > first["done"], "progress moves between refreshes"
     assert second["width"] > first["width"]
     await page.wait_for_function(
-        "(id) => document.querySelector(`tr[data-run-id=\"${id}\"]`)?.cells[3].innerText === 'completed'",
+        "(id) => document.querySelector(`tr[data-run-id=\"${id}\"]`)?.cells[2].innerText === 'completed'",
         arg=run_id, timeout=30_000)
     done = await run_row(page, run_id)
     assert done["done"] == done["total"] and done["width"] == pytest.approx(100.0)
     async with http.get(f"{url}/{done['href']}") as resp:
         assert resp.status == 200 and (await resp.json())["status"] == "completed"
+
+
+# --- results, filters, paging, history, log tail (a daemon with finished runs on disk and a running study) ---
+
+LONG_ERROR = "data failed to load: </script><!-- " + "a very long explanation of what went wrong " * 20
+SEEDED_COMPLETED = 25
+
+
+def seed_runs(results_dir: Path) -> None:
+    """Finished runs on disk, as an earlier daemon left them: completed, one failed, one cancelled."""
+    spec = parse_spec({"name": "seeded", "type": "backtest", "data": {"source": "sample"},
+                       "strategy": {"name": "sma_crossover", "grid": {"fast": [5], "slow": [50]}}}, source="test")
+    for index in range(SEEDED_COMPLETED + 2):
+        run = WorkflowRun(spec, f"seeded-{index:02d}", results_dir, source="test")
+        run.created_at = run.started_at = 1_764_000_000.0 + index
+        if index == SEEDED_COMPLETED:
+            run.error = LONG_ERROR
+        status = {SEEDED_COMPLETED: "failed", SEEDED_COMPLETED + 1: "cancelled"}.get(index, "completed")
+        run.finish(status)
+
+
+@pytest.fixture
+async def seeded_supervisor(make_config: Callable[..., Config]) -> AsyncIterator[Supervisor]:
+    config = make_config()
+    config.results_dir.mkdir(parents=True)
+    seed_runs(config.results_dir)
+    async with Supervisor(config) as sup:
+        yield sup
+
+
+async def test_first_paint_shows_embedded_state(seeded_supervisor: Supervisor, page: Any) -> None:
+    # A poll interval of a minute: whatever the page shows right after load came embedded in it.
+    await page.goto(f"{base_url(seeded_supervisor)}/?interval=60000")
+    assert await page.evaluate("document.body.dataset.initial") == "1"
+    assert await page.evaluate("document.body.dataset.refreshes") is None, "no poll has happened yet"
+    assert (await page.inner_text("#mem-used")).endswith("MiB")
+    assert await page.eval_on_selector("#mem-chart", "s => Number(s.dataset.samples)") >= 1
+    rows = await page.query_selector_all("#runs-body tr[data-run-id]")
+    assert len(rows) == 20, "the first page of runs is embedded"
+    assert "1–20 of 27" in await page.inner_text("#runs-page")
+    # The failed run's error held "</script><!--": the page still parsed and shows it as text.
+    failed = await page.query_selector('tr[data-status="failed"]')
+    assert failed is None or "</script>" in (await failed.inner_text())
+
+
+async def page_shows(page: Any, text: str) -> None:
+    await page.wait_for_function("(t) => document.getElementById('runs-page').textContent.includes(t)", arg=text,
+                                 timeout=10_000)
+
+
+async def row_statuses(page: Any) -> list[str]:
+    statuses: list[str] = await page.eval_on_selector_all("#runs-body tr[data-run-id]",
+                                                          "rows => rows.map(r => r.dataset.status)")
+    return statuses
+
+
+@pytest.mark.slow
+async def test_dashboard_shows_results_filters_pages_history_and_log(
+    seeded_supervisor: Supervisor, http: aiohttp.ClientSession, page: Any
+) -> None:
+    sup = seeded_supervisor
+    url = base_url(sup)
+    async with http.post(f"{url}/runs", json=PROGRESS_SPEC,
+                         headers={"Authorization": f"Bearer {sup.api_token}"}) as resp:
+        assert resp.status == 201, await resp.text()
+        run_id = (await resp.json())["id"]
+    logging.getLogger("tradingd.test").warning("disk almost full on /var/lib/tradingd (a test warning)")
+    await page.goto(f"{url}/?interval=300")
+    await page.wait_for_function(
+        "(id) => document.querySelector(`tr[data-run-id=\"${id}\"]`)?.dataset.status === 'running'",
+        arg=run_id, timeout=15_000)
+
+    # Status colours: running, completed, failed and cancelled are four different colours.
+    colours = await page.evaluate(
+        """() => Object.fromEntries(['running', 'completed', 'failed', 'cancelled', 'interrupted', 'queued'].map(s => {
+             const el = document.createElement('span'); el.className = `status s-${s}`; document.body.append(el);
+             const c = getComputedStyle(el).backgroundColor; el.remove(); return [s, c]; }))""")
+    assert len(set(colours.values())) == 6, colours
+    running = await page.eval_on_selector(f'tr[data-run-id="{run_id}"] .status',
+                                          "e => getComputedStyle(e).backgroundColor")
+    assert running == colours["running"]
+
+    # Long text is cut, with the full text on hover; the table stays inside its card.
+    failed_cell = await page.eval_on_selector(
+        'tr[data-status="failed"]',
+        "tr => { const td = [...tr.cells].find(c => c.title && c.title.startsWith('data failed'));"
+        " return td && { title: td.title, width: td.getBoundingClientRect().width }; }")
+    assert failed_cell is not None and failed_cell["title"] == LONG_ERROR and failed_cell["width"] < 500
+    overflow = await page.eval_on_selector(
+        "#runs", "s => s.querySelector('table').getBoundingClientRect().width - s.clientWidth")
+    widths = await page.eval_on_selector_all("#runs-body th", "ths => ths.map(t => [t.innerText, t.offsetWidth])")
+    assert overflow <= 0, f"the runs table is {overflow} px wider than its card: {widths}"
+
+    # ISO dates; a report link for finished runs.
+    started = await page.eval_on_selector_all("#runs-body tr[data-run-id]",
+                                              "rows => rows.map(r => r.cells[7].innerText)")
+    assert started and all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", s) for s in started), started
+    assert await page.query_selector('tr[data-status="completed"] a.report') is not None
+
+    # Filter by status, then page through all runs.
+    await page.click('#runs-filter button[data-status="failed"]')
+    await page.wait_for_function(
+        "[...document.querySelectorAll('#runs-body tr[data-run-id]')].every(r => r.dataset.status === 'failed')",
+        timeout=10_000)
+    assert await row_statuses(page) == ["failed"]
+    await page.click('#runs-filter button[data-status="cancelled"]')
+    await page.wait_for_function("document.querySelector('#runs-body tr[data-run-id]')?.dataset.status === 'cancelled'",
+                                 timeout=10_000)
+    await page.click('#runs-filter button[data-status=""]')
+    await page_shows(page, "1–20 of 28")
+    await page.click("#runs-next")
+    await page_shows(page, "21–28 of 28")
+    assert len(await row_statuses(page)) == 8
+    assert not await page.is_disabled("#runs-prev") and await page.is_disabled("#runs-next")
+    await page.click("#runs-prev")
+    await page_shows(page, "1–20 of 28")
+
+    # The log tail, CPU and disk, and hours of history.
+    await page.wait_for_function("document.getElementById('log-body').innerText.includes('disk almost full')",
+                                 timeout=10_000)
+    assert "WARNING" in await page.inner_text('#log-body tr[data-level="WARNING"]')
+    for card in ("#log", "#outcomes", "#host"):
+        spill = await page.eval_on_selector(card, "s => s.scrollWidth - s.clientWidth")
+        assert spill <= 0, f"{card} is {spill} px wider than its card"
+    assert (await page.inner_text("#cpu-process")).endswith("%")
+    for volume in ("state", "results"):
+        assert "free" in await page.inner_text(f'#disk-body [data-volume="{volume}"]')
+    await page.click('#mem-tools button[data-range="21600"]')
+    chart = await page.eval_on_selector("#mem-chart", "s => [s.dataset.range, Number(s.dataset.samples)]")
+    assert chart[0] == "21600" and chart[1] >= 1, chart
+
+    # The study ends: throughput counted, its trades in the outcome journal by strategy and regime.
+    await page.wait_for_function(
+        "(id) => document.querySelector(`tr[data-run-id=\"${id}\"]`)?.dataset.status === 'completed'",
+        arg=run_id, timeout=60_000)
+    await page.wait_for_function("Number(document.getElementById('tp-total').textContent.replace(/,/g, '')) > 0",
+                                 timeout=10_000)
+    await page.wait_for_function("document.querySelector('#outcomes-strategy tr[data-strategy=\"sma_crossover\"]')",
+                                 timeout=20_000)
+    assert await page.query_selector("#outcomes-regime tr[data-regime]") is not None
+    assert re.search(r"\d%", await page.inner_text('#outcomes-strategy tr[data-strategy="sma_crossover"]'))
+
+    # A run summary (out-of-sample headline, selection, equity) is drawn when the run reports one.
+    drawn = await page.evaluate(
+        """() => { const s = runSummary({ id: 'x', summary: { objective: 'sharpe',
+                     out_of_sample: { metric: 'sharpe', mean: 0.4213, median: 0.3, share_positive: 0.6 },
+                     selection: { fast: 10, slow: 50 }, equity: [1, 1.01, 0.99, 1.05] } });
+                   return { headline: s.headline, selection: s.selection,
+                            spark: sparkline(s.equity).startsWith('<svg') }; }""")
+    assert drawn == {"headline": "OOS sharpe mean 0.42 · median 0.30 · 60% positive", "selection": "fast=10 slow=50",
+                     "spark": True}
+    assert await page.evaluate("runSummary({ id: 'y' })") is None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-results.png"), full_page=True)
