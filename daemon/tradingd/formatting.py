@@ -12,7 +12,10 @@ import math
 import time
 from typing import Any
 
-__all__ = ["finite_number", "fmt_bytes", "fmt_duration", "fmt_number", "fmt_percent", "fmt_time"]
+__all__ = [
+    "PERCENT_METRICS", "finite_number", "fmt_amount", "fmt_bytes", "fmt_count", "fmt_duration", "fmt_metric",
+    "fmt_number", "fmt_percent", "fmt_time",
+]
 
 
 def finite_number(value: Any) -> float | None:
@@ -83,3 +86,30 @@ def fmt_time(epoch: Any, missing: str = "-") -> str:
     if number is None or number <= 0:
         return missing
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(number))
+
+
+# Metrics that are fractions and read as percentages (as the HTML reports show them).
+PERCENT_METRICS = frozenset({"total_return", "cagr", "volatility", "max_drawdown", "win_rate", "exposure",
+                             "mean_return", "best_return", "worst_return", "ret"})
+COUNT_METRICS = frozenset({"n_trades", "trades", "max_drawdown_duration"})
+
+
+def fmt_amount(value: Any, missing: str = "-", digits: int = 2) -> str:
+    """Money and other large amounts with thousands separators: ``2730000`` → ``2,730,000.00``."""
+    number = finite_number(value)
+    return missing if number is None else f"{number:,.{digits}f}"
+
+
+def fmt_count(value: Any, missing: str = "-") -> str:
+    """Whole numbers with thousands separators: ``16619`` → ``16,619``."""
+    number = finite_number(value)
+    return missing if number is None else f"{round(number):,}"
+
+
+def fmt_metric(name: str, value: Any, missing: str = "-") -> str:
+    """A metric as the reports show it: fractions as percent (2 digits), counts whole, ratios to 2 decimals."""
+    if name in PERCENT_METRICS:
+        return fmt_percent(value, missing, digits=2)
+    if name in COUNT_METRICS:
+        return fmt_count(value, missing)
+    return fmt_amount(value, missing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -13,8 +14,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 from tradingd.cli.tables import Style, render_table
-from tradingd.formatting import fmt_bytes, fmt_duration
+from tradingd.config import Config
+from tradingd.formatting import fmt_amount, fmt_bytes, fmt_count, fmt_duration, fmt_metric
 from tradingd.supervisor import Supervisor
+from tradingd.workflows.spec import parse_spec
+from tradingd.workflows.workflow_run import WorkflowRun
 
 from tests.conftest import await_until, base_url
 from tests.unit.test_reports import run_workflow
@@ -103,7 +107,7 @@ async def test_runs_lists_the_daemons_runs(supervisor: Supervisor, http: aiohttp
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "Runs"
-    assert lines[1].split() == ["run", "workflow", "type", "status", "strategy", "progress", "eta", "started"]
+    assert lines[1].split() == ["run", "workflow", "type", "status", "strategy", "progress", "eta", "started", "error"]
     row = next(line for line in lines if line.startswith(run_id))
     assert row.split()[1:5] == ["cli-demo", "train_test", "completed", "sma_crossover"]
     assert f"{total}/{total} (100%)" in row
@@ -124,6 +128,10 @@ async def test_results_from_the_results_dir(tmp_path: Path) -> None:
         row = next(line for line in lines if line.startswith(f"{phase} "))
         assert "completed" in row and "sharpe" in row
         assert f"fast={best['fast']}, slow={best['slow']}" in row, row
+        # As the HTML shows them: returns and drawdowns in percent, and the symbol the best cell is on.
+        assert re.search(r"\bSYM\d\d\b", row), row
+        assert re.search(r"-?\d+\.\d\d%", row), row
+        assert "e+" not in row and "e-" not in row
 
 
 async def test_results_of_a_failed_run_name_the_failure(tmp_path: Path) -> None:
@@ -171,3 +179,35 @@ def test_table_rendering_plain_and_tty() -> None:
     tty = render_table(["cache", "entries"], [["a", None]], style=Style(tty=True))
     assert "\x1b[1m" in tty and "—" in tty and "─" in tty
     assert fmt_duration(3725) == "1h02m" and fmt_duration(None) == "-" and fmt_bytes(2**30) == "1.0 GiB"
+
+
+def test_numbers_read_as_in_the_html() -> None:
+    assert fmt_amount(2_730_000.0) == "2,730,000.00" and fmt_count(16619) == "16,619"
+    assert fmt_metric("total_return", 0.1234) == "12.34%" and fmt_metric("max_drawdown", -0.25) == "-25.00%"
+    assert fmt_metric("n_trades", 1234) == "1,234" and fmt_metric("sharpe", 1.23456) == "1.23"
+    assert fmt_metric("sharpe", float("nan")) == "-"
+    table = render_table(["pnl"], [[fmt_amount(2_730_000.0)], [fmt_amount(5.0)]])
+    assert table.splitlines()[-1] == "        5.00", "thousands-separated numbers are right-aligned"
+
+
+async def test_runs_shows_the_error_and_filters_and_pages(make_config: Callable[..., Config]) -> None:
+    config = make_config()
+    spec = parse_spec({"name": "seeded", "type": "backtest", "data": {"source": "sample"},
+                       "strategy": {"name": "sma_crossover", "grid": {"fast": [5], "slow": [50]}}}, source="test")
+    long_error = "DataError: SYM01: row 3: close is NaN; " + "more detail " * 20
+    for index, status in enumerate(["completed", "completed", "failed", "cancelled"]):
+        run = WorkflowRun(spec, f"seeded-{index}", config.results_dir, source="test")
+        run.created_at = 1_764_000_000.0 + index
+        run.error = long_error if status == "failed" else None
+        run.finish(status)
+    async with Supervisor(config) as sup:
+        url = base_url(sup)
+        code, out, err = await tradingd("runs", "--url", url, "--status", "failed")
+        assert code == 0, err
+        rows = [line for line in out.splitlines() if line.startswith("seeded-")]
+        assert len(rows) == 1 and rows[0].startswith("seeded-2")
+        assert "DataError: SYM01: row 3: close is NaN;" in rows[0] and rows[0].endswith("…")
+        code, out, err = await tradingd("runs", "--url", url, "--limit", "2", "--offset", "1")
+        assert code == 0, err
+        assert [line.split()[0] for line in out.splitlines() if line.startswith("seeded-")] == ["seeded-2", "seeded-1"]
+        assert "Runs (2 of 4;" in out

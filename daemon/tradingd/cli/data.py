@@ -18,8 +18,8 @@ from typing import Any
 from tradingd.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from tradingd.cli.tables import Style, render_table
 from tradingd.config import load_config
-from tradingd.formatting import fmt_number, fmt_percent
-from tradingd.storage.mmapstore import StoreError
+from tradingd.formatting import fmt_amount, fmt_count, fmt_number, fmt_percent
+from tradingd.storage.mmapstore import StoreError, StoreExistsError
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from tradingd.trading.data import DataError
 from tradingd.workflows.datastore import import_files
@@ -30,6 +30,9 @@ __all__ = ["add_data_commands"]
 def cmd_data_import(args: argparse.Namespace) -> int:
     try:
         index = import_files(args.paths, args.store, overwrite=args.overwrite, timeframe=args.timeframe)
+    except StoreExistsError:
+        raise CommandFailed(f"data import: the store {args.store} already exists; "
+                            "add --overwrite to replace it (atomically)", EXIT_USAGE) from None
     except (StoreError, DataError) as exc:
         raise CommandFailed(f"data import: {exc}") from None
     except FileNotFoundError as exc:
@@ -52,19 +55,21 @@ def _journal(args: argparse.Namespace) -> OutcomeJournal:
 
 
 def _summary_tables(summary: dict[str, Any], style: Style) -> str:
-    blocks = [f"{summary['outcomes']} outcomes (cap {summary['max_outcomes']})"]
+    blocks = [f"{fmt_count(summary['outcomes'])} outcomes (cap {fmt_count(summary['max_outcomes'])})"]
     for key, title in (("by_strategy", "strategy"), ("by_regime", "regime")):
         rows = [
             [
                 name,
-                str(row["trades"]),
+                fmt_count(row["trades"], style.missing),
                 fmt_percent(row["win_rate"], style.missing),
-                fmt_percent(row["mean_return"], style.missing),
-                fmt_number(row["total_pnl"], style.missing),
+                fmt_percent(row["mean_return"], style.missing, digits=2),
+                fmt_percent(row.get("best_return"), style.missing, digits=2),
+                fmt_percent(row.get("worst_return"), style.missing, digits=2),
+                fmt_amount(row["total_pnl"], style.missing),
             ]
             for name, row in summary[key].items()
         ]
-        headers = [title, "trades", "win rate", "mean return", "total pnl"]
+        headers = [title, "trades", "win rate", "mean return", "best", "worst", "total pnl"]
         blocks.append(render_table(headers, rows, style=style, title=f"by {title}"))
     return "\n\n".join(blocks)
 
@@ -88,11 +93,12 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
                         r["symbol"],
                         r["regime"],
                         r["entry_time"][:10],
-                        fmt_percent(r["ret"], style.missing),
+                        fmt_percent(r["ret"], style.missing, digits=2),
+                        fmt_amount(r.get("pnl"), style.missing),
                     ]
                     for r in result
                 ]
-                headers = ["distance", "strategy", "symbol", "regime", "entry", "return"]
+                headers = ["distance", "strategy", "symbol", "regime", "entry", "return", "pnl"]
                 print(render_table(headers, rows, style=style))
                 return EXIT_OK
         else:

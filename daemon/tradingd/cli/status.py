@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,7 +20,7 @@ from tradingd.cli.client import DaemonClient, HttpError, default_url
 from tradingd.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from tradingd.cli.tables import Style, render_kv, render_table
 from tradingd.config import load_config
-from tradingd.formatting import fmt_bytes, fmt_duration, fmt_number, fmt_percent, fmt_time
+from tradingd.formatting import fmt_bytes, fmt_count, fmt_duration, fmt_metric, fmt_number, fmt_percent, fmt_time
 from tradingd.reports.phase_data import load_run
 from tradingd.workflows.spec import SAFE_NAME
 
@@ -87,7 +88,8 @@ def _caches_block(stats: Mapping[str, Any], style: Style) -> str:
         evictions = _map(c.get("evictions"))
         by_reason = ", ".join(f"{r} {n}" for r, n in evictions.items() if n) or "0"
         rows.append([name, c.get("entries"), fmt_bytes(c.get("bytes"), m), fmt_bytes(c.get("max_bytes"), m),
-                     fmt_percent(c.get("hit_ratio"), m), c.get("hits"), c.get("misses"), by_reason])
+                     fmt_percent(c.get("hit_ratio"), m), fmt_count(c.get("hits"), m), fmt_count(c.get("misses"), m),
+                     by_reason])
     title = f"Caches ({fmt_bytes(section.get('used_bytes'), m)} of {fmt_bytes(section.get('budget_bytes'), m)} budget)"
     headers = ["cache", "entries", "bytes", "max", "hit rate", "hits", "misses", "evictions"]
     return render_table(headers, rows, style=style, title=title)
@@ -132,8 +134,8 @@ def _progress(run: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     return done, total, eta
 
 
-def render_runs(body: Any, style: Style) -> str:
-    """The runs table from a ``GET /runs`` body (a list, or ``{"runs": [...]}``)."""
+def render_runs(body: Any, style: Style, *, error_width: int = 80) -> str:
+    """The runs table from a ``GET /runs`` body (a list, or ``{"runs": [...]}``); errors cut to ``error_width``."""
     m = style.missing
     rows = []
     for run in _run_list(body):
@@ -141,12 +143,18 @@ def render_runs(body: Any, style: Style) -> str:
         progress = m
         if isinstance(done, int) and isinstance(total, int):
             progress = f"{done}/{total} ({fmt_percent(done / total if total else 0.0, m, digits=0)})"
+        error = str(run.get("error") or "")
+        if len(error) > error_width:  # the whole message: GET /runs/{id} or the manifest
+            error = error[:error_width - 1] + "…"
         rows.append([run.get("id", run.get("run_id")), run.get("workflow", run.get("name")), run.get("type"),
                      run.get("status"), run.get("strategy"), progress,
                      fmt_duration(eta, m) if run.get("status") == "running" else m,
-                     fmt_time(run.get("started_at", run.get("created_at")), m)])
-    headers = ["run", "workflow", "type", "status", "strategy", "progress", "eta", "started"]
-    return render_table(headers, rows, style=style, title="Runs")
+                     fmt_time(run.get("started_at", run.get("created_at")), m), error or m])
+    headers = ["run", "workflow", "type", "status", "strategy", "progress", "eta", "started", "error"]
+    title = "Runs"
+    if isinstance(body, Mapping) and isinstance(body.get("total"), int) and body["total"] > len(rows):
+        title += f" ({len(rows)} of {body['total']}; --limit/--offset/--status page and filter)"
+    return render_table(headers, rows, style=style, title=title)
 
 
 def render_status(stats: Mapping[str, Any], runs: Any, style: Style) -> str:
@@ -177,9 +185,10 @@ def render_results(run_dir: Path, style: Style) -> str:
         metrics = phase.best_metrics or {}
         objective_value = metrics.get(phase.objective or "")
         params = ", ".join(f"{k}={fmt_number(v)}" for k, v in (phase.best_params or {}).items()) or m
-        rows.append([phase.name, phase.status, phase.objective, fmt_number(objective_value, m), params,
-                     *[fmt_number(metrics.get(n), m) for n in shown]])
-    headers = ["phase", "status", "objective", "value", "best parameters", *shown]
+        rows.append([phase.name, phase.status, phase.best_symbol or m, phase.objective,
+                     fmt_metric(phase.objective or "", objective_value, m), params,
+                     *[fmt_metric(n, metrics.get(n), m) for n in shown]])
+    headers = ["phase", "status", "symbol", "objective", "value", "best parameters", *shown]
     lines.append(render_table(headers, rows, style=style, title="Phases", empty="(no phases written yet)"))
     problems = []
     if run.manifest.get("error"):
@@ -225,7 +234,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
-        runs = client.get_json("/runs")
+        query = {k: v for k, v in (("status", args.status), ("limit", args.limit), ("offset", args.offset)) if v}
+        runs = client.get_json("/runs" + ("?" + urllib.parse.urlencode(query) if query else ""))
     except HttpError as exc:
         if exc.status == 404:
             raise CommandFailed(f"the daemon at {client.url} has no runs API") from None
@@ -262,6 +272,9 @@ def add_status_commands(commands: Any) -> None:
 
     runs = commands.add_parser("runs", help="list the runs of a running daemon")
     daemon_options(runs)
+    runs.add_argument("--status", default=None, help="only runs with this status (several: failed,cancelled)")
+    runs.add_argument("--limit", type=int, default=None, help="at most this many runs (newest first)")
+    runs.add_argument("--offset", type=int, default=0, help="skip this many runs first")
     runs.set_defaults(handler=cmd_runs)
 
     results = commands.add_parser("results", help="best parameters and metrics per phase of a run (from disk)")

@@ -39,7 +39,7 @@ class Style:
 
 
 def _is_numeric(cell: str) -> bool:
-    stripped = cell.rstrip("%").split(" ")[0]
+    stripped = cell.rstrip("%").split(" ")[0].replace(",", "")  # 1,234.50 and 12.5% are numbers
     try:
         float(stripped)
     except ValueError:

@@ -20,21 +20,21 @@ import asyncio
 import json
 import logging
 import sys
-import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from tradingd.cli.client import DaemonClient, HttpError, client_token, config_url, default_url
 from tradingd.cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed
+from tradingd.cli.progress import WRITING_REPORTS, ProgressPrinter, RunView, render_progress
 from tradingd.cli.signals import StopSignals, run_to_exit
 from tradingd.config import Config, load_config
 from tradingd.logs import configure_logging
 from tradingd.periodic import poll
 from tradingd.supervisor import StateDirLocked, Supervisor
 from tradingd.tasks import wait_any
-from tradingd.workflows.runs import FINISHED, DuplicateRun, WorkflowRun
+from tradingd.workflows.runs import DuplicateRun, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, load_spec_file
 
 __all__ = ["ProgressPrinter", "add_workflow_commands", "follow_run", "render_progress", "run_workflow_once"]
@@ -42,69 +42,9 @@ __all__ = ["ProgressPrinter", "add_workflow_commands", "follow_run", "render_pro
 log = logging.getLogger(__name__)
 
 ACTIVE = frozenset({"queued", "running"})
-RunView = Mapping[str, Any]  # a run as ``WorkflowRun.describe(detail=True)`` and ``GET /runs/{id}`` show it
 
 
 # --- progress ------------------------------------------------------------------
-
-
-def _current_phase(run: RunView) -> str:
-    phases = [p for p in run.get("phases") or [] if isinstance(p, Mapping)]
-    running = [str(p.get("name")) for p in phases if p.get("status") == "running"]
-    return running[0] if running else (str(phases[-1].get("name")) if phases and run["status"] in FINISHED else "")
-
-
-def render_progress(run: RunView, *, bar: bool, width: int = 24) -> str:
-    """One line: a bar (terminal) or plain words (logs) with done/total, percent and ETA."""
-    p = run["progress"]
-    eta = p.get("eta_seconds")
-    eta_text = f"ETA {eta:.0f}s" if isinstance(eta, (int, float)) and run["status"] == "running" else ""
-    phase = _current_phase(run)
-    if bar:
-        filled = int(width * p["percent"] / 100)
-        gauge = "#" * filled + "-" * (width - filled)
-        parts = [f"[{gauge}]", f"{p['done']}/{p['total']}", f"{p['percent']:5.1f}%", eta_text, phase]
-        return " ".join(part for part in parts if part)
-    text = f"run {run['id']}: {run['status']}, {p['done']}/{p['total']} containers ({p['percent']:.0f}%)"
-    if phase:
-        text += f", phase {phase}"
-    if eta_text:
-        text += f", {eta_text}"
-    return text
-
-
-class ProgressPrinter:
-    """Draws a run's progress: one redrawn bar on a terminal, plain lines otherwise.
-
-    Plain lines come at every phase or status change, else at most every
-    ``every`` seconds, and never repeat.
-    """
-
-    def __init__(self, out: TextIO, *, every: float = 2.0) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.every = every
-        self._last_line = ""
-        self._last_stage = ""
-        self._last_print = 0.0
-
-    def show(self, run: RunView, *, final: bool = False) -> None:
-        line = render_progress(run, bar=self.tty)
-        if self.tty:
-            self.out.write("\r" + line.ljust(len(self._last_line)))
-            self._last_line = line
-        else:
-            stage = f"{run['status']}:{_current_phase(run)}"
-            due = stage != self._last_stage or time.monotonic() - self._last_print >= self.every
-            if line != self._last_line and (due or final):
-                self.out.write(line + "\n")
-                self._last_line, self._last_stage, self._last_print = line, stage, time.monotonic()
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.tty and self._last_line:
-            self.out.write("\n")
-            self.out.flush()
 
 
 async def follow_run(view: Callable[[], Awaitable[RunView]], out: TextIO, *, until: asyncio.Event,
@@ -113,7 +53,7 @@ async def follow_run(view: Callable[[], Awaitable[RunView]], out: TextIO, *, unt
     printer = ProgressPrinter(out)
     async for _ in poll(until, interval, first_delay=0):
         run = await view()
-        if run["status"] not in ACTIVE:
+        if run["status"] not in ACTIVE and run.get("stage") != WRITING_REPORTS:
             break
         printer.show(run)
     run = await view()
@@ -140,7 +80,10 @@ async def run_workflow_once(config: Config, spec: WorkflowSpec, *, run_id: str |
             run.task.add_done_callback(lambda _: ended.set())
 
             async def view() -> RunView:
-                return run.describe(detail=True)
+                described = run.describe(detail=True)
+                if run.status == "completed" and run.task is not None and not run.task.done():
+                    described["stage"] = WRITING_REPORTS  # finished computing; the report is being drawn
+                return described
 
             supervisor.spawn(follow_run(view, stream, until=ended, interval=0.2), name="progress")
             await wait_any(ended, supervisor.stop_event, *([stop] if stop is not None else []))
