@@ -16,6 +16,7 @@ def run_daemon(config: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_a_port_in_use_names_http_port_and_creates_no_state(tmp_path: Path, write_config: Callable[..., Path]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -32,6 +33,7 @@ def test_a_port_in_use_names_http_port_and_creates_no_state(tmp_path: Path, writ
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
 def test_a_bad_host_names_http_host_and_creates_no_state(
     tmp_path: Path, write_config: Callable[..., Path], host: str

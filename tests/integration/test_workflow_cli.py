@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,7 @@ def test_run_workflow_prints_plain_progress_lines_and_writes_results(tmp_path: P
     assert again.returncode == 0 and "run cli-1 completed" in again.stdout
 
 
+@pytest.mark.slow
 def test_run_workflow_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     try:
@@ -80,9 +82,19 @@ def test_run_workflow_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
             chunks.append(chunk)
     finally:
         os.close(leader)
-    screen = b"".join(chunks).decode(errors="replace")
+    output = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0
-    assert "\r[" in screen and "10/10" in screen and "#" * 24 in screen
+    assert "10/10" in output and "#" * 24 in output
+    draws = output.split("\r\x1b[K")
+    # The bar names what the run is doing: the phase, and the reports once containers are done.
+    assert any(d.startswith("training [") for d in draws) and any(d.startswith("testing [") for d in draws)
+    assert any(d.startswith("writing reports… [") for d in draws), draws
+    # What the terminal shows: every log line on its own line, none glued to the bar.
+    screen = [line.split("\r\x1b[K")[-1] for line in output.replace("\r\n", "\n").split("\n")]
+    logged = [line for line in screen if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line)]
+    assert any("wrote" in line and "report.html" in line for line in logged), screen
+    for line in logged:
+        assert "[#" not in line and "[-" not in line and "ETA" not in line, f"a log line in the bar: {line!r}"
 
 
 def test_run_workflow_reports_spec_errors_with_key_paths(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ __all__ = ["WRITING_REPORTS", "LiveLine", "ProgressPrinter", "render_progress"]
 
 RunView = Mapping[str, Any]  # a run as ``WorkflowRun.describe(detail=True)`` and ``GET /runs/{id}`` show it
 WRITING_REPORTS = "writing reports"  # the ``stage`` of a run whose containers are done and reports are being drawn
+LOADING_DATA = "loading data"
 _CLEAR = "\r\x1b[K"  # carriage return, erase to the end of the line
 
 
@@ -32,7 +33,9 @@ def current_stage(run: RunView) -> str:
     if running:
         return running[0]
     if run.get("status") == "running" and not phases:
-        return "loading data"
+        return LOADING_DATA
+    if run.get("status") == "running":
+        return WRITING_REPORTS  # between phases and after the last: aggregates and reports are being written
     return str(phases[-1].get("name")) if phases and run.get("status") not in ("queued", "running") else ""
 
 
@@ -52,7 +55,7 @@ def render_progress(run: RunView, *, bar: bool, width: int = 24) -> str:
         return " ".join(part for part in parts if part)
     text = f"run {run['id']}: {run['status']}, {p['done']}/{p['total']} containers ({p['percent']:.0f}%)"
     if stage:
-        text += f", {stage}" if stage == WRITING_REPORTS else f", phase {stage}"
+        text += f", {stage}" if stage in (WRITING_REPORTS, LOADING_DATA) else f", phase {stage}"
     if eta_text:
         text += f", {eta_text}"
     return text
