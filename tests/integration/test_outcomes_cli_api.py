@@ -114,7 +114,8 @@ def test_data_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert np.array_equal(mapped.close, original.close) and mapped.version == original.version
     # A second import without --overwrite refuses and leaves the store as it was.
     assert main(["data", "import", str(sample_data_dir()), "--store", str(store)]) == 1
-    assert "already exists" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert "already exists" in refused and "add --overwrite" in refused, "the flag is named as typed"
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,open,high,low,close,volume\n2020-01-01,1,2,0.5,1.5,10\n2020-01-02,1,0.5,2,1.5,10\n")
     assert main(["data", "import", str(bad), "--store", str(tmp_path / "store2")]) == 1

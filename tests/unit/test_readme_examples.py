@@ -40,4 +40,4 @@ def test_the_data_import_example_imports(tmp_path: Path) -> None:
     assert done.returncode == 0 and "imported 9 symbols" in done.stdout, done.stderr
     again = subprocess.run([sys.executable, "-m", "tradingd", *paths], cwd=REPO, capture_output=True, text=True,
                            timeout=120)
-    assert again.returncode == 2 and "add --overwrite to replace it" in again.stderr
+    assert again.returncode == 1 and "add --overwrite to replace it" in again.stderr

@@ -32,7 +32,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
         index = import_files(args.paths, args.store, overwrite=args.overwrite, timeframe=args.timeframe)
     except StoreExistsError:
         raise CommandFailed(f"data import: the store {args.store} already exists; "
-                            "add --overwrite to replace it (atomically)", EXIT_USAGE) from None
+                            "add --overwrite to replace it (atomically)") from None
     except (StoreError, DataError) as exc:
         raise CommandFailed(f"data import: {exc}") from None
     except FileNotFoundError as exc:

@@ -21,15 +21,15 @@ class CpuMeter:
     """
 
     def __init__(self) -> None:
-        self._process = psutil.Process(os.getpid())
-        self._process.cpu_percent(None)
-        psutil.cpu_percent(None)
+        self._process: psutil.Process | None = None  # opened at the first reading, not in __init__ (no I/O)
         self.last_percent: float | None = None
 
     def __repr__(self) -> str:
         return f"<CpuMeter {self.last_percent}%>"
 
     def section(self) -> dict[str, Any]:
+        if self._process is None:
+            self._process = psutil.Process(os.getpid())
         times = self._process.cpu_times()
         self.last_percent = round(self._process.cpu_percent(None), 1)
         return {
