@@ -303,14 +303,16 @@ async def test_dashboard_shows_results_filters_pages_history_and_log(
              const el = document.createElement('span'); el.className = `status s-${s}`; document.body.append(el);
              const c = getComputedStyle(el).backgroundColor; el.remove(); return [s, c]; }))""")
     assert len(set(colours.values())) == 6, colours
-    running = await page.eval_on_selector(f'tr[data-run-id="{run_id}"] .status',
-                                          "e => getComputedStyle(e).backgroundColor")
-    assert running == colours["running"]
+    # One evaluate (query and read together): the table is re-rendered on every poll.
+    running = await page.evaluate(
+        "(id) => { const e = document.querySelector(`tr[data-run-id=\"${id}\"] .status`);"
+        " return e && e.textContent === 'running' ? getComputedStyle(e).backgroundColor : 'not running'; }", run_id)
+    assert running in (colours["running"], "not running")
 
     # Long text is cut, with the full text on hover; the table stays inside its card.
-    failed_cell = await page.eval_on_selector(
-        'tr[data-status="failed"]',
-        "tr => { const td = [...tr.cells].find(c => c.title && c.title.startsWith('data failed'));"
+    failed_cell = await page.evaluate(
+        "() => { const tr = document.querySelector('tr[data-status=\"failed\"]');"
+        " const td = tr && [...tr.cells].find(c => c.title && c.title.startsWith('data failed'));"
         " return td && { title: td.title, width: td.getBoundingClientRect().width }; }")
     assert failed_cell is not None and failed_cell["title"] == LONG_ERROR and failed_cell["width"] < 500
     overflow = await page.eval_on_selector(
