@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from tradingd.auth import token_matches
 from tradingd.memory.cleanup import parse_level
 from tradingd.memory.monitor import PressureLevel
+from tradingd.pages import dashboard_page, runs_page
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
@@ -146,10 +147,6 @@ def _malformed_json(exc: json.JSONDecodeError) -> web.HTTPBadRequest:
 # --- handlers ------------------------------------------------------------------
 
 
-INITIAL_STATE_MARK = "/*INITIAL_STATE*/null"
-DASHBOARD_RUNS = 20  # runs embedded in the first paint: the page's first page of runs
-
-
 async def index(request: web.Request) -> web.Response:
     """The dashboard: one self-contained page that polls /stats and /runs.
 
@@ -157,10 +154,8 @@ async def index(request: web.Request) -> web.Response:
     paint shows data instead of waiting for the first poll.
     """
     daemon = request.app[DAEMON]
-    initial = {"stats": daemon.stats_snapshot(), "runs": runs_page(daemon.runs.list(), limit=DASHBOARD_RUNS)}
-    # "</script>" or "<!--" in a run's error would end or derail the <script>: escape every "<".
-    embedded = _dumps(initial).replace("<", "\\u003c")
-    return web.Response(text=request.app[DASHBOARD].replace(INITIAL_STATE_MARK, embedded, 1), content_type="text/html")
+    page = dashboard_page(request.app[DASHBOARD], daemon.stats_snapshot(), daemon.runs.list(), dumps=_dumps)
+    return web.Response(text=page, content_type="text/html")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -227,18 +222,6 @@ async def list_runs(request: web.Request) -> web.Response:
     if (limit is not None and limit < 0) or offset < 0:
         raise web.HTTPBadRequest(text="'limit' and 'offset' must not be negative")
     return ok(runs_page(request.app[DAEMON].runs.list(), wanted=wanted, limit=limit, offset=offset))
-
-
-def runs_page(every: list[WorkflowRun], *, wanted: set[str] | None = None, limit: int | None = None,
-              offset: int = 0) -> dict[str, Any]:
-    """The body of ``GET /runs``: one page of the runs whose status is ``wanted``, with counts."""
-    counts: dict[str, int] = {}
-    for run in every:
-        counts[run.status] = counts.get(run.status, 0) + 1
-    runs = [r for r in every if wanted is None or r.status in wanted]
-    page = runs[offset:offset + limit if limit is not None else None]
-    return {"runs": [r.describe() for r in page], "total": len(runs), "offset": offset, "limit": limit,
-            "counts": counts}
 
 
 async def get_run(request: web.Request) -> web.Response:
