@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -22,13 +21,15 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from tradingd.api_input import REPORT_TYPES, clip, finite_json, is_run_id, parse_similar_query, report_file
 from tradingd.auth import token_matches
 from tradingd.memory.cleanup import parse_level
 from tradingd.memory.monitor import PressureLevel
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
-from tradingd.workflows.spec import SAFE_NAME, SpecError, parse_spec, parse_spec_text
+from tradingd.workflows.spec import SpecError, WorkflowSpec, parse_spec, parse_spec_text
+from tradingd.workflows.spec_limits import DocumentTooComplex, load_json
 
 __all__ = ["DAEMON", "Daemon", "build_app", "json_error", "parse_similar_query", "read_json_body", "require_token"]
 
@@ -74,7 +75,10 @@ def json_error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, allow_nan=False, default=str)
+    try:
+        return json.dumps(obj, allow_nan=False, default=str)
+    except ValueError:  # NaN or infinity somewhere (a distance, a metric): JSON has null for them
+        return json.dumps(finite_json(obj), allow_nan=False, default=str)
 
 
 def ok(obj: Any, status: int = 200) -> web.Response:
@@ -130,11 +134,20 @@ def require_token(request: web.Request) -> None:
 
 
 async def read_json_body(request: web.Request) -> Any:
-    """Parse a JSON body or answer 400 with what is wrong with it."""
+    """Parse a JSON body (within the spec document limits) or answer 400 with what is wrong with it."""
+    text = await _read_text(request)
     try:
-        return await request.json(loads=json.loads)
+        return load_json(text)
     except json.JSONDecodeError as exc:
         raise _malformed_json(exc) from None
+    except DocumentTooComplex as exc:
+        raise web.HTTPBadRequest(text=f"JSON body refused: {exc}") from None
+
+
+async def _read_text(request: web.Request) -> str:
+    body = await request.read()  # over http.max_body_bytes: 413 from aiohttp
+    try:
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise web.HTTPBadRequest(text="body is not UTF-8") from None
 
@@ -200,7 +213,7 @@ def _run_or_404(request: web.Request) -> WorkflowRun:
     try:
         return request.app[DAEMON].runs.get(run_id)
     except RunNotFound:
-        raise web.HTTPNotFound(text=f"no run {run_id!r}") from None
+        raise web.HTTPNotFound(text=f"no run {clip(run_id)!r}") from None
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -224,20 +237,12 @@ async def submit_run(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(
             text=f"not accepting runs: {reason if not is_ready else 'stopping'}", headers={"Retry-After": "5"}
         )
-    body = await request.read()  # over http.max_body_bytes: 413 from aiohttp
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise web.HTTPBadRequest(text="body is not UTF-8") from None
+    text = await _read_text(request)
     if not text.strip():
         raise web.HTTPBadRequest(text="empty body: send a workflow spec (JSON or YAML)")
     try:
-        if request.content_type == "application/json":
-            raw = json.loads(text)
-            # Grid validation may take a moment on a large grid: off the loop.
-            spec = await asyncio.to_thread(parse_spec, raw, source="spec")
-        else:
-            spec = await asyncio.to_thread(parse_spec_text, text, source="spec")
+        # Decoding a large body and validating a large grid take a moment: off the loop.
+        spec = await asyncio.to_thread(_parse_submitted, text, request.content_type == "application/json")
     except json.JSONDecodeError as exc:
         raise _malformed_json(exc) from None
     except SpecError as exc:
@@ -255,6 +260,16 @@ async def submit_run(request: web.Request) -> web.Response:
     return response
 
 
+def _parse_submitted(text: str, is_json: bool) -> WorkflowSpec:
+    if not is_json:
+        return parse_spec_text(text, source="spec")
+    try:
+        raw = load_json(text)
+    except DocumentTooComplex as exc:
+        raise SpecError([f"spec: {exc}"]) from None
+    return parse_spec(raw, source="spec")
+
+
 async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run; answers once its containers have torn down."""
     require_token(request)
@@ -266,20 +281,20 @@ async def cancel_run(request: web.Request) -> web.Response:
     return ok(run.describe())
 
 
-_REPORT_TYPES = {".html": "text/html", ".png": "image/png", ".json": "application/json"}
-
-
 async def run_report(request: web.Request) -> web.StreamResponse:
     """The run's report.html and what it links to (phase reports, plots, JSON results)."""
     run_id = request.match_info["run_id"]
     relative = request.match_info["path"] or "report.html"
-    if not SAFE_NAME.fullmatch(run_id):
-        raise web.HTTPNotFound(text=f"no run {run_id!r}")
-    root = (request.app[DAEMON].results_dir / run_id).resolve()
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root) or target.suffix not in _REPORT_TYPES or not target.is_file():
-        raise web.HTTPNotFound(text=f"no report {relative!r} for run {run_id!r} (reports appear as phases finish)")
-    return web.FileResponse(target, headers={"Content-Type": _REPORT_TYPES[target.suffix]})
+    if not is_run_id(run_id):
+        raise web.HTTPNotFound(text="no such run")
+    missing = web.HTTPNotFound(
+        text=f"no report {clip(relative)!r} for run {run_id!r} (reports appear as phases finish)"
+    )
+    root = request.app[DAEMON].results_dir / run_id
+    target = await asyncio.to_thread(report_file, root, relative)
+    if target is None:
+        raise missing
+    return web.FileResponse(target, headers={"Content-Type": REPORT_TYPES[target.suffix]})
 
 
 async def run_report_redirect(request: web.Request) -> web.StreamResponse:
@@ -311,29 +326,6 @@ async def outcomes_similar(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
     return ok({"k": k, "features": features, "outcomes": await asyncio.to_thread(journal.similar, features, k)})
-
-
-def parse_similar_query(query: Mapping[str, str], *, max_k: int = 1000) -> tuple[list[float], int]:
-    """Parse ``features=0.1,0.2,...&k=10`` (the query of ``GET /outcomes/similar``).
-
-    Raises ValueError with a message fit for a 400 answer.
-    """
-    raw = query.get("features", "").strip()
-    if not raw:
-        raise ValueError("query parameter 'features' is required: comma-separated numbers")
-    try:
-        features = [float(x) for x in raw.split(",")]
-    except ValueError:
-        raise ValueError(f"'features' must be comma-separated numbers, got {raw!r}") from None
-    if not all(math.isfinite(x) for x in features):
-        raise ValueError("'features' must be finite numbers")
-    try:
-        k = int(query.get("k", "10"))
-    except ValueError:
-        raise ValueError(f"'k' must be an integer, got {query.get('k')!r}") from None
-    if not 1 <= k <= max_k:
-        raise ValueError(f"'k' must be between 1 and {max_k}")
-    return features, k
 
 
 def build_app(daemon: Daemon, *, max_body_bytes: int) -> web.Application:

@@ -9,6 +9,7 @@ the file and the key path, which the CLI prints before exiting with code 2.
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -351,8 +352,22 @@ def _message(err: Any) -> str:
     return f"{err['msg']} (got {shown})"
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring = 2, 4, 4, 57
+
+
 def _short(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """At most ~60 characters of ``value``, without ever stringifying the whole of it.
+
+    A decoded YAML alias bomb is a small graph whose ``str()`` is gigabytes, and
+    ``str()`` of an int over 4,300 digits raises: both are cut short here.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 190:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = _SHORT.repr(value) if isinstance(value, str | dict | list | tuple | set) else str(value)
+    except ValueError:  # a huge int nested in a list
+        return "a value too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
