@@ -346,10 +346,10 @@ def load_or_create_secret(state_dir: Path) -> bytes:
         secret = path.read_bytes()
         mode = path.stat().st_mode & 0o777
     except OSError as exc:
-        raise SecretError(f"cannot read the state secret {path}: {exc}") from exc
+        raise SecretError(f"state secret {path}: cannot read: {exc.strerror or exc}") from None
     if len(secret) != SECRET_BYTES:
         raise SecretError(
-            f"state secret {path} is {len(secret)} bytes, expected {SECRET_BYTES}; "
+            f"state secret {path}: is {len(secret)} bytes, expected {SECRET_BYTES}; "
             "restore it, or delete it to start over (existing state files will then be quarantined)"
         )
     if mode & 0o077:
