@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from tradingd.memory.cleanup import parse_level
 from tradingd.memory.monitor import PressureLevel
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.workflows.data_roots import check_data_source
 from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
 from tradingd.workflows.spec import SpecError, WorkflowSpec, parse_spec, parse_spec_text
 from tradingd.workflows.spec_limits import DocumentTooComplex, load_json
@@ -66,6 +67,7 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 DASHBOARD = web.AppKey("dashboard", str)
+DATA_ROOTS: web.AppKey[tuple[Path, ...]] = web.AppKey("data_roots")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -242,7 +244,8 @@ async def submit_run(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="empty body: send a workflow spec (JSON or YAML)")
     try:
         # Decoding a large body and validating a large grid take a moment: off the loop.
-        spec = await asyncio.to_thread(_parse_submitted, text, request.content_type == "application/json")
+        roots = request.app[DATA_ROOTS]
+        spec = await asyncio.to_thread(_parse_submitted, text, request.content_type == "application/json", roots)
     except json.JSONDecodeError as exc:
         raise _malformed_json(exc) from None
     except SpecError as exc:
@@ -260,14 +263,17 @@ async def submit_run(request: web.Request) -> web.Response:
     return response
 
 
-def _parse_submitted(text: str, is_json: bool) -> WorkflowSpec:
-    if not is_json:
-        return parse_spec_text(text, source="spec")
-    try:
-        raw = load_json(text)
-    except DocumentTooComplex as exc:
-        raise SpecError([f"spec: {exc}"]) from None
-    return parse_spec(raw, source="spec")
+def _parse_submitted(text: str, is_json: bool, data_roots: Sequence[Path]) -> WorkflowSpec:
+    if is_json:
+        try:
+            raw = load_json(text)
+        except DocumentTooComplex as exc:
+            raise SpecError([f"spec: {exc}"]) from None
+        spec = parse_spec(raw, source="spec")
+    else:
+        spec = parse_spec_text(text, source="spec")
+    check_data_source(spec, data_roots)
+    return spec
 
 
 async def cancel_run(request: web.Request) -> web.Response:
@@ -328,14 +334,18 @@ async def outcomes_similar(request: web.Request) -> web.Response:
     return ok({"k": k, "features": features, "outcomes": await asyncio.to_thread(journal.similar, features, k)})
 
 
-def build_app(daemon: Daemon, *, max_body_bytes: int) -> web.Application:
-    """The aiohttp application serving ``daemon``; bodies over ``max_body_bytes`` get 413."""
+def build_app(daemon: Daemon, *, max_body_bytes: int, data_roots: Sequence[Path]) -> web.Application:
+    """The aiohttp application serving ``daemon``; bodies over ``max_body_bytes`` get 413.
+
+    A submitted spec must read its data from inside ``data_roots`` (400 otherwise).
+    """
     app = web.Application(
         middlewares=[error_middleware, presented_token_middleware],
         client_max_size=max_body_bytes,
     )
     app[DAEMON] = daemon
     app[MAX_BODY_BYTES] = max_body_bytes
+    app[DATA_ROOTS] = tuple(data_roots)
     app[REGISTRY] = build_registry(daemon.stats_snapshot)
     app[DASHBOARD] = resources.files("tradingd").joinpath("web/index.html").read_text(encoding="utf-8")
     app.router.add_get("/", index)

@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaskConfig",
+    "DataConfig",
     "ExecutorConfig",
     "HttpConfig",
     "LoggingConfig",
@@ -179,6 +180,13 @@ class OutcomesConfig(_Section):
     max_outcomes: int = Field(default=100_000, ge=1)
 
 
+class DataConfig(_Section):
+    """Where workflow specs may read market data (see tradingd.workflows.data_roots)."""
+
+    # None: the bundled sample, <state_dir>/stores and data/ beside the config file.
+    allowed_roots: list[Path] | None = None
+
+
 class LoggingConfig(_Section):
     format: Literal["json", "text"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -196,6 +204,7 @@ class Config(_Section):
     executor: ExecutorConfig = ExecutorConfig()
     storage: StorageConfig = StorageConfig()
     outcomes: OutcomesConfig = OutcomesConfig()
+    data: DataConfig = DataConfig()
     logging: LoggingConfig = LoggingConfig()
     startup_workflows: list[str] = Field(default_factory=list)
     graceful_timeout: float = Field(default=5.0, ge=0, le=600)

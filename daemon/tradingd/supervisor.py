@@ -37,6 +37,7 @@ from tradingd.stats import StatsBoard, gc_stats
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from tradingd.storage.statedir import StateDirLock, StateDirLocked
 from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
+from tradingd.workflows.data_roots import allowed_data_roots
 from tradingd.workflows.outcome_sink import journal_sink
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.service import WorkflowService, load_startup_specs
@@ -223,7 +224,8 @@ class Supervisor:
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
     async def _start_http(self) -> None:
-        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes)
+        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes,
+                        data_roots=allowed_data_roots(self.config))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
