@@ -60,6 +60,10 @@ class HttpConfig(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     loop_lag_threshold: float = Field(default=1.0, gt=0, description="seconds of loop lag before /health turns 503")
     shutdown_timeout: float = Field(default=2.0, ge=0)
+    header_timeout: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="seconds a connection may take to send a request's headers, and may then stay idle",
+    )
     token_file: Path | None = None
 
 

@@ -226,7 +226,9 @@ class Supervisor:
     async def _start_http(self) -> None:
         app = build_app(self, max_body_bytes=self.config.http.max_body_bytes,
                         data_roots=allowed_data_roots(self.config))
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
+        # aiohttp's keepalive timer runs from connect until headers are in: it is our header timeout.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout,
+                                     keepalive_timeout=self.config.http.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
