@@ -313,7 +313,7 @@ def quarantine(path: Path, quarantine_dir: Path, *, reason: str) -> Path | None:
     """Move ``path`` into ``quarantine_dir`` (never overwriting) and log why."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     try:
-        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = quarantine_dir / f"{path.name}.{stamp}"
         n = 1
         while target.exists():
