@@ -84,12 +84,26 @@ def mutate(rng: random.Random, value: Any, depth: int = 0) -> Any:
     return copy.deepcopy(rng.choice(NASTY))
 
 
+# YAML a dumper never writes: tags, aliases, out-of-range timestamps, over-long numbers.
+RAW_YAML = [
+    "2020-99-99", "9" * 5000, "0x" + "f" * 5000, "!!binary '***'", "*nowhere", "&a [*a]", ".nan", "-.inf",
+    "!!python/object/apply:os.system [id]", "!!set {a, b}", "{[1]: 2}", "<<: 5", "[" * 300, "1e99999",
+    "!!timestamp 2020-01-01T99:00:00", "!!float x", "!!int 1.5", "'unterminated",
+]
+
+
 def serialise(rng: random.Random, spec: Any) -> tuple[bytes, str]:
-    """JSON or YAML, sometimes with a few bytes flipped, dropped or repeated."""
+    """JSON or YAML, sometimes with raw YAML values spliced in or a few bytes flipped, dropped or repeated."""
     if rng.random() < 0.5:
         text, content_type = json.dumps(spec, default=str), "application/json"
     else:
         text, content_type = yaml.safe_dump(spec, allow_unicode=True), "application/yaml"
+        lines = text.splitlines()
+        if rng.random() < 0.4 and lines:
+            at = rng.randrange(len(lines))
+            key, sep, _ = lines[at].partition(": ")
+            lines[at] = f"{key}: {rng.choice(RAW_YAML)}" if sep else f"{lines[at]} {rng.choice(RAW_YAML)}"
+            text = "\n".join(lines)
     data = bytearray(text.encode("utf-8"))
     if rng.random() < 0.3 and data:
         for _ in range(rng.randint(1, 4)):
@@ -170,6 +184,10 @@ async def test_listed_bad_inputs_get_4xx_json(
         "escape-roots": yaml.safe_dump({**spec, "data": {"source": str(tmp_path / "data" / ".." / "state")}}),
         "missing-source": yaml.safe_dump({**spec, "data": {"source": str(tmp_path / "data" / "none.csv")}}),
         "nul": yaml.safe_dump({**spec, "name": "a\x00b"}),
+        "huge-int": "type: backtest\nstrategy: {name: momentum, grid: {lookback: " + "9" * 5000 + "}}",
+        "huge-int-top": "9" * 5000,
+        "bad-date": "type: backtest\nstrategy: {name: momentum}\ndata: {start: 2020-99-99}",
+        "python-tag": "a: !!python/object/apply:os.system [touch /tmp/x]",
         "not-utf8": "\udcff",
     }
     for what, text in yaml_bodies.items():

@@ -89,7 +89,15 @@ def load_yaml(text: str, limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
     """``yaml.safe_load`` with :class:`DocumentLimits`; raises ``yaml.YAMLError`` or :class:`DocumentTooComplex`."""
     _check_size(text, limits)
     _scan_events(text, limits)
-    return yaml.load(text, Loader=_Loader)  # a safe loader: CSafeLoader or SafeLoader
+    try:
+        return yaml.load(text, Loader=_Loader)  # a safe loader: CSafeLoader or SafeLoader
+    except (ValueError, OverflowError) as exc:  # a scalar that does not convert: 2020-99-99, 5,000 digits
+        raise yaml.YAMLError(f"a value cannot be read: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).split("\n", 1)[0].split(";", 1)[0]
+    return text[:120]
 
 
 def load_json(text: str, limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
