@@ -68,6 +68,7 @@ MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 DASHBOARD = web.AppKey("dashboard", str)
 DATA_ROOTS: web.AppKey[tuple[Path, ...]] = web.AppKey("data_roots")
+_DECODE_ON_LOOP_BYTES = 65_536  # larger JSON bodies are decoded in a thread
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,7 +140,7 @@ async def read_json_body(request: web.Request) -> Any:
     """Parse a JSON body (within the spec document limits) or answer 400 with what is wrong with it."""
     text = await _read_text(request)
     try:
-        return load_json(text)
+        return load_json(text) if len(text) < _DECODE_ON_LOOP_BYTES else await asyncio.to_thread(load_json, text)
     except json.JSONDecodeError as exc:
         raise _malformed_json(exc) from None
     except DocumentTooComplex as exc:

@@ -113,4 +113,5 @@ def token_matches(header: str | None, expected: str | None) -> bool:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(value.strip().encode(), expected.encode())
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates; keep them as bytes (never equal).
+    return hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), expected.encode())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 import yaml
 from tradingd.config import Config
+from tradingd.logs import ProtocolErrorFilter
 from tradingd.supervisor import Supervisor
 from yarl import URL
 
@@ -254,21 +256,43 @@ async def test_fuzzed_specs_never_get_a_5xx(daemon: Supervisor, http: aiohttp.Cl
     await assert_alive(http, daemon)
 
 
-async def test_protocol_errors_and_slow_headers(daemon: Supervisor, http: aiohttp.ClientSession) -> None:
+async def raw_status(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        return status_line.split()[1]
+    finally:
+        writer.close()
+
+
+async def test_protocol_errors_and_slow_headers(
+    daemon: Supervisor, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
     port = daemon.port
+    # Header bytes that are not UTF-8 in a bearer token: a wrong token, not a crash.
+    assert await raw_status(port, b"GET /stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n") == b"403"
     # A known method no route has: routing answers, so the body is our JSON.
     async with http.patch(f"{base_url(daemon)}/runs") as resp:
         assert resp.status == 405 and "error" in await resp.json()
     # aiohttp's own parser refuses unknown methods and over-long headers before any handler or
     # middleware runs; its answer is a plain-text 400 that no public API can reshape.
-    for request in (b"FROB /runs HTTP/1.1\r\nHost: x\r\n\r\n",
-                    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        assert status_line.split()[1] == b"400", status_line
-        writer.close()
+    # Each is logged as one warning line, not a traceback (the filter tradingd.logs installs).
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(log_filter := ProtocolErrorFilter())
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiohttp.server"):
+            for request in (b"FROB /runs HTTP/1.1\r\nHost: x\r\n\r\n",
+                            b"GET /runs/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+                            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"):
+                assert await raw_status(port, request) == b"400"
+    finally:
+        server_log.removeFilter(log_filter)
+    bad = [r for r in caplog.records if r.name == "aiohttp.server"]
+    # aiohttp logs a bad method on a fresh connection at DEBUG (port scanners): two lines, not three.
+    assert len(bad) == 2 and all(r.levelno == logging.WARNING and r.exc_info is None for r in bad), bad
+    assert all(r.getMessage().startswith("bad HTTP request from 127.0.0.1: ") for r in bad), bad
     # A client that never finishes its headers is dropped after http.header_timeout (1 s here).
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")

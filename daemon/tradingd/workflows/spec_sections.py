@@ -53,12 +53,12 @@ PhaseKind = Literal["backtest", "training", "testing"]
 
 def check_safe_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is safe as one path component, else raise ``ValueError``."""
+    if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not allowed: use letters, digits, '_', '.', '-', starting with a letter or digit"
         )
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     return value
 
 
