@@ -18,9 +18,12 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from tradingd.config import Config
+from tradingd.config import Config, ConfigError, parse_config
 from tradingd.logs import ProtocolErrorFilter
 from tradingd.supervisor import Supervisor
+from tradingd.trading.loaders import sample_data_dir
+from tradingd.workflows.data_roots import allowed_data_roots
+from tradingd.workflows.service import load_startup_specs
 from yarl import URL
 
 from tests.conftest import base_url
@@ -302,3 +305,24 @@ async def test_protocol_errors_and_slow_headers(
     assert time.monotonic() - started < 20
     writer.close()
     await assert_alive(http, daemon)
+
+
+def test_default_data_roots_and_startup_workflows_outside_them(
+    config_dict: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    config = parse_config(config_dict(), name=str(tmp_path / "tradingd.yaml"))
+    assert allowed_data_roots(config) == (sample_data_dir(), config.state_dir / "stores", tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**BASE_SPECS[0], "data": {"source": "/etc/hostname"}}))
+    config = parse_config(config_dict(startup_workflows=["spec.yaml"]), name=str(tmp_path / "tradingd.yaml"))
+    with pytest.raises(ConfigError) as caught:
+        load_startup_specs(config)
+    [line] = caught.value.lines
+    assert line.startswith(f"{tmp_path / 'tradingd.yaml'}: startup_workflows.0: spec.yaml: data.source: /etc/hostname")
+    assert "outside the allowed data roots" in line
+    # Relative roots are relative to the config file; a file inside one is accepted.
+    (tmp_path / "prices").mkdir()
+    (tmp_path / "prices" / "SYM01.csv").write_text("timestamp,open,high,low,close\n")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**BASE_SPECS[0], "data": {"source": "prices/SYM01.csv"}}))
+    config = parse_config(config_dict(startup_workflows=["spec.yaml"], data={"allowed_roots": ["prices"]}),
+                          name=str(tmp_path / "tradingd.yaml"))
+    assert [spec.data.source for spec in load_startup_specs(config)] == [str(tmp_path / "prices" / "SYM01.csv")]
