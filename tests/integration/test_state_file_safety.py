@@ -91,8 +91,11 @@ def test_legacy_numpy_pandas_and_builtins_still_load(value: object, protocol: in
         (pd.eval, ("1 + 1",)),
         (np.load, ("/dev/null",)),
         (__import__, ("os",)),
+        (pd.HDFStore, ("/tmp/clobbered.h5", "w")),
+        (np.memmap, ("/tmp/clobbered.bin", np.uint8, "w+", 0, (1,))),
+        (pd.ExcelWriter, ("/tmp/clobbered.xlsx",)),
     ],
-    ids=["eval", "getattr", "pandas.eval", "numpy.load", "import"],
+    ids=["eval", "getattr", "pandas.eval", "numpy.load", "import", "HDFStore", "memmap", "ExcelWriter"],
 )
 def test_restricted_unpickler_refuses_callables(payload: tuple[object, tuple[object, ...]]) -> None:
     class Reduce:

@@ -17,6 +17,9 @@ import io
 import pickle
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 __all__ = ["LegacyPickleRefused", "load_legacy_pickle"]
 
 _BUILTINS = frozenset({
@@ -39,12 +42,19 @@ _TYPE_MODULES = (
     "numpy.dtypes", "pandas", "pandas.arrays",
 )
 _TYPE_PREFIXES = ("pandas.core.", "pandas._libs.")
-_REFUSED_PREFIXES = ("pandas.core.computation", "pandas._libs.testing")
+_REFUSED_PREFIXES = ("pandas.core.computation", "pandas._libs.testing", "pandas.io", "pandas.plotting")
 _RECONSTRUCTORS = frozenset({
     "_reconstruct", "scalar", "_frombuffer", "_unpickle_block", "_new_Index", "_new_DatetimeIndex",
     "_new_PeriodIndex", "_new_IntervalIndex", "_unpickle_timestamp", "_timedelta_unpickle",
     "__pyx_unpickle_NDArrayBacked", "_unpickle_period",
 })
+
+
+# What frames, series and indexes are made of, whatever module pandas says defines them.
+_PANDAS_DATA: tuple[type, ...] = (
+    pd.DataFrame, pd.Series, pd.Index, pd.api.extensions.ExtensionArray, pd.api.extensions.ExtensionDtype,
+    pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, pd.offsets.BaseOffset,
+)
 
 
 class LegacyPickleRefused(pickle.UnpicklingError):
@@ -57,13 +67,27 @@ def _admitted_module(module: str) -> bool:
     return module in _TYPE_MODULES or module.startswith(_TYPE_PREFIXES)
 
 
+def _admitted_class(found: type) -> bool:
+    """numpy arrays, scalars and dtypes (never ``memmap``, which opens files); pandas' data classes.
+
+    pandas re-exports I/O classes at the top level (``pandas.HDFStore`` opens
+    and truncates files), so a class is judged by the module it is defined in.
+    """
+    if issubclass(found, (np.ndarray, np.generic, np.dtype)):
+        return not issubclass(found, np.memmap)
+    if issubclass(found, _PANDAS_DATA):
+        return True
+    home = found.__module__ or ""  # public pandas classes say "pandas": those passed the check above
+    return home.startswith(_TYPE_PREFIXES) and not home.startswith(_REFUSED_PREFIXES)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if name in _EXACT.get(module, ()):
             return super().find_class(module, name)
         if _admitted_module(module) and "." not in name:
             found = getattr(importlib.import_module(module), name, None)
-            if isinstance(found, type) or name in _RECONSTRUCTORS:
+            if (isinstance(found, type) and _admitted_class(found)) or name in _RECONSTRUCTORS:
                 return super().find_class(module, name)
         raise LegacyPickleRefused(f"refusing global {module}.{name} (only numpy, pandas and builtin containers)")
 
