@@ -185,9 +185,8 @@ class OutcomesConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Where workflow specs may read market data (see tradingd.workflows.data_roots)."""
+    """Where specs may read market data; None: the bundled sample, <state_dir>/stores, data/ beside the config."""
 
-    # None: the bundled sample, <state_dir>/stores and data/ beside the config file.
     allowed_roots: list[Path] | None = None
 
 
@@ -370,11 +369,7 @@ _SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring = 2, 4, 4, 57
 
 
 def _short(value: object) -> str:
-    """At most ~60 characters of ``value``, without ever stringifying the whole of it.
-
-    A decoded YAML alias bomb is a small graph whose ``str()`` is gigabytes, and
-    ``str()`` of an int over 4,300 digits raises: both are cut short here.
-    """
+    """~60 characters of ``value`` without stringifying it whole (an alias bomb's ``str()`` is gigabytes)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 190:
         return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
     try:
