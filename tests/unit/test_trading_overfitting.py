@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -36,7 +37,8 @@ def test_psr_normal_returns_by_hand() -> None:
 
 
 def test_psr_with_skew_and_fat_tails_by_hand() -> None:
-    # sr 0.2, skew -1, kurtosis 6, 51 bars: variance 1 + 0.2 + 5/4 * 0.04 = 1.25; z = 0.2 * sqrt(50) / sqrt(1.25) = 1.264911
+    # sr 0.2, skew -1, kurtosis 6, 51 bars: variance 1 + 0.2 + 5/4 * 0.04 = 1.25;
+    # z = 0.2 * sqrt(50) / sqrt(1.25) = 1.264911
     assert probabilistic_sharpe_ratio(0.2, 0.0, 51, -1.0, 6.0) == pytest.approx(phi(1.264911), abs=1e-6)
     # Against a benchmark equal to the estimate the odds are even.
     assert probabilistic_sharpe_ratio(0.2, 0.2, 51, -1.0, 6.0) == pytest.approx(0.5)
@@ -112,7 +114,7 @@ def test_block_moments_give_the_sample_statistics() -> None:
 def test_block_bounds_cover_every_bar_once() -> None:
     bounds = block_bounds(103, 16)
     assert bounds[0][0] == 0 and bounds[-1][1] == 103
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     assert {stop - start for start, stop in bounds} <= {6, 7}
     with pytest.raises(ValueError):
         block_bounds(10, 16)

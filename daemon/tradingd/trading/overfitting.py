@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, pairwise
 from statistics import NormalDist
 
 import numpy as np
@@ -100,7 +100,7 @@ def block_bounds(n_bars: int, n_blocks: int) -> list[tuple[int, int]]:
     if n_blocks < 1 or n_bars < n_blocks:
         raise ValueError(f"cannot cut {n_bars} bars into {n_blocks} blocks")
     edges = [n_bars * i // n_blocks for i in range(n_blocks + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(pairwise(edges))
 
 
 def bar_returns(equity: Array, initial_equity: float) -> Array:

@@ -124,7 +124,7 @@ def _curve_returns(values: Sequence[float], initial: float) -> NDArray[np.float6
 def _metrics(returns: NDArray[np.float64], periods_per_year: float) -> dict[str, Any]:
     if returns.size == 0:
         return {"bars": 0, "total_return": None, "cagr": None, "sharpe": None, "max_drawdown": None}
-    equity = np.cumprod(1.0 + returns)[:, None]
+    equity = np.asarray(np.cumprod(1.0 + returns), dtype=np.float64)[:, None]
     dense = equity_metrics(equity, 1.0, periods_per_year, ("sharpe", "max_drawdown"))
     total = float(equity[-1, 0] - 1.0)
     return {
@@ -206,7 +206,7 @@ def stitch_walk_forward(
         "sharpe_across_symbols": across,
         "per_symbol": per_symbol,
         "missing": missing,
-        "window_bars": [int(len(c)) for c in next(iter(closes.values()), [])],
+        "window_bars": [len(c) for c in next(iter(closes.values()), [])],
         "pooled_curves": curves,  # growth of 1, one value per bar (for the run report's plot)
     }
 

@@ -342,6 +342,13 @@ class Sequencer:
             summary["out_of_sample"] = aggregate["out_of_sample"]
         if overfitting is not None:
             summary["overfitting"] = overfitting
+        if plan.settings.track_equity:  # the benchmark the report draws beside the equity curves
+            atomic_write_json(layout.root / "buy_and_hold.json", {
+                "format": "tradingd-buy-and-hold/1",
+                "what": "growth of 1 bought at the first bar's close and held, no costs",
+                "curves": {s: [round(float(v), 8) for v in self._slice(plan, s).close / self._slice(plan, s).close[0]]
+                           for s in self.data},
+            })
         if plan.name in self.model_keys:
             summary["models"] = self.model_keys[plan.name]
         atomic_write_json(layout.summary, summary)
