@@ -133,6 +133,9 @@ def _phase_plots(phase: PhaseData, heatmap: Heatmap | None) -> dict[str, Path]:
     if isinstance(histogram, dict) and histogram.get("counts"):
         pbo = phase.overfitting.get("pbo")
         title = f"{phase.name}: CSCV, {phase.overfitting.get('splits')} splits"
+        groups = histogram.get("groups")
+        if isinstance(groups, int) and groups > 1:
+            title += f" x {groups} symbols"
         p = _draw(directory, "pbo_logits.png", _plots.logit_histogram_png, histogram["edges"], histogram["counts"],
                   pbo if isinstance(pbo, int | float) else None, title)
         if p is not None:

@@ -180,6 +180,11 @@ def _phase_row(phase: PhaseData) -> str:
     if phase.out_of_sample:
         value = f"{fmt_metric(objective, phase.out_of_sample.get('mean'))} (mean over symbols)"
         chosen = "each symbol's training selection"
+    elif phase.selection_scope == "per_symbol" and (cells := phase.selected_cells()):
+        values = [v for c in cells if isinstance(v := c.metrics.get(objective), int | float)]
+        mean = sum(values) / len(values) if values else None
+        value = f"{fmt_metric(objective, mean)} (in sample, mean over symbols)"
+        chosen = "each symbol's first-ranked combination"
     else:
         value = fmt_metric(objective, (phase.best_metrics or {}).get(objective))
         chosen = ", ".join(f"{k}={fmt_number(v)}" for k, v in (phase.best_params or {}).items()) or "—"
@@ -201,6 +206,6 @@ def render_run_html(run: RunData, *, stitched: str | None, windows: int, plot_no
     head = ("<tr><th>phase</th><th>status</th><th>objective</th><th>value</th><th>parameters</th>"
             "<th>overfitting</th></tr>")
     parts.append("<h2>Phases</h2><p class=\"meta\">value: testing phases show the method's mean over symbols; "
-                 "other phases their best in-sample combination</p><table>" + head
+                 "other phases what they selected, in sample</p><table>" + head
                  + "".join(_phase_row(p) for p in run.phases) + "</table>")
     return _page(title, "\n".join(parts))

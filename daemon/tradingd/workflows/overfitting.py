@@ -75,10 +75,9 @@ def _histogram(logits: np.ndarray[Any, np.dtype[np.float64]]) -> dict[str, Any]:
     finite = logits[np.isfinite(logits)]
     if finite.size == 0:
         return {"edges": [], "counts": []}
-    low, high = float(finite.min()), float(finite.max())
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
-    counts, edges = np.histogram(finite, bins=_LOGIT_BINS, range=(low, high))
+    # Symmetric about 0 with an even number of bins, so 0 (the overfitting line) is a bin edge.
+    reach = max(float(np.abs(finite).max()), 0.5)
+    counts, edges = np.histogram(finite, bins=_LOGIT_BINS, range=(-reach, reach))
     return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}
 
 
@@ -154,7 +153,7 @@ def overfitting_summary(moments: Mapping[str, BlockMoments], selected: Mapping[s
         "dsr_significant_share": _finite(sum(1 for v in dsr if v >= SIGNIFICANT) / len(dsr)) if dsr else None,
         "psr_spread": _spread(psr),
         "dsr_spread": _spread(dsr),
-        "logit_histogram": _histogram(logits),
+        "logit_histogram": {**_histogram(logits), "groups": len(pooled_logits)},
         "logit_below_zero_share": _finite(float(np.mean(logits <= 0))) if logits.size else None,
         "per_symbol": per_symbol,
     }
