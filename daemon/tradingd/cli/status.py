@@ -20,6 +20,7 @@ from tradingd.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from tradingd.cli.tables import Style, render_kv, render_table
 from tradingd.config import load_config
 from tradingd.formatting import fmt_bytes, fmt_duration, fmt_number, fmt_percent, fmt_time
+from tradingd.reports.html import overfitting_mean
 from tradingd.reports.phase_data import RunData, load_run
 from tradingd.reports.sections import oos_headline, overfitting_headline
 from tradingd.workflows.spec import SAFE_NAME
@@ -179,9 +180,11 @@ def _honest_lines(run: RunData) -> list[str]:
                      f"sharpe {fmt_number(hold.get('sharpe'))})")
     elif tests := [p for p in run.phases if p.out_of_sample]:
         lines.extend(f"out of sample ({p.name}): {oos_headline(p.out_of_sample)}" for p in tests)
-    sweeps = [p for p in run.phases if p.overfitting]
+    sweeps = [p for p in run.phases if p.overfitting and not p.overfitting.get("error")]
     if 0 < len(sweeps) <= 3:
         lines.extend(f"overfitting ({p.name}): {overfitting_headline(p.overfitting)}" for p in sweeps)
+    elif sweeps:
+        lines.append(f"overfitting: {overfitting_mean(sweeps)}")
     return lines
 
 
@@ -207,7 +210,7 @@ def render_results(run_dir: Path, style: Style) -> str:
         if phase.out_of_sample:  # the method's mean, not the best single cell
             oos = phase.out_of_sample
             objective_value = f"{fmt_number(oos.get('mean'), m)} (mean of {oos.get('n_symbols')})"
-            params, metrics = "training's selection per symbol", {}
+            params, metrics = "training's selection, as handed", {}
         luck = m
         if phase.overfitting and not phase.overfitting.get("error"):
             o = phase.overfitting

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tradingd.formatting import fmt_number
+from tradingd.formatting import fmt_number, fmt_percent
 from tradingd.reports.heatmap import Heatmap
 from tradingd.reports.phase_data import Combination, PhaseData, RunData, higher_is_better
 from tradingd.reports.sections import (
@@ -23,7 +23,7 @@ from tradingd.reports.sections import (
     walk_forward_section,
 )
 
-__all__ = ["render_phase_html", "render_run_html"]
+__all__ = ["overfitting_mean", "render_phase_html", "render_run_html"]
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1100px;
@@ -168,11 +168,24 @@ def _run_lead(run: RunData, stitched: str | None, windows: int) -> list[str]:
             parts.append(f"<p class=\"lead\" id=\"oos-headline\">{esc(oos_headline(phase.out_of_sample))}</p>"
                          f"<p class=\"meta\">{esc(phase.name)}: each symbol's training selection, tested; "
                          f"<a href=\"{esc(phase.path.name)}/report.html\">per symbol</a></p>")
-    sweeps = [p for p in run.phases if p.overfitting]
+    sweeps = [p for p in run.phases if p.overfitting and not p.overfitting.get("error")]
     if sweeps and len(sweeps) <= 3:
         parts.append("<h2 id=\"overfitting\">Overfitting statistics</h2>")
         parts.extend(f"<p class=\"lead\">{esc(p.name)}: {esc(overfitting_headline(p.overfitting))}</p>" for p in sweeps)
+    elif sweeps:
+        parts.append("<h2 id=\"overfitting\">Overfitting statistics</h2>")
+        parts.append(f"<p class=\"lead\">{esc(overfitting_mean(sweeps))}</p>")
     return parts
+
+
+def overfitting_mean(sweeps: Sequence[PhaseData]) -> str:
+    """One line for many training phases (walk-forward windows): the mean of each figure."""
+    def mean(key: str) -> float | None:
+        values = [v for p in sweeps if isinstance(v := p.overfitting.get(key), int | float)]
+        return sum(values) / len(values) if values else None
+
+    return (f"{len(sweeps)} training phases, means: PSR {fmt_number(mean('psr'), digits=3)} · DSR "
+            f"{fmt_number(mean('dsr'), digits=3)} · PBO {fmt_percent(mean('pbo'), digits=0)}")
 
 
 def _phase_row(phase: PhaseData) -> str:
