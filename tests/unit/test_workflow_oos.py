@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from tradingd.config import ExecutorConfig
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import MarketData
 from tradingd.trading.strategies import expand_valid_grid
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.out_of_sample import BEST_CELL_LABEL, method_result, phase_headline, stitch_walk_forward
 from tradingd.workflows.overfitting import overfitting_summary, sweep_block_moments
+from tradingd.workflows.runs import WorkflowRun
+from tradingd.workflows.spec import parse_spec
 
 
 def _row(symbol: str, index: int, sharpe: float) -> dict[str, object]:
@@ -110,3 +117,58 @@ def test_walk_forward_stitching_chains_windows_and_keeps_buy_and_hold(tmp_path: 
     assert out["pooled"]["strategy"]["total_return"] == pytest.approx(strategy["total_return"])
     assert out["pooled_curves"]["strategy"][-1] == pytest.approx(1.089)
     assert out["window_bars"] == [2, 3] and out["missing"] == []
+
+
+async def _run(results_dir: Path, run_id: str, **spec: Any) -> WorkflowRun:
+    raw: dict[str, Any] = {"name": run_id, "data": {"source": "sample", "symbols": ["SYM01", "SYM02", "SYM03"]},
+                           "strategy": {"name": "sma_crossover", "grid": {"fast": [5, 10, 20], "slow": [30, 60, 90]}},
+                           "selection": {"top": 2}, "overfitting": {"blocks": 8}, **spec}
+    executor = create_executor(ExecutorConfig(max_workers=2))
+    try:
+        run = WorkflowRun(parse_spec(raw), run_id, results_dir)
+        await run.execute(RunServices(executor=executor), lambda: False)
+    finally:
+        await executor.close(10.0)
+    assert run.status == "completed", run.error
+    return run
+
+
+@pytest.mark.slow
+async def test_train_test_headline_is_each_symbols_training_pick_tested(tmp_path: Path) -> None:
+    run = await _run(tmp_path, "tt", type="train_test")
+    root = tmp_path / "tt"
+    handed = json.loads((root / "training" / "aggregate_results.json").read_text())["selection"]["by_symbol"]
+    tested = {}
+    for path in (root / "testing" / "containers").glob("*.json"):
+        doc = json.loads(path.read_text())
+        for row in doc["metrics"]:
+            tested[(doc["symbol"], row["index"])] = row["metrics"]["sharpe"]
+    expected = [tested[(symbol, indices[0])] for symbol, indices in sorted(handed.items())]
+    summary = json.loads((root / "testing" / "phase_summary.json").read_text())
+    assert summary["out_of_sample"]["mean"] == pytest.approx(sum(expected) / len(expected))
+    assert summary["out_of_sample"]["best_cell"]["objective"] == max(tested.values())
+    described = run.describe(detail=True)
+    assert described["results"]["out_of_sample"]["mean"] == summary["out_of_sample"]["mean"]
+    assert described["phases"][0]["results"]["overfitting"]["n_trials"] == 9
+    training = json.loads((root / "training" / "phase_summary.json").read_text())["overfitting"]
+    assert training["splits"] == math.comb(8, 4) and set(training["per_symbol"]) == set(handed)
+
+
+@pytest.mark.slow
+async def test_walk_forward_run_reports_the_stitched_out_of_sample_result(tmp_path: Path) -> None:
+    run = await _run(tmp_path, "wf", type="walk_forward",
+                     walk_forward={"train_bars": 400, "test_bars": 200, "max_windows": 2})
+    stitched = json.loads((tmp_path / "wf" / "out_of_sample.json").read_text())
+    assert stitched["windows"] == 2 and stitched["window_bars"] == [200, 200]
+    assert set(stitched["per_symbol"]) == {"SYM01", "SYM02", "SYM03"}
+    assert stitched["pooled"]["strategy"]["bars"] == 400
+    assert len(stitched["pooled_curves"]["buy_and_hold"]) == 400
+    described = run.describe(detail=True)
+    assert described["out_of_sample"]["pooled"] == stitched["pooled"]
+    assert "pooled_curves" not in described["out_of_sample"]
+    headline = described["results"]
+    assert headline["out_of_sample"]["stitched"] is True
+    assert headline["out_of_sample"]["mean"] == stitched["sharpe_across_symbols"]["mean"]
+    assert headline["overfitting"]["phases"] == 2
+    manifest = json.loads((tmp_path / "wf" / "manifest.json").read_text())
+    assert manifest["out_of_sample"]["pooled"] == stitched["pooled"]

@@ -32,6 +32,7 @@ __all__ = [
     "HEADLINE_METRICS",
     "method_result",
     "phase_headline",
+    "run_headline",
     "spread",
     "stitch_walk_forward",
 ]
@@ -223,4 +224,36 @@ def phase_headline(aggregate: Mapping[str, Any], overfitting: Mapping[str, Any] 
             out["best_cell"] = {key: best.get(key) for key in ("label", "symbol", "index", "objective")}
     if isinstance(overfitting, Mapping) and "error" not in overfitting:
         out["overfitting"] = {key: overfitting.get(key) for key in ("n_trials", "psr", "dsr", "pbo", "blocks")}
+    return out
+
+
+def run_headline(phases: Sequence[Mapping[str, Any]], stitched: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's headline for ``GET /runs`` and the dashboard: the method's out-of-sample result and its luck.
+
+    ``phases`` are the manifest's phase records (with their ``results``).
+    Walk-forward: the stitched Sharpe ratio across symbols and the pooled
+    curve's figures; the overfitting figures are means over the training
+    phases. Otherwise the last testing phase's result and the last sweep's
+    statistics.
+    """
+    out: dict[str, Any] = {}
+    results = [dict(p.get("results") or {}) for p in phases]
+    if stitched:
+        across = dict(stitched.get("sharpe_across_symbols") or {})
+        pooled = dict(stitched.get("pooled") or {})
+        out["out_of_sample"] = {"objective": "sharpe", "stitched": True, "windows": stitched.get("windows"),
+                                "n_symbols": across.get("n"), "mean": across.get("mean"),
+                                "median": across.get("median"), "share_positive": across.get("share_positive"),
+                                "pooled": pooled.get("strategy"), "buy_and_hold": pooled.get("buy_and_hold")}
+    else:
+        tested = [r["out_of_sample"] for r in results if r.get("out_of_sample")]
+        if tested:
+            out["out_of_sample"] = {**tested[-1], "stitched": False}
+    sweeps = [r["overfitting"] for r in results if r.get("overfitting")]
+    if sweeps:
+        figures = {}
+        for key in ("psr", "dsr", "pbo"):
+            values = [v for s in sweeps if (v := _number(s.get(key))) is not None]
+            figures[key] = math.fsum(values) / len(values) if values else None
+        out["overfitting"] = {**figures, "n_trials": sweeps[-1].get("n_trials"), "phases": len(sweeps)}
     return out

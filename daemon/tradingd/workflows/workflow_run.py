@@ -28,6 +28,7 @@ from tradingd.trading.strategy import StrategyError
 from tradingd.workflows.compute import load_data
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout
+from tradingd.workflows.out_of_sample import run_headline
 from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
 from tradingd.workflows.sequencer import RunInterrupted, Sequencer
@@ -213,6 +214,7 @@ class WorkflowRun:
             "finished_at": self.finished_at,
             "error": self.error,
             "progress": self.progress.as_dict(),
+            "results": run_headline(self.phase_records(), self.out_of_sample),
         }
         if detail:
             out["results_dir"] = str(self.layout.root)
