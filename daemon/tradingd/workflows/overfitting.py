@@ -19,6 +19,7 @@ ranked top rows.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from statistics import median
@@ -28,7 +29,7 @@ import numpy as np
 
 from tradingd.trading.data import MarketData
 from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, run_sweep
-from tradingd.trading.overfitting import BlockMoments, bar_returns, cscv, selection_statistics
+from tradingd.trading.overfitting import BlockMoments, Cscv, bar_returns, cscv, selection_statistics
 from tradingd.workflows.compute import backtest_config
 from tradingd.workflows.executor import Executor
 
@@ -84,7 +85,8 @@ def _histogram(logits: np.ndarray[Any, np.dtype[np.float64]]) -> dict[str, Any]:
 def overfitting_summary(moments: Mapping[str, BlockMoments], selected: Mapping[str, int], *,
                         scope: str, indices: Sequence[int] | None = None,
                         periods_per_year: Mapping[str, float] | None = None,
-                        budget_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, Any]:
+                        budget_bytes: int = DEFAULT_CHUNK_BYTES,
+                        computed: Mapping[str, Cscv] | None = None) -> dict[str, Any]:
     """The ``overfitting`` section: per symbol PSR/DSR/PBO of the selected combination, and overall.
 
     ``moments`` holds each symbol's block moments of every trial (columns in
@@ -94,7 +96,8 @@ def overfitting_summary(moments: Mapping[str, BlockMoments], selected: Mapping[s
     ``across_symbols`` one combination was chosen for all symbols, so PBO is
     computed once with each split's performance averaged over the symbols;
     with ``per_symbol`` each symbol is its own selection and PBO is per
-    symbol (the headline is their mean).
+    symbol (the headline is their mean); ``computed`` may hold those
+    per-symbol CSCV results already (computed in parallel elsewhere).
     """
     per_symbol: dict[str, dict[str, Any]] = {}
     pooled_logits: list[np.ndarray[Any, np.dtype[np.float64]]] = []
@@ -119,7 +122,7 @@ def overfitting_summary(moments: Mapping[str, BlockMoments], selected: Mapping[s
             "dsr": _finite(stats.dsr),
         }
         if scope != "across_symbols":
-            result = cscv([found], budget_bytes=budget_bytes)
+            result = computed[symbol] if computed and symbol in computed else cscv([found], budget_bytes=budget_bytes)
             row["pbo"] = _finite(result.pbo)
             pooled_logits.append(result.logits)
         per_symbol[symbol] = row
@@ -173,7 +176,6 @@ async def phase_overfitting(executor: Executor, data: Mapping[str, MarketData], 
     symbol too short for ``n_blocks`` blocks is left out, with a note.
     """
     columns = {int(i): c for c, i in enumerate(indices)} if indices is not None else None
-    moments: dict[str, BlockMoments] = {}
     selected: dict[str, int] = {}
     notes: list[str] = []
     for symbol, bars in data.items():
@@ -183,22 +185,38 @@ async def phase_overfitting(executor: Executor, data: Mapping[str, MarketData], 
         column = columns.get(chosen[0]) if columns is not None else chosen[0]
         if column is None or not 0 <= column < len(params):
             notes.append(f"{symbol}: the selected combination {chosen[0]} is not among the trials")
-            continue
-        if bars.n_bars < 2 * n_blocks:
+        elif bars.n_bars < 2 * n_blocks:
             notes.append(f"{symbol}: {bars.n_bars} bars are too few for {n_blocks} blocks")
-            continue
-        moments[symbol] = await executor.submit(sweep_block_moments, bars, strategy, list(params), dict(backtest),
-                                                n_blocks, budget_bytes)
-        selected[symbol] = column
+        else:
+            selected[symbol] = column
+    own_cscv = scope != "across_symbols"
+    trials, settings = list(params), dict(backtest)
+
+    async def one_symbol(symbol: str) -> tuple[BlockMoments, Cscv | None]:
+        return await executor.submit(_symbol_pass, data[symbol], strategy, trials, settings, n_blocks,
+                                     budget_bytes, own_cscv)
+
+    # One executor call per symbol, in parallel (the executor bounds how many run at once).
+    async with asyncio.TaskGroup() as group:
+        tasks = {symbol: group.create_task(one_symbol(symbol)) for symbol in selected}
+    moments = {symbol: task.result()[0] for symbol, task in tasks.items()}
+    computed = {symbol: found for symbol, task in tasks.items() if (found := task.result()[1]) is not None}
     ppy = {symbol: bars.periods_per_year for symbol, bars in data.items()}
     summary: dict[str, Any] = await executor.submit(_summary_call, moments, selected, scope, indices, ppy,
-                                                    budget_bytes)
+                                                    budget_bytes, computed)
     if notes:
         summary["notes"] = notes
     return summary
 
 
+def _symbol_pass(data: MarketData, strategy: str, params: Sequence[Mapping[str, Any]], backtest: Mapping[str, Any],
+                 n_blocks: int, budget_bytes: int, own_cscv: bool) -> tuple[BlockMoments, Cscv | None]:
+    moments = sweep_block_moments(data, strategy, params, backtest, n_blocks, budget_bytes)
+    return moments, cscv([moments], budget_bytes=budget_bytes) if own_cscv else None
+
+
 def _summary_call(moments: Mapping[str, BlockMoments], selected: Mapping[str, int], scope: str,
-                  indices: Sequence[int] | None, ppy: Mapping[str, float], budget_bytes: int) -> dict[str, Any]:
+                  indices: Sequence[int] | None, ppy: Mapping[str, float], budget_bytes: int,
+                  computed: Mapping[str, Cscv]) -> dict[str, Any]:
     return overfitting_summary(moments, selected, scope=scope, indices=indices, periods_per_year=ppy,
-                               budget_bytes=budget_bytes)
+                               budget_bytes=budget_bytes, computed=computed)
