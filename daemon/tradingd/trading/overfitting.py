@@ -65,6 +65,7 @@ DEFAULT_BLOCKS = 16
 _NORMAL = NormalDist()
 # Dispersion below this is rounding noise, not risk (as in trading.metrics).
 _NOISE_STD = 1e-12
+_CACHE_BYTES = 2**20
 
 
 def probabilistic_sharpe_ratio(sr: float, benchmark: float, n_obs: int, skew: float, kurtosis: float) -> float:
@@ -206,6 +207,18 @@ def _sharpe(n: Array | float, s1: Array, s2: Array) -> Array:
     return out
 
 
+def _block_sums(sums: Array, chosen: NDArray[np.intp]) -> Array:
+    """Row r: the sum of ``sums[b]`` over the blocks ``chosen[r]`` (splits × combinations).
+
+    Plain element-wise adds rather than a matrix product: BLAS would spread
+    small products over threads, which is slower on a busy machine.
+    """
+    out = sums[chosen[:, 0]]
+    for j in range(1, chosen.shape[1]):
+        out += sums[chosen[:, j]]
+    return out
+
+
 def _add_split_sharpe(out: Array, n: Array, s1: Array, s2: Array) -> None:
     """``out += `` the Sharpe ratio of each (split row, combination); ``s2`` is overwritten.
 
@@ -251,21 +264,20 @@ def cscv(groups: Sequence[BlockMoments], *, budget_bytes: int = 64 * 2**20) -> C
     if any(g.n_blocks != n_blocks or g.n_combinations != n_combos for g in groups):
         raise ValueError("every group needs the same blocks and combinations")
     splits = np.array(list(combinations(range(n_blocks), n_blocks // 2)), dtype=np.intp)
-    member = np.zeros((len(splits), n_blocks))
-    member[np.arange(len(splits))[:, None], splits] = 1.0
-    # Temporaries per split row: a few (combinations,) float arrays.
+    # Temporaries per split row: a few (combinations,) float arrays. Like the engine's chunks,
+    # the budget is an upper bound: arrays of about a MiB stay in cache, larger ones get slower.
     per_row = max(1, 6 * n_combos * 8)
-    step = max(1, budget_bytes // per_row)
+    step = max(1, min(budget_bytes, 6 * _CACHE_BYTES) // per_row)
     totals = [(float(g.count.sum()), g.sums[0].sum(axis=0), g.sums[1].sum(axis=0)) for g in groups]
     logits = np.empty(len(splits))
     for start in range(0, len(splits), step):
-        m_in = member[start:start + step]
-        rows = np.arange(len(m_in))
-        perf_in = np.zeros((len(m_in), n_combos))
-        perf_out = np.zeros((len(m_in), n_combos))
+        chosen_blocks = splits[start:start + step]
+        rows = np.arange(len(chosen_blocks))
+        perf_in = np.zeros((len(chosen_blocks), n_combos))
+        perf_out = np.zeros((len(chosen_blocks), n_combos))
         for g, (n_all, s1_all, s2_all) in zip(groups, totals, strict=True):
-            n_in = m_in @ g.count.astype(np.float64)
-            s1_in, s2_in = m_in @ g.sums[0], m_in @ g.sums[1]
+            n_in = g.count[chosen_blocks].sum(axis=1).astype(np.float64)
+            s1_in, s2_in = _block_sums(g.sums[0], chosen_blocks), _block_sums(g.sums[1], chosen_blocks)
             # Out of sample is the complement: the totals minus the in-sample sums.
             s1_out, s2_out = s1_all - s1_in, s2_all - s2_in
             _add_split_sharpe(perf_in, n_in, s1_in, s2_in)
@@ -276,7 +288,7 @@ def cscv(groups: Sequence[BlockMoments], *, budget_bytes: int = 64 * 2**20) -> C
         equal = np.count_nonzero(perf_out == chosen, axis=1)
         rank = below + (equal + 1) / 2.0  # average rank among ties, 1 = worst
         omega = rank / (n_combos + 1)
-        logits[start:start + len(m_in)] = np.log(omega / (1.0 - omega))
+        logits[start:start + len(chosen_blocks)] = np.log(omega / (1.0 - omega))
     # One combination: nothing was selected, so nothing can be overfit by selection.
     pbo = float(np.mean(logits <= 0.0)) if n_combos > 1 else math.nan
     return Cscv(pbo=pbo, logits=logits, n_splits=len(splits), n_blocks=n_blocks, n_combinations=n_combos)
