@@ -30,6 +30,7 @@ from tradingd.workflows.layout import PhaseLayout, read_json
 __all__ = [
     "BEST_CELL_LABEL",
     "HEADLINE_METRICS",
+    "buy_and_hold_document",
     "method_result",
     "phase_headline",
     "run_headline",
@@ -148,6 +149,15 @@ def _selected_curve(layout: PhaseLayout, symbol: str, index: int) -> list[float]
         if isinstance(curve, list) and curve:
             return [float(v) for v in curve]
     return None
+
+
+def buy_and_hold_document(closes: Mapping[str, NDArray[np.float64]]) -> dict[str, Any]:
+    """``buy_and_hold.json``: each symbol's growth of 1 over a phase's bars (bought at the first close, no costs)."""
+    return {
+        "format": "tradingd-buy-and-hold/1",
+        "what": "growth of 1 bought at the first bar's close and held, no costs",
+        "curves": {symbol: [round(float(v), 8) for v in close / close[0]] for symbol, close in closes.items()},
+    }
 
 
 def stitch_walk_forward(

@@ -30,7 +30,7 @@ from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
 from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
 from tradingd.workflows.layout import PhaseLayout, RunLayout
-from tradingd.workflows.out_of_sample import phase_headline, stitch_walk_forward
+from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, stitch_walk_forward
 from tradingd.workflows.overfitting import phase_overfitting
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
@@ -343,12 +343,8 @@ class Sequencer:
         if overfitting is not None:
             summary["overfitting"] = overfitting
         if plan.settings.track_equity:  # the benchmark the report draws beside the equity curves
-            atomic_write_json(layout.root / "buy_and_hold.json", {
-                "format": "tradingd-buy-and-hold/1",
-                "what": "growth of 1 bought at the first bar's close and held, no costs",
-                "curves": {s: [round(float(v), 8) for v in self._slice(plan, s).close / self._slice(plan, s).close[0]]
-                           for s in self.data},
-            })
+            atomic_write_json(layout.root / "buy_and_hold.json",
+                              buy_and_hold_document({s: self._slice(plan, s).close for s in self.data}))
         if plan.name in self.model_keys:
             summary["models"] = self.model_keys[plan.name]
         atomic_write_json(layout.summary, summary)
