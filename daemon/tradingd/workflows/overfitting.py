@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Mapping, Sequence
 from statistics import median
 from typing import Any
@@ -189,6 +190,7 @@ async def phase_overfitting(executor: Executor, data: Mapping[str, MarketData], 
             notes.append(f"{symbol}: {bars.n_bars} bars are too few for {n_blocks} blocks")
         else:
             selected[symbol] = column
+    started = time.perf_counter()
     own_cscv = scope != "across_symbols"
     trials, settings = list(params), dict(backtest)
 
@@ -206,6 +208,7 @@ async def phase_overfitting(executor: Executor, data: Mapping[str, MarketData], 
                                                     budget_bytes, computed)
     if notes:
         summary["notes"] = notes
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)  # the pass's cost, for the operator
     return summary
 
 
