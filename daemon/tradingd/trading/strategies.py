@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tradingd.trading.ml import MLClassifier
-from tradingd.trading.rules import AdaptiveTrend, EmaCrossover, Momentum, SmaCrossover, ZScoreMeanReversion
+from tradingd.trading.rules import (
+    AdaptiveTrend,
+    EmaCrossover,
+    Momentum,
+    SmaCrossover,
+    SmaTrendStops,
+    ZScoreMeanReversion,
+)
 from tradingd.trading.strategy import Strategy, StrategyConstraintError, StrategyError
 
 __all__ = [
@@ -30,7 +37,7 @@ MAX_GRID = 1_000_000
 _REGISTRY: dict[str, Strategy] = {
     strategy.name: strategy
     for strategy in (SmaCrossover(), EmaCrossover(), Momentum(), ZScoreMeanReversion(), AdaptiveTrend(),
-                     MLClassifier())
+                     SmaTrendStops(), MLClassifier())
 }
 
 
