@@ -254,4 +254,5 @@ class SmaTrendStops(Strategy):
         # Hits since the regime began: the count now minus the count before its first bar.
         hits = np.cumsum(hit, axis=0, dtype=np.int32)
         before = np.take_along_axis(hits - hit, start_row, axis=0)
-        return (regime & (hits == before)).astype(np.float64)
+        out: Array = (regime & (hits == before)).astype(np.float64)
+        return out

@@ -109,6 +109,8 @@ class RunServices:
     on_trades: TradeSink | None = None
     # Models trained in this process, for when there is no registry (one-shot runs).
     local_models: dict[str, Any] = field(default_factory=dict)
+    # Where smart searches keep their Optuna studies (default: the run's results dir).
+    search_dir: Path | None = None
 
 
 def load_completed(path: Path, *, container_id: str, fingerprint: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from tradingd.reports import publish_phase_report
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.tasks import TaskScheduler
 from tradingd.trading.data import MarketData
+from tradingd.trading.metrics import HIGHER_IS_BETTER
 from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
@@ -32,6 +33,8 @@ from tradingd.workflows.container import Container, ModelStore, RunServices, loa
 from tradingd.workflows.layout import PhaseLayout, RunLayout
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
+from tradingd.workflows.search import Objectives, PhaseSearch, SearchStudy, completed_batch, read_objectives
+from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.spec import WorkflowSpec
 
 __all__ = ["RunInterrupted", "Sequencer"]
@@ -63,7 +66,8 @@ class Sequencer:
         self.run_id = run_id
         self.layout = layout
         self.data = dict(data)
-        self.grid = [dict(p) for p in grid]
+        # A search space is indexed, never expanded (it may be far larger than any grid).
+        self.grid: Sequence[Mapping[str, Any]] = grid if isinstance(grid, ParameterSpace) else [dict(p) for p in grid]
         self.services = services
         self.progress = progress
         self.fingerprint = spec.fingerprint()
@@ -75,6 +79,7 @@ class Sequencer:
         self._trainable = get_strategy(spec.strategy.name).trainable
         self._planned: dict[str, tuple[int, int]] = {}
         self._slices: dict[tuple[str, str], MarketData] = {}
+        self.searches: dict[str, PhaseSearch] = {}  # phase -> its finished (or stopped) search
         for plan in self.plans:
             count, units = self._estimate(plan)
             self._planned[plan.name] = (count, units)
@@ -86,6 +91,10 @@ class Sequencer:
 
     def _estimate(self, plan: PhasePlan) -> tuple[int, int]:
         """Containers and work units before the phase runs (a testing phase's grid is not known yet)."""
+        if self._searching(plan):
+            assert self.spec.search is not None
+            batches = -(-self.spec.search.trials // self.spec.search.batch)
+            return batches * len(plan.bounds), sum((b - a) * self.spec.search.trials for a, b in plan.bounds.values())
         combos = len(self.grid) if plan.kind != "testing" else min(self.spec.selection.top, len(self.grid))
         chunks = math.ceil(combos / self.spec.execution.chunk_size)
         units = sum((stop - start) * combos for start, stop in plan.bounds.values())
@@ -113,6 +122,40 @@ class Sequencer:
         plan.status, plan.started_at = "running", time.time()
         self._on_change()
         phase_layout = self.layout.phase(plan.name)
+        if self._searching(plan):
+            resumed = await self._run_search(plan, phase_layout)
+        else:
+            resumed = await self._run_grid(plan, phase_layout)
+        if self._should_stop():
+            plan.status = "interrupted"
+            self._on_change()
+            raise RunInterrupted(f"stopped during phase {plan.name}")
+        aggregate, facts = await asyncio.to_thread(
+            aggregate_phase,
+            layout=phase_layout,
+            phase=plan.name,
+            kind=plan.kind,
+            strategy=self.spec.strategy.name,
+            container_ids=plan.container_ids,
+            fingerprint=self.fingerprint,
+            objective=self.spec.objective,
+            selection=self.spec.selection,
+            report_top=self.spec.report_top,
+        )
+        self.selections[plan.name] = aggregate["selection"]["by_symbol"]
+        if self._trainable and plan.kind == "training":
+            await self._train_selected(plan, self.selections[plan.name])
+        plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
+        plan.counts["resumed"] = resumed
+        plan.status = "completed" if facts.count("completed") == len(plan.container_ids) else "failed"
+        plan.finished_at = time.time()
+        await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts)
+        self._on_change()
+        # Reads the files just written; never raises (a report is not worth failing a run for).
+        await publish_phase_report(phase_layout.root)
+
+    async def _run_grid(self, plan: PhasePlan, phase_layout: PhaseLayout) -> int:
+        """Run the phase's containers over its whole grid; how many were already completed."""
         containers = self._containers(plan, phase_layout)
         plan.container_ids = [c.id for c in containers]
         planned_count, planned_units = self._planned[plan.name]
@@ -136,33 +179,54 @@ class Sequencer:
                     container.attach_models([await self._model(plan.source_phase, container.symbol, i, leases)
                                              for i in container.indices])
             await self._run_containers(plan, todo)
-        if self._should_stop():
-            plan.status = "interrupted"
+        return resumed
+
+    # --- search (spec.search: Optuna proposes, batches run as containers) --------------------
+
+    def _searching(self, plan: PhasePlan) -> bool:
+        return self.spec.search is not None and plan.kind != "testing"
+
+    async def _run_search(self, plan: PhasePlan, layout: PhaseLayout) -> int:
+        """Run the phase's search batch by batch; how many containers were already completed."""
+        assert self.spec.search is not None and isinstance(self.grid, ParameterSpace)
+        folder = self.services.search_dir or self.layout.root / "search"
+        study = SearchStudy(folder / f"{self.run_id}.db", f"{plan.name}@{self.fingerprint}", self.spec.search,
+                            self.grid, maximize=HIGHER_IS_BETTER.get(self.spec.objective, True))
+        bars = sum(stop - start for start, stop in plan.bounds.values())
+        plan.container_ids = []
+        resumed = 0
+
+        async def evaluate(batch: int, indices: list[int], compute: bool) -> Objectives:
+            nonlocal resumed
+            containers = [self._container(plan, layout, symbol, f"{symbol}-s{batch:04d}", indices)
+                          for symbol in self.data]
+            plan.container_ids.extend(c.id for c in containers)
+            docs = await asyncio.to_thread(self._batch_results, containers)
+            todo = [c for c in containers if docs[c.symbol] is None]
+            resumed += len(containers) - len(todo)
+            for container in containers:
+                if docs[container.symbol] is not None:
+                    self.progress.skip(container.work_units)
+            if compute and todo:
+                await self._run_containers(plan, todo)
+                docs = await asyncio.to_thread(self._batch_results, containers)
+            return read_objectives(docs, self.spec.objective)
+
+        def on_batch(status: dict[str, Any], slots: int, evaluated: int) -> None:
+            # Repeats and rejected sets cost nothing: take them off the work left (and the ETA).
+            self.progress.skip((slots - evaluated) * bars, 0 if evaluated else len(self.data))
+            self.progress.search = status
             self._on_change()
-            raise RunInterrupted(f"stopped during phase {plan.name}")
-        aggregate, facts = await asyncio.to_thread(
-            aggregate_phase,
-            layout=phase_layout,
-            phase=plan.name,
-            kind=plan.kind,
-            strategy=self.spec.strategy.name,
-            container_ids=plan.container_ids,
-            fingerprint=self.fingerprint,
-            objective=self.spec.objective,
-            selection=self.spec.selection,
-            report_top=self.spec.report_top,
-        )
-        self.selections[plan.name] = aggregate["selection"]["by_symbol"]
-        if self._trainable and plan.kind == "training":
-            await self._train_selected(plan, self.selections[plan.name])
-        plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
-        plan.counts["resumed"] = resumed
-        plan.status = "completed" if facts.count("completed") == len(containers) else "failed"
-        plan.finished_at = time.time()
-        await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts)
-        self._on_change()
-        # Reads the files just written; never raises (a report is not worth failing a run for).
-        await publish_phase_report(phase_layout.root)
+
+        search = PhaseSearch(study, symbols=list(self.data), evaluate=evaluate, should_stop=self._should_stop,
+                             on_batch=on_batch)
+        self.searches[plan.name] = search
+        await search.run()
+        return resumed
+
+    def _batch_results(self, containers: Sequence[Container]) -> dict[str, dict[str, Any] | None]:
+        return {c.symbol: completed_batch(c.path, container_id=c.id, fingerprint=self.fingerprint,
+                                          indices=c.indices) for c in containers}
 
     def _already_completed(self, containers: Sequence[Container]) -> set[str]:
         return {
@@ -199,7 +263,6 @@ class Sequencer:
 
     def _containers(self, plan: PhasePlan, layout: PhaseLayout) -> list[Container]:
         chunk = self.spec.execution.chunk_size
-        backtest = self.spec.backtest.model_dump(mode="json")
         out: list[Container] = []
         for symbol in self.data:
             if plan.kind == "testing":
@@ -207,25 +270,28 @@ class Sequencer:
                 indices = self.selections.get(plan.source_phase, {}).get(symbol, [])
             else:
                 indices = list(range(len(self.grid)))
-            data = self._slice(plan, symbol)
             for number, start in enumerate(range(0, len(indices), chunk)):
-                part = indices[start:start + chunk]
-                out.append(Container(
-                    container_id=f"{symbol}-{number:04d}",
-                    run_id=self.run_id,
-                    phase=plan.name,
-                    layout=layout,
-                    data=data,
-                    strategy=self.spec.strategy.name,
-                    indices=part,
-                    params=[self.grid[i] for i in part],
-                    backtest=backtest,
-                    settings=plan.settings,
-                    fingerprint=self.fingerprint,
-                    services=self.services,
-                    batch_size=self.spec.execution.batch_size,
-                ))
+                out.append(self._container(plan, layout, symbol, f"{symbol}-{number:04d}",
+                                           indices[start:start + chunk]))
         return out
+
+    def _container(self, plan: PhasePlan, layout: PhaseLayout, symbol: str, container_id: str,
+                   indices: Sequence[int]) -> Container:
+        return Container(
+            container_id=container_id,
+            run_id=self.run_id,
+            phase=plan.name,
+            layout=layout,
+            data=self._slice(plan, symbol),
+            strategy=self.spec.strategy.name,
+            indices=indices,
+            params=[self.grid[i] for i in indices],
+            backtest=self.spec.backtest.model_dump(mode="json"),
+            settings=plan.settings,
+            fingerprint=self.fingerprint,
+            services=self.services,
+            batch_size=self.spec.execution.batch_size,
+        )
 
     # --- models (trainable strategies) ----------------------------------------------
 
@@ -304,6 +370,10 @@ class Sequencer:
         }
         if plan.name in self.model_keys:
             summary["models"] = self.model_keys[plan.name]
+        if plan.name in self.searches:
+            search = self.searches[plan.name]
+            summary["search"] = {**search.status(), "file": "search.json"}
+            atomic_write_json(layout.root / "search.json", search.document())
         atomic_write_json(layout.summary, summary)
 
 
