@@ -125,9 +125,10 @@ def expand_valid_grid(strategy: str, grid: Mapping[str, Sequence[Any]], *,
 def check_search_space(strategy: str, grid: Mapping[str, Sequence[Any]]) -> None:
     """Check every value of a search space without expanding it (StrategyError names the bad one).
 
-    Each axis is varied alone from the first value of every other axis;
-    combinations that merely do not fit together (StrategyConstraintError)
-    are fine here, since a search skips them.
+    Each axis is varied alone from the first value of every other axis (the
+    strategy's error names the parameter and value); combinations that merely
+    do not fit together (StrategyConstraintError) are fine here, since a
+    search skips them.
     """
     impl = get_strategy(strategy)
     for key, values in grid.items():
@@ -140,5 +141,3 @@ def check_search_space(strategy: str, grid: Mapping[str, Sequence[Any]]) -> None
                 impl.validate_params({**base, key: value})
             except StrategyConstraintError:
                 continue
-            except StrategyError as exc:
-                raise StrategyError(f"{key}={value!r}: {exc}") from None
