@@ -32,14 +32,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import optuna
+import sqlalchemy
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
@@ -93,6 +96,47 @@ def _sampler(method: str, seed: int, batch: int) -> BaseSampler:
     return TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
+class SlotSampler(BaseSampler):
+    """The study's one sampler: a fresh, freshly seeded sampler for every slot it is pointed at.
+
+    One study object (and Optuna's trial cache with it) serves the whole
+    search; only the sampler behind it changes from slot to slot.
+    """
+
+    def __init__(self, method: str, batch: int) -> None:
+        self.method = method
+        self.batch = batch
+        self.inner: BaseSampler = _sampler(method, 0, batch)
+
+    def seat(self, seed: int) -> None:
+        self.inner = _sampler(self.method, seed, self.batch)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        pass  # seeds come from the slot, never from the process
+
+
+def _relaxed_sync(connection: Any, record: Any) -> None:
+    connection.execute("PRAGMA synchronous=NORMAL")
+
+
 def slot_seed(seed: int, batch: int, position: int) -> int:
     """The sampler seed of one slot of one batch (independent of which process asks)."""
     return int(np.random.SeedSequence([seed, batch, position]).generate_state(1)[0] >> 1)
@@ -114,6 +158,8 @@ class SearchStudy:
             for axis in self.axes
         }
         self._storage: optuna.storages.RDBStorage | None = None
+        self._study_obj: optuna.Study | None = None
+        self._sampler = SlotSampler(search.method, search.batch)
 
     def __repr__(self) -> str:
         return f"<SearchStudy {self.name} {self.search.method} in {self.path}>"
@@ -121,20 +167,30 @@ class SearchStudy:
     def open(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is too many for a daemon log
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._storage = optuna.storages.RDBStorage(f"sqlite:///{self.path}")
-        optuna.create_study(study_name=self.name, storage=self._storage, direction=self.direction,
-                            load_if_exists=True)
+        # Optuna commits a dozen times per trial; fsyncing each made asking a batch take seconds.
+        # WAL with synchronous=NORMAL survives a killed process (what resume needs); after a power
+        # loss the last trials may be gone, and are asked again with the same seeds, while their
+        # containers' result files (fsynced) keep them from being evaluated twice.
+        with closing(sqlite3.connect(self.path)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+        self._storage = optuna.storages.RDBStorage(f"sqlite:///{self.path}",
+                                                   engine_kwargs={"connect_args": {"timeout": 60}})
+        sqlalchemy.event.listen(self._storage.engine, "connect", _relaxed_sync)
+        self._storage.engine.dispose()  # connections opened from now on get the pragma
+        self._study_obj = optuna.create_study(study_name=self.name, storage=self._storage, direction=self.direction,
+                                              sampler=self._sampler, load_if_exists=True)
 
     def close(self) -> None:
+        self._study_obj = None
         if self._storage is not None:
             self._storage.remove_session()
             self._storage.engine.dispose()
             self._storage = None
 
-    def _study(self, sampler: BaseSampler | None = None) -> optuna.Study:
-        if self._storage is None:
+    def _study(self) -> optuna.Study:
+        if self._study_obj is None:
             raise RuntimeError(f"{self!r} is not open")
-        return optuna.load_study(study_name=self.name, storage=self._storage, sampler=sampler)
+        return self._study_obj
 
     def n_batches(self) -> int:
         return -(-self.search.trials // self.search.batch)
@@ -165,8 +221,8 @@ class SearchStudy:
         if len(found) == size:
             return found
         for position in range(len(found), size):
-            sampler = _sampler(self.search.method, slot_seed(self.search.seed, batch, position), self.search.batch)
-            self._study(sampler).ask(self.distributions)
+            self._sampler.seat(slot_seed(self.search.seed, batch, position))
+            self._study().ask(self.distributions)
         return self.slots()[start:start + size]
 
     def tell(self, number: int, value: float | None) -> None:
