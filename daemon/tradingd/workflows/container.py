@@ -148,6 +148,8 @@ class Container:
         fingerprint: str,
         services: RunServices,
         batch_size: int,
+        history: MarketData | None = None,
+        outcome_filter: Mapping[str, Any] | None = None,
     ) -> None:
         self.id = container_id
         self.run_id = run_id
@@ -168,6 +170,8 @@ class Container:
         self._services = services
         self._batch_size = max(1, batch_size)
         self._models: list[Any] | None = None
+        self._history = history  # outcome_filter: the bars up to this container's last one
+        self._outcome_filter = dict(outcome_filter) if outcome_filter is not None else None
         self._trace = TraceConfig(
             types=settings.event_tracing,
             policy=settings.retention_policy,
@@ -243,6 +247,8 @@ class Container:
                 backtest=self._backtest,
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
+                history=self._history,
+                outcome_filter=self._outcome_filter,
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
@@ -303,6 +309,7 @@ class Container:
         finally:
             # Drop what the result held; the file is the record from now on.
             self._data = None
+            self._history = None
             self._models = None
             self._rows = []
             self._equity = {}

@@ -48,12 +48,10 @@ from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from tradingd.trading.strategy import StrategyConstraintError
-from tradingd.workflows.container import load_completed
 from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.spec import SearchSpec
 
-__all__ = ["SEARCH_FORMAT", "BatchEvaluator", "PhaseSearch", "SearchStudy", "TrialRecord", "completed_batch",
-           "read_objectives"]
+__all__ = ["SEARCH_FORMAT", "BatchEvaluator", "Objectives", "PhaseSearch", "SearchStudy", "TrialRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -357,22 +355,3 @@ class PhaseSearch:
             ],
         }
 
-
-def completed_batch(path: Path, *, container_id: str, fingerprint: str,
-                    indices: Sequence[int]) -> dict[str, Any] | None:
-    """The completed result at ``path`` if it holds exactly ``indices`` (a batch is never run twice)."""
-    doc = load_completed(path, container_id=container_id, fingerprint=fingerprint)
-    if doc is None or [int(p.get("index", -1)) for p in doc.get("parameters") or []] != list(indices):
-        return None
-    return doc
-
-
-def read_objectives(docs: Mapping[str, dict[str, Any] | None], objective: str) -> Objectives:
-    """``{index: {symbol: value}}`` from the batch's result documents by symbol (None: no finite value)."""
-    out: Objectives = {}
-    for symbol, doc in docs.items():
-        for row in (doc or {}).get("metrics") or []:
-            value = (row.get("metrics") or {}).get(objective)
-            finite = isinstance(value, int | float) and math.isfinite(value)
-            out.setdefault(int(row["index"]), {})[symbol] = float(value) if finite and value is not None else None
-    return out

@@ -31,9 +31,11 @@ from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
 from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
 from tradingd.workflows.layout import PhaseLayout, RunLayout
+from tradingd.workflows.outcome_summary import outcome_filter_summary
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
-from tradingd.workflows.search import Objectives, PhaseSearch, SearchStudy, completed_batch, read_objectives
+from tradingd.workflows.search import PhaseSearch, SearchStudy
+from tradingd.workflows.search_batches import ContainerBatches
 from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.spec import WorkflowSpec
 
@@ -194,23 +196,11 @@ class Sequencer:
                             self.grid, maximize=HIGHER_IS_BETTER.get(self.spec.objective, True))
         bars = sum(stop - start for start, stop in plan.bounds.values())
         plan.container_ids = []
-        resumed = 0
-
-        async def evaluate(batch: int, indices: list[int], compute: bool) -> Objectives:
-            nonlocal resumed
-            containers = [self._container(plan, layout, symbol, f"{symbol}-s{batch:04d}", indices)
-                          for symbol in self.data]
-            plan.container_ids.extend(c.id for c in containers)
-            docs = await asyncio.to_thread(self._batch_results, containers)
-            todo = [c for c in containers if docs[c.symbol] is None]
-            resumed += len(containers) - len(todo)
-            for container in containers:
-                if docs[container.symbol] is not None:
-                    self.progress.skip(container.work_units)
-            if compute and todo:
-                await self._run_containers(plan, todo)
-                docs = await asyncio.to_thread(self._batch_results, containers)
-            return read_objectives(docs, self.spec.objective)
+        batches = ContainerBatches(symbols=list(self.data), fingerprint=self.fingerprint,
+                                   objective=self.spec.objective, progress=self.progress,
+                                   container_ids=plan.container_ids,
+                                   make=lambda symbol, cid, ids: self._container(plan, layout, symbol, cid, ids),
+                                   run=lambda containers: self._run_containers(plan, containers))
 
         def on_batch(status: dict[str, Any], slots: int, evaluated: int) -> None:
             # Repeats and rejected sets cost nothing: take them off the work left (and the ETA).
@@ -218,15 +208,10 @@ class Sequencer:
             self.progress.search = status
             self._on_change()
 
-        search = PhaseSearch(study, symbols=list(self.data), evaluate=evaluate, should_stop=self._should_stop,
-                             on_batch=on_batch)
-        self.searches[plan.name] = search
+        self.searches[plan.name] = search = PhaseSearch(study, symbols=list(self.data), evaluate=batches,
+                                                        should_stop=self._should_stop, on_batch=on_batch)
         await search.run()
-        return resumed
-
-    def _batch_results(self, containers: Sequence[Container]) -> dict[str, dict[str, Any] | None]:
-        return {c.symbol: completed_batch(c.path, container_id=c.id, fingerprint=self.fingerprint,
-                                          indices=c.indices) for c in containers}
+        return batches.resumed
 
     def _already_completed(self, containers: Sequence[Container]) -> set[str]:
         return {
@@ -291,7 +276,17 @@ class Sequencer:
             fingerprint=self.fingerprint,
             services=self.services,
             batch_size=self.spec.execution.batch_size,
+            **self._outcome_filter(plan, symbol),
         )
+
+    def _outcome_filter(self, plan: PhasePlan, symbol: str) -> dict[str, Any]:
+        """Container arguments for spec.outcome_filter: testing phases see the symbol's bars up to theirs."""
+        if self.spec.outcome_filter is None or plan.kind != "testing":
+            return {}
+        key = (f"{plan.name}#history", symbol)
+        if key not in self._slices:
+            self._slices[key] = self.data[symbol].slice(0, plan.bounds[symbol][1])
+        return {"history": self._slices[key], "outcome_filter": self.spec.outcome_filter.model_dump(mode="json")}
 
     # --- models (trainable strategies) ----------------------------------------------
 
@@ -370,6 +365,11 @@ class Sequencer:
         }
         if plan.name in self.model_keys:
             summary["models"] = self.model_keys[plan.name]
+        if self.spec.outcome_filter is not None and plan.kind == "testing":
+            effect = outcome_filter_summary(layout, plan.container_ids, self.spec.objective,
+                                            self.spec.outcome_filter.model_dump(mode="json"))
+            if effect is not None:
+                summary["outcome_filter"] = effect
         if plan.name in self.searches:
             search = self.searches[plan.name]
             summary["search"] = {**search.status(), "file": "search.json"}
