@@ -55,6 +55,8 @@ async def test_a_searched_train_test_run_records_every_trial_and_tests_its_selec
     summary = read(training / "phase_summary.json")
     assert summary["search"]["best"] == doc["best"] and summary["search"]["file"] == "search.json"
     assert run.describe()["progress"]["search"]["trials_done"] == 20
+    report = (training / "report.html").read_text()
+    assert 'id="search"' in report and f"{doc['evaluated']} parameter sets evaluated" in report
     # Testing tests what training selected, by the search space's index.
     selection = aggregate["selection"]
     tested = read(tmp_path / "results" / "searched" / "testing" / "containers" / "SYM01-0000.json")
@@ -85,6 +87,10 @@ async def test_an_outcome_filtered_walk_forward_reports_both_sides(tmp_path: Pat
         row = container["metrics"][0]
         assert set(row["outcome_filter"]) == {"entries", "skipped", "scaled"}
         assert row["unfiltered_metrics"].keys() == row["metrics"].keys()
+        report = (tmp_path / "results" / "filtered" / window / "report.html").read_text()
+        assert "Outcome filter: filtered vs unfiltered" in report and f"{effect['skipped']} skipped" in report
+    run_report = (tmp_path / "results" / "filtered" / "report.html").read_text()
+    assert "Outcome filter, per testing phase" in run_report and "window-001-testing" in run_report
     # Training phases are never filtered.
     training = read(tmp_path / "results" / "filtered" / "window-000-training" / "phase_summary.json")
     assert "outcome_filter" not in training

@@ -13,6 +13,7 @@ from typing import Any
 from tradingd.formatting import fmt_number, fmt_percent
 from tradingd.reports.heatmap import Heatmap
 from tradingd.reports.phase_data import Combination, PhaseData, RunData, higher_is_better
+from tradingd.reports.research_sections import outcome_filter_phase_html, outcome_filter_run_html, search_phase_html
 
 __all__ = ["render_phase_html", "render_run_html"]
 
@@ -126,6 +127,7 @@ def render_phase_html(
     returns = f"<p class=\"meta\">{len(trade_returns)} closed trades {whose}</p>" if trade_returns else ""
     missing = "no closed trades recorded (trades are kept with retention_policy trade_complete)"
     parts.append(returns + _img(plots.get("returns"), "distribution of trade returns", missing))
+    parts.append(search_phase_html(phase.summary) + outcome_filter_phase_html(phase.summary))
     parts.append("<h2>Ranking</h2>" + _top_table(phase.combinations, phase.objective))
     return _page(title, "\n".join(parts))
 
@@ -154,4 +156,5 @@ def render_run_html(run: RunData, *, stitched: str | None, windows: int, plot_no
         )
     head = "<tr><th>phase</th><th>status</th><th>objective</th><th>value</th><th>best parameters</th></tr>"
     parts.append("<h2>Phases</h2><table>" + head + "".join(rows) + "</table>")
+    parts.append(outcome_filter_run_html([(phase.name, phase.summary) for phase in run.phases]))
     return _page(title, "\n".join(parts))
