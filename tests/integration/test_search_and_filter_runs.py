@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tradingd.workflows.container import RunServices
+from tradingd.workflows.process_executor import ProcessExecutor
 from tradingd.workflows.runs import WorkflowRun
 from tradingd.workflows.spec import parse_spec
 from tradingd.workflows.thread_executor import ThreadExecutor
@@ -94,3 +95,26 @@ async def test_an_outcome_filtered_walk_forward_reports_both_sides(tmp_path: Pat
     # Training phases are never filtered.
     training = read(tmp_path / "results" / "filtered" / "window-000-training" / "phase_summary.json")
     assert "outcome_filter" not in training
+
+
+@pytest.mark.slow
+async def test_the_outcome_filter_gives_the_same_figures_in_worker_processes(tmp_path: Path,
+                                                                           services: RunServices) -> None:
+    doc = {
+        "type": "walk_forward", "data": {"source": "sample", "symbols": ["SYM01", "SYM02"]},
+        "strategy": {"name": "sma_crossover", "grid": {"fast": [5, 10], "slow": [20, 40]}},
+        "walk_forward": {"train_bars": 1000, "test_bars": 500, "max_windows": 1},
+        "outcome_filter": {"k": 5, "min_neighbours": 3}, "event_tracing": [],
+    }
+    effects = []
+    processes = ProcessExecutor(2)
+    try:
+        for name, executor_services in (("threads", services), ("processes", RunServices(executor=processes))):
+            run = WorkflowRun(parse_spec(doc), name, tmp_path / "results")
+            await run.execute(executor_services, lambda: False)
+            assert run.status == "completed", run.error
+            summary = read(tmp_path / "results" / name / "window-000-testing" / "phase_summary.json")
+            effects.append(summary["outcome_filter"])
+    finally:
+        await processes.close(10.0)
+    assert effects[0] == effects[1] and effects[0]["entries"] > 0
