@@ -12,6 +12,7 @@ from typing import Any
 from tradingd.formatting import fmt_number, fmt_percent
 from tradingd.reports.heatmap import Heatmap
 from tradingd.reports.phase_data import Combination, PhaseData, RunData, higher_is_better
+from tradingd.reports.research_sections import outcome_filter_phase_html, outcome_filter_run_html, search_phase_html
 from tradingd.reports.sections import (
     esc,
     fmt_metric,
@@ -145,6 +146,7 @@ def render_phase_html(
     returns = f"<p class=\"meta\">{len(trade_returns)} closed trades {whose}</p>" if trade_returns else ""
     missing = "no closed trades recorded (trades are kept with retention_policy trade_complete)"
     parts.append(returns + img(plots.get("returns"), "distribution of trade returns", missing))
+    parts.append(search_phase_html(phase.summary) + outcome_filter_phase_html(phase.summary))
     ranking = "Ranking of single cells" if phase.out_of_sample else "Ranking"
     parts.append(f"<h2>{ranking}</h2>" + _top_table(phase.combinations, phase.objective,
                                                   phase.report_top or _DEFAULT_TOP))
@@ -221,4 +223,5 @@ def render_run_html(run: RunData, *, stitched: str | None, windows: int, plot_no
     parts.append("<h2>Phases</h2><p class=\"meta\">value: testing phases show the method's mean over symbols; "
                  "other phases what they selected, in sample</p><table>" + head
                  + "".join(_phase_row(p) for p in run.phases) + "</table>")
+    parts.append(outcome_filter_run_html([(phase.name, phase.summary) for phase in run.phases]))
     return _page(title, "\n".join(parts))

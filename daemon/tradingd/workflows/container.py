@@ -109,6 +109,8 @@ class RunServices:
     on_trades: TradeSink | None = None
     # Models trained in this process, for when there is no registry (one-shot runs).
     local_models: dict[str, Any] = field(default_factory=dict)
+    # Where smart searches keep their Optuna studies (default: the run's results dir).
+    search_dir: Path | None = None
 
 
 def load_completed(path: Path, *, container_id: str, fingerprint: str) -> dict[str, Any] | None:
@@ -146,6 +148,8 @@ class Container:
         fingerprint: str,
         services: RunServices,
         batch_size: int,
+        history: MarketData | None = None,
+        outcome_filter: Mapping[str, Any] | None = None,
     ) -> None:
         self.id = container_id
         self.run_id = run_id
@@ -166,6 +170,8 @@ class Container:
         self._services = services
         self._batch_size = max(1, batch_size)
         self._models: list[Any] | None = None
+        self._history = history  # outcome_filter: the bars up to this container's last one
+        self._outcome_filter = dict(outcome_filter) if outcome_filter is not None else None
         self._trace = TraceConfig(
             types=settings.event_tracing,
             policy=settings.retention_policy,
@@ -241,6 +247,8 @@ class Container:
                 backtest=self._backtest,
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
+                history=self._history,
+                outcome_filter=self._outcome_filter,
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
@@ -301,6 +309,7 @@ class Container:
         finally:
             # Drop what the result held; the file is the record from now on.
             self._data = None
+            self._history = None
             self._models = None
             self._rows = []
             self._equity = {}

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from statistics import median, pstdev
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.metrics import cagr, equity_metrics
 from tradingd.workflows.layout import PhaseLayout, read_json
 
@@ -36,6 +38,7 @@ __all__ = [
     "run_headline",
     "spread",
     "stitch_walk_forward",
+    "write_stitched",
 ]
 
 BEST_CELL_LABEL = "best single test cell, picked by its own test result: not the method's result"
@@ -267,3 +270,17 @@ def run_headline(phases: Sequence[Mapping[str, Any]], stitched: Mapping[str, Any
             figures[key] = math.fsum(values) / len(values) if values else None
         out["overfitting"] = {**figures, "n_trials": sweeps[-1].get("n_trials"), "phases": len(sweeps)}
     return out
+
+
+def write_stitched(
+    run_root: Path,
+    windows: Sequence[tuple[PhaseLayout, Mapping[str, Sequence[int]]]],
+    closes: Mapping[str, Sequence[NDArray[np.float64]]],
+    *,
+    initial_equity: float,
+    periods_per_year: Mapping[str, float],
+) -> dict[str, Any]:
+    """:func:`stitch_walk_forward`, written to ``<run>/out_of_sample.json``; the summary without the curves."""
+    stitched = stitch_walk_forward(windows, closes, initial_equity=initial_equity, periods_per_year=periods_per_year)
+    atomic_write_json(run_root / "out_of_sample.json", {"format": "tradingd-oos/1", **stitched})
+    return {k: v for k, v in stitched.items() if k != "pooled_curves"}

@@ -25,15 +25,20 @@ from tradingd.reports import publish_phase_report
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.tasks import TaskScheduler
 from tradingd.trading.data import MarketData
+from tradingd.trading.metrics import HIGHER_IS_BETTER
 from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
 from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
 from tradingd.workflows.layout import PhaseLayout, RunLayout
-from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, stitch_walk_forward
+from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, write_stitched
 from tradingd.workflows.overfitting import phase_overfitting
+from tradingd.workflows.phase_summary import phase_summary, research_sections
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
+from tradingd.workflows.search import PhaseSearch, SearchStudy
+from tradingd.workflows.search_batches import ContainerBatches
+from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.spec import WorkflowSpec
 
 __all__ = ["RunInterrupted", "Sequencer"]
@@ -65,7 +70,8 @@ class Sequencer:
         self.run_id = run_id
         self.layout = layout
         self.data = dict(data)
-        self.grid = [dict(p) for p in grid]
+        # A search space is indexed, never expanded (it may be far larger than any grid).
+        self.grid: Sequence[Mapping[str, Any]] = grid if isinstance(grid, ParameterSpace) else [dict(p) for p in grid]
         self.services = services
         self.progress = progress
         self.fingerprint = spec.fingerprint()
@@ -79,6 +85,7 @@ class Sequencer:
         self._trainable = get_strategy(spec.strategy.name).trainable
         self._planned: dict[str, tuple[int, int]] = {}
         self._slices: dict[tuple[str, str], MarketData] = {}
+        self.searches: dict[str, PhaseSearch] = {}  # phase -> its finished (or stopped) search
         for plan in self.plans:
             count, units = self._estimate(plan)
             self._planned[plan.name] = (count, units)
@@ -90,6 +97,10 @@ class Sequencer:
 
     def _estimate(self, plan: PhasePlan) -> tuple[int, int]:
         """Containers and work units before the phase runs (a testing phase's grid is not known yet)."""
+        if self._searching(plan):
+            assert self.spec.search is not None
+            batches = -(-self.spec.search.trials // self.spec.search.batch)
+            return batches * len(plan.bounds), sum((b - a) * self.spec.search.trials for a, b in plan.bounds.values())
         combos = len(self.grid) if plan.kind != "testing" else min(self.spec.selection.top, len(self.grid))
         chunks = math.ceil(combos / self.spec.execution.chunk_size)
         units = sum((stop - start) * combos for start, stop in plan.bounds.values())
@@ -119,29 +130,10 @@ class Sequencer:
         plan.status, plan.started_at = "running", time.time()
         self._on_change()
         phase_layout = self.layout.phase(plan.name)
-        containers = self._containers(plan, phase_layout)
-        plan.container_ids = [c.id for c in containers]
-        planned_count, planned_units = self._planned[plan.name]
-        actual_units = sum(c.work_units for c in containers)
-        # A testing phase may test fewer combinations than estimated (a symbol with no selection).
-        self.progress.skip(max(0, planned_units - actual_units), max(0, planned_count - len(containers)))
-        # Reading result files (possibly large, possibly many) is I/O: off the loop.
-        done = await asyncio.to_thread(self._already_completed, containers)
-        todo = [c for c in containers if c.id not in done]
-        resumed = len(containers) - len(todo)
-        for container in containers:
-            if container.id in done:
-                self.progress.skip(container.work_units)
-        if resumed:
-            log.info("run %s phase %s: %d of %d containers already completed", self.run_id, plan.name,
-                     resumed, len(containers))
-        with ExitStack() as leases:  # models tested here stay leased until the phase's containers end
-            if self._trainable and plan.kind == "testing":
-                assert plan.source_phase is not None
-                for container in todo:
-                    container.attach_models([await self._model(plan.source_phase, container.symbol, i, leases)
-                                             for i in container.indices])
-            await self._run_containers(plan, todo)
+        if self._searching(plan):
+            resumed = await self._run_search(plan, phase_layout)
+        else:
+            resumed = await self._run_grid(plan, phase_layout)
         if self._should_stop():
             plan.status = "interrupted"
             self._on_change()
@@ -166,23 +158,84 @@ class Sequencer:
             await self._train_selected(plan, self.selections[plan.name])
         plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
         plan.counts["resumed"] = resumed
-        plan.status = "completed" if facts.count("completed") == len(containers) else "failed"
+        plan.status = "completed" if facts.count("completed") == len(plan.container_ids) else "failed"
         plan.finished_at = time.time()
         await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts, overfitting)
         self._on_change()
         # Reads the files just written; never raises (a report is not worth failing a run for).
         await publish_phase_report(phase_layout.root)
 
+    async def _run_grid(self, plan: PhasePlan, phase_layout: PhaseLayout) -> int:
+        """Run the phase's containers over its whole grid; how many were already completed."""
+        containers = self._containers(plan, phase_layout)
+        plan.container_ids = [c.id for c in containers]
+        planned_count, planned_units = self._planned[plan.name]
+        actual_units = sum(c.work_units for c in containers)
+        # A testing phase may test fewer combinations than estimated (a symbol with no selection).
+        self.progress.skip(max(0, planned_units - actual_units), max(0, planned_count - len(containers)))
+        # Reading result files (possibly large, possibly many) is I/O: off the loop.
+        done = await asyncio.to_thread(self._already_completed, containers)
+        todo = [c for c in containers if c.id not in done]
+        resumed = len(containers) - len(todo)
+        for container in containers:
+            if container.id in done:
+                self.progress.skip(container.work_units)
+        if resumed:
+            log.info("run %s phase %s: %d of %d containers already completed", self.run_id, plan.name,
+                     resumed, len(containers))
+        with ExitStack() as leases:  # models tested here stay leased until the phase's containers end
+            if self._trainable and plan.kind == "testing":
+                assert plan.source_phase is not None
+                for container in todo:
+                    container.attach_models([await self._model(plan.source_phase, container.symbol, i, leases)
+                                             for i in container.indices])
+            await self._run_containers(plan, todo)
+        return resumed
+
+    # --- search (spec.search: Optuna proposes, batches run as containers) --------------------
+
+    def _searching(self, plan: PhasePlan) -> bool:
+        return self.spec.search is not None and plan.kind != "testing"
+
+    async def _run_search(self, plan: PhasePlan, layout: PhaseLayout) -> int:
+        """Run the phase's search batch by batch; how many containers were already completed."""
+        assert self.spec.search is not None and isinstance(self.grid, ParameterSpace)
+        folder = self.services.search_dir or self.layout.root / "search"
+        study = SearchStudy(folder / f"{self.run_id}.db", f"{plan.name}@{self.fingerprint}", self.spec.search,
+                            self.grid, maximize=HIGHER_IS_BETTER.get(self.spec.objective, True))
+        bars = sum(stop - start for start, stop in plan.bounds.values())
+        plan.container_ids = []
+        batches = ContainerBatches(symbols=list(self.data), fingerprint=self.fingerprint,
+                                   objective=self.spec.objective, progress=self.progress,
+                                   container_ids=plan.container_ids,
+                                   make=lambda symbol, cid, ids: self._container(plan, layout, symbol, cid, ids),
+                                   run=lambda containers: self._run_containers(plan, containers))
+
+        def on_batch(status: dict[str, Any], slots: int, evaluated: int) -> None:
+            # Repeats and rejected sets cost nothing: take them off the work left (and the ETA).
+            self.progress.skip((slots - evaluated) * bars, 0 if evaluated else len(self.data))
+            self.progress.search = status
+            self._on_change()
+
+        self.searches[plan.name] = search = PhaseSearch(study, symbols=list(self.data), evaluate=batches,
+                                                        should_stop=self._should_stop, on_batch=on_batch)
+        await search.run()
+        return batches.resumed
+
     async def _overfitting(self, plan: PhasePlan, selection: Mapping[str, list[int]]) -> dict[str, Any] | None:
-        """PSR, DSR and PBO of a sweep's selection (training and backtest phases); None when not wanted."""
+        """PSR, DSR and PBO of a sweep's selection; the trials are the grid, or a search's evaluated sets."""
         settings = self.spec.overfitting
-        if plan.kind == "testing" or not settings.enabled or len(self.grid) < 2:
+        if plan.kind == "testing" or not settings.enabled:
+            return None
+        search = self.searches.get(plan.name)
+        indices, trials = search.evaluated_sets() if search is not None else (None, list(self.grid))
+        if len(trials) < 2:
             return None
         try:
             return await phase_overfitting(
                 self.services.executor, {s: self._slice(plan, s) for s in self.data}, self.spec.strategy.name,
-                self.grid, self.spec.backtest.model_dump(mode="json"), selection,
-                scope=self.spec.selection.scope, n_blocks=settings.blocks)
+                trials, self.spec.backtest.model_dump(mode="json"), selection,
+                scope=self.spec.selection.scope, n_blocks=settings.blocks, indices=indices)
         except Exception as exc:  # statistics are never worth failing a phase for
             log.warning("run %s phase %s: no overfitting statistics: %s: %s", self.run_id, plan.name,
                         type(exc).__name__, exc)
@@ -193,10 +246,8 @@ class Sequencer:
         tests = [p for p in self.plans if p.kind == "testing" and p.source_phase]
         windows = [(self.layout.phase(p.name), self.selections.get(p.source_phase or "", {})) for p in tests]
         closes = {s: [self._slice(p, s).close for p in tests] for s in self.data}
-        stitched = stitch_walk_forward(windows, closes, initial_equity=self.spec.backtest.initial_equity,
-                                       periods_per_year={s: d.periods_per_year for s, d in self.data.items()})
-        atomic_write_json(self.layout.root / "out_of_sample.json", {"format": "tradingd-oos/1", **stitched})
-        return {k: v for k, v in stitched.items() if k != "pooled_curves"}
+        return write_stitched(self.layout.root, windows, closes, initial_equity=self.spec.backtest.initial_equity,
+                              periods_per_year={s: d.periods_per_year for s, d in self.data.items()})
 
     def _already_completed(self, containers: Sequence[Container]) -> set[str]:
         return {
@@ -233,7 +284,6 @@ class Sequencer:
 
     def _containers(self, plan: PhasePlan, layout: PhaseLayout) -> list[Container]:
         chunk = self.spec.execution.chunk_size
-        backtest = self.spec.backtest.model_dump(mode="json")
         out: list[Container] = []
         for symbol in self.data:
             if plan.kind == "testing":
@@ -241,25 +291,38 @@ class Sequencer:
                 indices = self.selections.get(plan.source_phase, {}).get(symbol, [])
             else:
                 indices = list(range(len(self.grid)))
-            data = self._slice(plan, symbol)
             for number, start in enumerate(range(0, len(indices), chunk)):
-                part = indices[start:start + chunk]
-                out.append(Container(
-                    container_id=f"{symbol}-{number:04d}",
-                    run_id=self.run_id,
-                    phase=plan.name,
-                    layout=layout,
-                    data=data,
-                    strategy=self.spec.strategy.name,
-                    indices=part,
-                    params=[self.grid[i] for i in part],
-                    backtest=backtest,
-                    settings=plan.settings,
-                    fingerprint=self.fingerprint,
-                    services=self.services,
-                    batch_size=self.spec.execution.batch_size,
-                ))
+                out.append(self._container(plan, layout, symbol, f"{symbol}-{number:04d}",
+                                           indices[start:start + chunk]))
         return out
+
+    def _container(self, plan: PhasePlan, layout: PhaseLayout, symbol: str, container_id: str,
+                   indices: Sequence[int]) -> Container:
+        return Container(
+            container_id=container_id,
+            run_id=self.run_id,
+            phase=plan.name,
+            layout=layout,
+            data=self._slice(plan, symbol),
+            strategy=self.spec.strategy.name,
+            indices=indices,
+            params=[self.grid[i] for i in indices],
+            backtest=self.spec.backtest.model_dump(mode="json"),
+            settings=plan.settings,
+            fingerprint=self.fingerprint,
+            services=self.services,
+            batch_size=self.spec.execution.batch_size,
+            **self._outcome_filter(plan, symbol),
+        )
+
+    def _outcome_filter(self, plan: PhasePlan, symbol: str) -> dict[str, Any]:
+        """Container arguments for spec.outcome_filter: testing phases see the symbol's bars up to theirs."""
+        if self.spec.outcome_filter is None or plan.kind != "testing":
+            return {}
+        key = (f"{plan.name}#history", symbol)
+        if key not in self._slices:
+            self._slices[key] = self.data[symbol].slice(0, plan.bounds[symbol][1])
+        return {"history": self._slices[key], "outcome_filter": self.spec.outcome_filter.model_dump(mode="json")}
 
     # --- models (trainable strategies) ----------------------------------------------
 
@@ -307,48 +370,15 @@ class Sequencer:
     def _write_phase_files(self, plan: PhasePlan, layout: PhaseLayout, aggregate: dict[str, Any],
                            facts: PhaseFacts, overfitting: dict[str, Any] | None) -> None:
         atomic_write_json(layout.aggregate, aggregate)
-        started = plan.started_at or 0.0
-        finished = plan.finished_at or started
-        summary: dict[str, Any] = {
-            "format": "tradingd-phase/1",
-            "run_id": self.run_id,
-            "phase": plan.name,
-            "kind": plan.kind,
-            "window": plan.window,
-            "status": plan.status,
-            "source_phase": plan.source_phase,
-            "strategy": self.spec.strategy.name,
-            "objective": self.spec.objective,
-            "settings": plan.settings.as_dict(),
-            "data": {symbol: data_range(self._slice(plan, symbol)) for symbol in self.data},
-            "containers": {
-                "total": len(plan.container_ids),
-                **plan.counts,
-                "by_status": {cid: status for cid, status in sorted(facts.statuses.items())},
-            },
-            "timings": {
-                "started_at": started,
-                "finished_at": finished,
-                "wall_seconds": round(finished - started, 6),
-                "container_compute_seconds": round(facts.compute_seconds, 6),
-                "container_wall_seconds": round(facts.wall_seconds, 6),
-            },
-            "memory": {"peak_rss_bytes": facts.peak_rss_bytes},
-            "events": {"counts": facts.event_counts, "bytes": facts.event_bytes},
-            "report_top": self.spec.report_top,
-            "results": plan.results,
-        }
-        if "out_of_sample" in aggregate:
-            summary["out_of_sample"] = aggregate["out_of_sample"]
-        if overfitting is not None:
-            summary["overfitting"] = overfitting
+        summary = phase_summary(plan, facts, aggregate, overfitting, run_id=self.run_id, spec=self.spec,
+                                data={symbol: data_range(self._slice(plan, symbol)) for symbol in self.data})
         if plan.settings.track_equity:  # the benchmark the report draws beside the equity curves
             atomic_write_json(layout.root / "buy_and_hold.json",
                               buy_and_hold_document({s: self._slice(plan, s).close for s in self.data}))
         if plan.name in self.model_keys:
             summary["models"] = self.model_keys[plan.name]
+        summary.update(research_sections(plan, layout, self.spec, self.searches.get(plan.name)))
         atomic_write_json(layout.summary, summary)
-
 
 
 def _find_model(registry: ModelStore, key: str) -> Any:

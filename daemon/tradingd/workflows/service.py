@@ -114,6 +114,7 @@ class WorkflowService:
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
             on_trades=self.on_trades,
+            search_dir=config.state_dir / "search",
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
 

@@ -31,6 +31,7 @@ from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.out_of_sample import run_headline
 from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
+from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.sequencer import RunInterrupted, Sequencer
 from tradingd.workflows.spec import SpecError, WorkflowSpec, check_safe_name, parse_spec
 
@@ -132,9 +133,14 @@ class WorkflowRun:
             _load, data_spec.source, data_spec.symbols, data_spec.start, data_spec.end, data_spec.timeframe
         )
         self.symbols = list(data)
-        grid, self.grid_dropped = await executor.submit(
-            _expand, self.spec.strategy.name, self.spec.strategy.grid_lists(), self.spec.strategy.skip_invalid
-        )
+        grid: Sequence[Any]
+        if self.spec.search is not None:
+            # Searched, not swept: indexed without expanding (see search_space.py).
+            grid, self.grid_dropped = ParameterSpace(self.spec.strategy.name, self.spec.strategy.grid_lists()), 0
+        else:
+            grid, self.grid_dropped = await executor.submit(
+                _expand, self.spec.strategy.name, self.spec.strategy.grid_lists(), self.spec.strategy.skip_invalid
+            )
         self.grid_size = len(grid)
         sequencer = Sequencer(
             spec=self.spec,
