@@ -37,7 +37,7 @@ from tradingd.stats import StatsBoard, gc_stats
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
 from tradingd.storage.statedir import StateDirLock, StateDirLocked
 from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
-from tradingd.workflows.outcome_sink import journal_sink
+from tradingd.workflows.recovery import open_journal, recover_files
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.service import WorkflowService, load_startup_specs
 from tradingd.workflows.spec import WorkflowSpec
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 EXECUTOR_CLOSE_TIMEOUT = 5.0  # workers still busy after this are left to finish on their own
 RUN_CANCEL_TIMEOUT = 5.0  # cancelled runs' teardown writes are quick; this guards against the unexpected
+WRITES_FLUSH_TIMEOUT = 5.0  # queued result files and manifests, after the runs ended
 
 T = TypeVar("T")
 
@@ -181,17 +182,18 @@ class Supervisor:
         self.stats.register("memory", self._memory_stats)
         self._memory.register_stats(self.stats)
         await asyncio.to_thread(self._memory.load_persisted)
-        # 4. Results: the outcome journal, the executor and the run queue.
+        # 4. Results: recovery (temp files; the journal checked, rebuilt if damaged), the journal, the run queue.
         await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)
+        found = await asyncio.to_thread(recover_files, self.state_dir, self.results_dir)
         if config.outcomes.enabled:
             self.outcomes = await asyncio.to_thread(
-                OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=config.outcomes.max_outcomes
+                open_journal, self.state_dir / JOURNAL_FILE, self.results_dir,
+                max_outcomes=config.outcomes.max_outcomes, quarantine_dir=self.state_dir / "quarantine",
             )
             self._outcome_count = await asyncio.to_thread(self.outcomes.count)
         self.stats.register("outcomes", self._outcome_stats)
-        self._workflows = WorkflowService(
-            config, memory=self._memory, on_trades=journal_sink(self.outcomes) if self.outcomes is not None else None
-        )
+        self._workflows = WorkflowService(config, memory=self._memory, journal=self.outcomes,
+                                          journal_markers=found.journal_markers)
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
         self._monitor.sample()
@@ -205,6 +207,7 @@ class Supervisor:
         self.tasks.spawn(self.lag.run(self.stop_event), name="loop-lag")
         self.tasks.spawn(self._monitor_loop(), name="monitor")
         self.tasks.spawn(self._memory.run(self.stop_event), name="cleanup")
+        self.tasks.spawn(self._workflows.retry_writes(self.stop_event), name="retry-writes")
         # 7. READY=1 only now: HTTP listens and state is loaded. The watchdog starts after it so
         #    systemd sees READY first; it pings from this loop, only while the loop is healthy.
         self.state = Lifecycle.RUNNING
@@ -218,7 +221,7 @@ class Supervisor:
         # 8. Work: resumed runs first, then the startup workflows.
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
-            self._workflows.start(self.startup_specs)
+            await self._workflows.start(self.startup_specs)
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
@@ -259,7 +262,7 @@ class Supervisor:
         steps: list[Step] = [
             # 1. Runs: no new ones; in-flight containers get graceful_timeout, the rest are
             #    cancelled (their teardown still writes a result, with status cancelled).
-            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + 1.0),
+            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + WRITES_FLUSH_TIMEOUT + 1.0),
             # 2. Background tasks saw the stop event; the drain cancels any that did not end.
             ("background tasks", self._drain_tasks, graceful + 3.0),
             # 3. Caches, once nothing fills them any more (a no-op if they were never loaded).
@@ -283,6 +286,8 @@ class Supervisor:
     async def _drain_runs(self) -> None:
         if self._workflows is not None:
             await self._workflows.drain(self.config.graceful_timeout, hurry=self.force_event)
+            # Then their queued writes (cancelled containers' results, final manifests) land.
+            await self._workflows.flush_writes(0.0 if self.force_event.is_set() else WRITES_FLUSH_TIMEOUT)
 
     async def _drain_tasks(self) -> None:
         await self.tasks.close(self.config.graceful_timeout, hurry=self.force_event)
@@ -371,6 +376,7 @@ class Supervisor:
             "enabled": self.outcomes is not None,
             "outcomes": self._outcome_count,
             "max_outcomes": self.config.outcomes.max_outcomes,
+            **(self._workflows.journal_stats() if self._workflows is not None else {}),
         }
 
 

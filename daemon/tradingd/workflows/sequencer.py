@@ -17,7 +17,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -57,7 +57,8 @@ class Sequencer:
         services: RunServices,
         progress: Progress,
         should_stop: Callable[[], bool],
-        on_change: Callable[[], None],
+        on_change: Callable[[], Awaitable[None]],
+        cancelled_as: Callable[[], str] = lambda: "cancelled",
     ) -> None:
         self.spec = spec
         self.run_id = run_id
@@ -72,6 +73,7 @@ class Sequencer:
         self.model_keys: dict[str, dict[str, dict[str, str]]] = {}
         self._should_stop = should_stop
         self._on_change = on_change
+        self._cancelled_as = cancelled_as
         self._trainable = get_strategy(spec.strategy.name).trainable
         self._planned: dict[str, tuple[int, int]] = {}
         self._slices: dict[tuple[str, str], MarketData] = {}
@@ -111,8 +113,47 @@ class Sequencer:
 
     async def _run_phase(self, plan: PhasePlan) -> None:
         plan.status, plan.started_at = "running", time.time()
-        self._on_change()
+        await self._on_change()
         phase_layout = self.layout.phase(plan.name)
+        try:
+            await self._run_phase_in(plan, phase_layout)
+        except asyncio.CancelledError:
+            await self._end_cancelled(plan, phase_layout)
+            raise
+
+    async def _end_cancelled(self, plan: PhasePlan, phase_layout: PhaseLayout) -> None:
+        """A phase whose run was cancelled: ``cancelled`` (with its files and report) or ``interrupted``.
+
+        Runs after the cancellation was delivered; every write is shielded by
+        the writer, so only a second cancellation can cut this short, and then
+        only the waiting.
+        """
+        plan.status, plan.finished_at = self._cancelled_as(), time.time()
+        if plan.status == "cancelled":
+            try:
+                aggregate, facts = await asyncio.to_thread(self._aggregate, plan, phase_layout)
+                plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
+                await self.services.writer.call(self._write_phase_files, plan, phase_layout, aggregate, facts)
+                await publish_phase_report(phase_layout.root, status="cancelled")
+            except OSError as exc:
+                log.warning("run %s phase %s: cancelled, but its files could not be written: %s", self.run_id,
+                            plan.name, exc)
+        await self._on_change()
+
+    def _aggregate(self, plan: PhasePlan, phase_layout: PhaseLayout) -> tuple[dict[str, Any], PhaseFacts]:
+        return aggregate_phase(
+            layout=phase_layout,
+            phase=plan.name,
+            kind=plan.kind,
+            strategy=self.spec.strategy.name,
+            container_ids=plan.container_ids,
+            fingerprint=self.fingerprint,
+            objective=self.spec.objective,
+            selection=self.spec.selection,
+            report_top=self.spec.report_top,
+        )
+
+    async def _run_phase_in(self, plan: PhasePlan, phase_layout: PhaseLayout) -> None:
         containers = self._containers(plan, phase_layout)
         plan.container_ids = [c.id for c in containers]
         planned_count, planned_units = self._planned[plan.name]
@@ -137,21 +178,10 @@ class Sequencer:
                                              for i in container.indices])
             await self._run_containers(plan, todo)
         if self._should_stop():
-            plan.status = "interrupted"
-            self._on_change()
+            plan.status, plan.finished_at = "interrupted", time.time()
+            await self._on_change()
             raise RunInterrupted(f"stopped during phase {plan.name}")
-        aggregate, facts = await asyncio.to_thread(
-            aggregate_phase,
-            layout=phase_layout,
-            phase=plan.name,
-            kind=plan.kind,
-            strategy=self.spec.strategy.name,
-            container_ids=plan.container_ids,
-            fingerprint=self.fingerprint,
-            objective=self.spec.objective,
-            selection=self.spec.selection,
-            report_top=self.spec.report_top,
-        )
+        aggregate, facts = await asyncio.to_thread(self._aggregate, plan, phase_layout)
         self.selections[plan.name] = aggregate["selection"]["by_symbol"]
         if self._trainable and plan.kind == "training":
             await self._train_selected(plan, self.selections[plan.name])
@@ -159,8 +189,8 @@ class Sequencer:
         plan.counts["resumed"] = resumed
         plan.status = "completed" if facts.count("completed") == len(containers) else "failed"
         plan.finished_at = time.time()
-        await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts)
-        self._on_change()
+        await self.services.writer.call(self._write_phase_files, plan, phase_layout, aggregate, facts)
+        await self._on_change()
         # Reads the files just written; never raises (a report is not worth failing a run for).
         await publish_phase_report(phase_layout.root)
 
