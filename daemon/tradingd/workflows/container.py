@@ -40,6 +40,7 @@ from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
 from tradingd.workflows.executor import Executor
+from tradingd.workflows.file_worker import FileWorker
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.spec import PhaseSettings
 from tradingd.workflows.tracing import EventStream, empty_summary, merge_summaries
@@ -96,6 +97,8 @@ class RunServices:
     journal: TradeJournal | None = None
     # The one writer of durable files (its thread starts with the first write).
     writer: DurableWriter = field(default_factory=DurableWriter)
+    # Aggregation and reports (whole-file JSON parses); the daemon's runs them in a helper process.
+    files: FileWorker = field(default_factory=lambda: FileWorker(use_process=False))
     # Models trained in this process, for when there is no registry (one-shot runs).
     local_models: dict[str, Any] = field(default_factory=dict)
 

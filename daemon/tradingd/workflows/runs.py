@@ -134,32 +134,16 @@ class RunQueue:
         for run in await asyncio.to_thread(self.scan):
             log.info("resuming run %s (left %s)", run.id, run.status)
             self.resume(run)
-        await asyncio.to_thread(self.restore_reports)
+        completed = [(run.layout.root, [run.layout.phase(str(r.get("name"))).root for r in run.phase_records()])
+                     for run in self.runs.values() if run.status == "completed"]
+        if completed:
+            await self.services.files.call(restore_reports, completed)
         for spec in startup:
             run_id = startup_run_id(spec)
             if run_id in self.runs:
                 log.info("startup workflow %s: run %s is already %s", spec.name, run_id, self.runs[run_id].status)
                 continue
             self.submit(spec, run_id=run_id, source="startup")
-
-    def restore_reports(self) -> int:
-        """Draw the reports of completed runs (and their phases) that have none; returns how many."""
-        drawn = 0
-        for run in list(self.runs.values()):
-            if run.status != "completed" or (run.layout.root / "report.html").exists():
-                continue
-            try:
-                for record in run.phase_records():
-                    phase = run.layout.phase(str(record.get("name")))
-                    if phase.summary.exists() and not (phase.root / "report.html").exists():
-                        write_phase_report(phase.root)
-                write_run_report(run.layout.root)
-            except Exception as exc:
-                log.warning("run %s: could not restore its report: %s", run.id, exc)
-                continue
-            log.info("run %s: its report was missing; written again", run.id)
-            drawn += 1
-        return drawn
 
     # --- submit / cancel -----------------------------------------------------------
 
@@ -289,3 +273,26 @@ class RunQueue:
             "accepting": self.accepting,
             "executor": self.services.executor.stats(),
         }
+
+
+def restore_reports(runs: Sequence[tuple[Path, Sequence[Path]]]) -> list[str]:
+    """Draw the reports of completed runs (and their phases) that have none; returns the runs' ids.
+
+    A run is marked completed only after its report is written, so a missing
+    report means the file was lost (or the run completed under an older version).
+    """
+    drawn: list[str] = []
+    for root, phases in runs:
+        if (root / "report.html").exists():
+            continue
+        try:
+            for phase in phases:
+                if (phase / "phase_summary.json").exists() and not (phase / "report.html").exists():
+                    write_phase_report(phase)
+            write_run_report(root)
+        except Exception as exc:
+            log.warning("run %s: could not restore its report: %s", root.name, exc)
+            continue
+        log.warning("run %s: its report was missing; written again", root.name)
+        drawn.append(root.name)
+    return drawn

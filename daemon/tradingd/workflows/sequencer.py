@@ -19,9 +19,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from tradingd.reports import publish_phase_report
+from tradingd.reports import write_phase_report
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.tasks import TaskScheduler
 from tradingd.trading.data import MarketData
@@ -131,17 +132,26 @@ class Sequencer:
         plan.status, plan.finished_at = self._cancelled_as(), time.time()
         if plan.status == "cancelled":
             try:
-                aggregate, facts = await asyncio.to_thread(self._aggregate, plan, phase_layout)
+                aggregate, facts = await self._aggregate(plan, phase_layout)
                 plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
                 await self.services.writer.call(self._write_phase_files, plan, phase_layout, aggregate, facts)
-                await publish_phase_report(phase_layout.root, status="cancelled")
+                await self._report(phase_layout, status="cancelled")
             except OSError as exc:
                 log.warning("run %s phase %s: cancelled, but its files could not be written: %s", self.run_id,
                             plan.name, exc)
         await self._on_change()
 
-    def _aggregate(self, plan: PhasePlan, phase_layout: PhaseLayout) -> tuple[dict[str, Any], PhaseFacts]:
-        return aggregate_phase(
+    async def _report(self, phase_layout: PhaseLayout, *, status: str | None = None) -> None:
+        """Draw the phase's report (in the file worker); never raises: a report is not worth a run."""
+        try:
+            await self.services.files.call(write_phase_report, phase_layout.root, run_id=self.run_id, status=status)
+        except Exception as exc:
+            log.warning("run %s: could not write the report of %s: %s", self.run_id, phase_layout.root.name, exc)
+
+    async def _aggregate(self, plan: PhasePlan, phase_layout: PhaseLayout) -> tuple[dict[str, Any], PhaseFacts]:
+        """Rank the phase's container files (in the file worker: it parses every one of them)."""
+        return await self.services.files.call(
+            aggregate_phase,
             layout=phase_layout,
             phase=plan.name,
             kind=plan.kind,
@@ -160,8 +170,9 @@ class Sequencer:
         actual_units = sum(c.work_units for c in containers)
         # A testing phase may test fewer combinations than estimated (a symbol with no selection).
         self.progress.skip(max(0, planned_units - actual_units), max(0, planned_count - len(containers)))
-        # Reading result files (possibly large, possibly many) is I/O: off the loop.
-        done = await asyncio.to_thread(self._already_completed, containers)
+        # Reading result files (possibly large, possibly many): in the file worker.
+        done = await self.services.files.call(already_completed, [(c.path, c.id) for c in containers],
+                                              self.fingerprint)
         todo = [c for c in containers if c.id not in done]
         resumed = len(containers) - len(todo)
         for container in containers:
@@ -181,7 +192,7 @@ class Sequencer:
             plan.status, plan.finished_at = "interrupted", time.time()
             await self._on_change()
             raise RunInterrupted(f"stopped during phase {plan.name}")
-        aggregate, facts = await asyncio.to_thread(self._aggregate, plan, phase_layout)
+        aggregate, facts = await self._aggregate(plan, phase_layout)
         self.selections[plan.name] = aggregate["selection"]["by_symbol"]
         if self._trainable and plan.kind == "training":
             await self._train_selected(plan, self.selections[plan.name])
@@ -191,14 +202,7 @@ class Sequencer:
         plan.finished_at = time.time()
         await self.services.writer.call(self._write_phase_files, plan, phase_layout, aggregate, facts)
         await self._on_change()
-        # Reads the files just written; never raises (a report is not worth failing a run for).
-        await publish_phase_report(phase_layout.root)
-
-    def _already_completed(self, containers: Sequence[Container]) -> set[str]:
-        return {
-            c.id for c in containers
-            if load_completed(c.path, container_id=c.id, fingerprint=self.fingerprint) is not None
-        }
+        await self._report(phase_layout)
 
     async def _run_containers(self, plan: PhasePlan, containers: Sequence[Container]) -> None:
         # max_workers is read here, on the loop, once per phase (a Dask cluster may resize meanwhile).
@@ -352,3 +356,9 @@ def _leased(registry: ModelStore, key: str, leases: ExitStack | None, model: Any
     if leases is None:
         return model
     return leases.enter_context(registry.use(key))
+
+
+def already_completed(containers: Sequence[tuple[Path, str]], fingerprint: str) -> set[str]:
+    """The ids of ``(result path, container id)`` pairs whose file is a completed result of this spec."""
+    return {cid for path, cid in containers
+            if load_completed(path, container_id=cid, fingerprint=fingerprint) is not None}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
+from tradingd.workflows.file_worker import FileWorker
 from tradingd.workflows.outcome_sink import JournalOutbox
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
 RETRY_INTERVAL = 5.0  # journal writes that failed (a full disk) and manifests that did not land
+# How long a thread may hold the GIL while another asks for it (CPython's default is 5 ms). Compute,
+# the writer and to_thread work are Python threads; the event loop is one more, and each time it
+# wakes it waits for the GIL. 1 ms keeps /health prompt under a full executor, at a small cost in
+# compute throughput.
+GIL_SWITCH_INTERVAL = 0.001
 
 
 def bundled_spec_names() -> list[str]:
@@ -93,7 +100,9 @@ class WorkflowService:
         self.max_concurrent_runs = max_concurrent_runs
         self.executor: Executor | None = None
         self.writer = DurableWriter()  # its thread starts with the first write
+        self.files = FileWorker()  # its process starts with the first aggregation or report
         self._queue: RunQueue | None = None
+        self._switch_interval: float | None = None
 
     def __repr__(self) -> str:
         return f"<WorkflowService {self._queue!r} {self.executor!r}>"
@@ -106,8 +115,13 @@ class WorkflowService:
         return self._queue
 
     def open(self) -> None:
-        """Create the executor and the run queue (raises ConfigError for an unavailable executor kind)."""
+        """Create the executor and the run queue (raises ConfigError for an unavailable executor kind).
+
+        Also shortens the GIL switch interval (:data:`GIL_SWITCH_INTERVAL`) until :meth:`flush_writes`.
+        """
         config = self.config
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL))
         try:
             self.executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
         except ExecutorUnavailable as exc:
@@ -120,6 +134,7 @@ class WorkflowService:
             admission=memory.admission if memory is not None else None,
             journal=self.outbox,
             writer=self.writer,
+            files=self.files,
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
 
@@ -150,11 +165,13 @@ class WorkflowService:
     async def flush_writes(self, join_timeout: float) -> None:
         """Wait for every queued durable write (after :meth:`drain`: cancelled containers' results)."""
         await self.writer.close(join_timeout)
-
+        await self.files.close(join_timeout)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
     async def close_executor(self, join_timeout: float) -> None:
         """Release the executor's workers, waiting up to ``join_timeout`` for them (after :meth:`drain`)."""
         if self.executor is not None:
             await self.executor.close(join_timeout)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.queue.stats(), "writer": self.writer.stats()}
+        return {**self.queue.stats(), "writer": self.writer.stats(), "file_worker": self.files.stats()}

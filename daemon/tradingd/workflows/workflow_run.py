@@ -121,8 +121,8 @@ class WorkflowRun:
         try:
             status = await self._execute(services, should_stop)
             if status == "completed":
-                # Completed only once the report is on disk (rendering is CPU and disk: off the loop).
-                await asyncio.to_thread(write_run_report, self.layout.root, status="completed")
+                # Completed only once the report is on disk (drawn in the file worker: off the loop and its GIL).
+                await services.files.call(write_run_report, self.layout.root, status="completed")
         except RunInterrupted as exc:
             status = "interrupted"
             log.info("run %s interrupted: %s", self.id, exc)
@@ -130,7 +130,7 @@ class WorkflowRun:
             status = self.cancel_reason or "interrupted"
             await self.finish(status)
             if status == "cancelled":
-                await self._publish_report(status)
+                await self._publish_report(services, status)
             raise
         except (DataError, StrategyError, PlanError, SpecError) as exc:
             self.error = str(exc)
@@ -140,12 +140,12 @@ class WorkflowRun:
             log.exception("run %s failed", self.id)
         await self.finish(status)
         if status == "failed":
-            await self._publish_report(status)
+            await self._publish_report(services, status)
 
-    async def _publish_report(self, status: str) -> None:
+    async def _publish_report(self, services: RunServices, status: str) -> None:
         """A report for a run that did not complete; never raises (the run already ended)."""
         try:
-            await asyncio.to_thread(write_run_report, self.layout.root, status=status)
+            await services.files.call(write_run_report, self.layout.root, status=status)
         except Exception as exc:
             log.warning("run %s: could not write its report: %s", self.id, exc)
 
