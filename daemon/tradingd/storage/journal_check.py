@@ -14,11 +14,14 @@ WAL format: https://www.sqlite.org/fileformat2.html#walformat
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
-from tradingd.storage.codec import quarantine
+from tradingd.storage.atomic import fsync_dir
 
 __all__ = ["journal_problem", "quarantine_journal", "wal_problem"]
 
@@ -103,15 +106,30 @@ def journal_problem(path: Path) -> str | None:
     return None
 
 
-def quarantine_journal(path: Path, quarantine_dir: Path, *, reason: str) -> Path | None:
-    """Move the database and its ``-wal``/``-shm`` files into ``quarantine_dir``; returns the database's new path."""
-    moved = quarantine(path, quarantine_dir, reason=reason) if path.exists() else None
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            target = quarantine_dir / (moved.name + suffix if moved is not None else side.name)
+def quarantine_journal(path: Path, quarantine_dir: Path) -> Path | None:
+    """Move the database and its ``-wal``/``-shm`` files into ``quarantine_dir``, as they are.
+
+    Returns the database's new path (None if there was none). The caller logs
+    (one line for the whole recovery); an OSError propagates.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    target = quarantine_dir / f"{path.name}.{stamp}"
+    n = 1
+    while target.exists():
+        target = quarantine_dir / f"{path.name}.{stamp}.{n}"
+        n += 1
+    moved: Path | None = None
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            destination = target.with_name(target.name + suffix)
             try:
-                side.replace(target)
+                os.replace(source, destination)
             except OSError:
-                side.unlink(missing_ok=True)
+                shutil.move(str(source), str(destination))  # another filesystem
+            if not suffix:
+                moved = destination
+    fsync_dir(quarantine_dir)
+    fsync_dir(path.parent)
     return moved

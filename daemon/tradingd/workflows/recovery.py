@@ -21,13 +21,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tradingd.storage.journal_check import journal_problem, quarantine_journal
-from tradingd.storage.outcomes import OutcomeJournal, TradeOutcome, salvage_outcomes
+from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal, TradeOutcome, salvage_outcomes
 from tradingd.workflows.layout import JOURNAL_PENDING, read_json
 from tradingd.workflows.outcome_sink import outcomes_from_result
 
@@ -111,20 +113,32 @@ def open_journal(path: Path, results_dir: Path, *, max_outcomes: int, quarantine
     """The outcome journal at ``path``, quarantined and rebuilt first if it is damaged or lost its trades."""
     problem = journal_problem(path)
     salvaged: list[TradeOutcome] = []
+    moved: Path | None = None
     if problem is not None:
-        moved = quarantine_journal(path, quarantine_dir, reason=problem)
-        salvaged = salvage_outcomes(moved) if moved is not None else []
+        moved = quarantine_journal(path, quarantine_dir)
+        salvaged = _salvage(moved) if moved is not None else []
     try:
         journal = OutcomeJournal(path, max_outcomes=max_outcomes)
     except sqlite3.DatabaseError as exc:  # damage the check did not see
         problem = f"{path.name}: {exc}"
-        quarantine_journal(path, quarantine_dir, reason=problem)
+        moved = quarantine_journal(path, quarantine_dir)
         journal = OutcomeJournal(path, max_outcomes=max_outcomes)
     if problem is None:
         if journal.count() > 0 or not _results_hold_trades(results_dir):
             return journal
         problem = f"{path.name} is empty while result files hold trades"
     added, files = rebuild_journal(journal, results_dir, salvaged)
-    log.warning("outcome journal rebuilt (%s): %d trade(s) recovered from %d result file(s)%s", problem, added,
-                files, f" and {len(salvaged)} readable row(s) of the damaged file" if salvaged else "")
+    log.warning("outcome journal rebuilt (%s%s): %d trade(s) recovered from %d result file(s)%s", problem,
+                f"; the damaged files are in {moved.parent}" if moved is not None else "", added, files,
+                f" and {len(salvaged)} readable row(s) of the damaged file" if salvaged else "")
     return journal
+
+
+def _salvage(quarantined: Path) -> list[TradeOutcome]:
+    """Rows still readable from a quarantined journal, read from a copy (the quarantine stays as found)."""
+    with tempfile.TemporaryDirectory(dir=quarantined.parent) as tmp:
+        for suffix in ("", "-wal"):
+            source = quarantined.with_name(quarantined.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, Path(tmp) / f"{JOURNAL_FILE}{suffix}")
+        return salvage_outcomes(Path(tmp) / JOURNAL_FILE)
