@@ -181,9 +181,23 @@ async def test_cancel_tears_running_containers_down_and_is_final(queue_for: Call
     assert run.status == "cancelled"
     statuses = [load(p)["status"] for p in (tmp_path / "results" / "c" / "backtest" / "containers").glob("*.json")]
     assert "cancelled" in statuses
+    # The phase ends too: cancelled, with its finish time, its files and a report that says so.
+    manifest = load(tmp_path / "results" / "c" / "manifest.json")
+    assert manifest["status"] == "cancelled" and manifest["finished_at"] is not None
+    [phase] = manifest["phases"]
+    assert phase["status"] == "cancelled" and phase["finished_at"] is not None
+    phase_dir = tmp_path / "results" / "c" / "backtest"
+    assert load(phase_dir / "phase_summary.json")["status"] == "cancelled"
+    assert (phase_dir / "aggregate_results.json").is_file()
+    assert "cancelled" in (phase_dir / "report.html").read_text()
+    assert "cancelled" in (tmp_path / "results" / "c" / "report.html").read_text()
     with pytest.raises(RunFinished):
         await queue.cancel("c")
     assert queue_for().scan() == []  # cancelled runs are not resumed
+    # ...until asked: a cancelled run resumes on request and keeps what it completed.
+    resumed = queue.resume_run("c")
+    await finish(resumed)
+    assert resumed.status == "completed" and resumed.attempts == 2
 
 
 async def test_drain_lets_in_flight_containers_finish(queue_for: Callable[..., RunQueue], tmp_path: Path) -> None:
@@ -196,6 +210,7 @@ async def test_drain_lets_in_flight_containers_finish(queue_for: Callable[..., R
     assert statuses and set(statuses) == {"completed"}
     assert run.progress.done < run.progress.total
     assert [r.id for r in queue_for().scan()] == ["d"]
+    assert load(tmp_path / "results" / "d" / "manifest.json")["phases"][0]["status"] == "interrupted"
 
 
 @pytest.mark.slow
