@@ -8,9 +8,10 @@ An async context manager::
 
 Teardown runs on success, on an exception (status ``failed``, with the error)
 and on cancellation (status ``cancelled``); it never swallows the exception.
-Every write (the event stream, the result file, the journal) is a job for the
-run's :class:`~tradingd.workflows.writer.DurableWriter`: the loop only waits,
-and the wait is shielded, so a second cancellation cannot interrupt the write.
+Every durable write (closing the event stream, the result file, the journal)
+is one job for the run's :class:`~tradingd.workflows.writer.DurableWriter`:
+the loop only waits, and the wait is shielded, so a second cancellation cannot
+interrupt the write. Stream appends happen in a worker thread as batches end.
 
 A completed container with closed trades and a :class:`TradeJournal` is not
 ``completed`` on disk until its trades are safe: the journal marker is staged
@@ -206,7 +207,9 @@ class Container:
         self._peak_rss = psutil.Process().memory_info().rss
         try:
             if self._trace.stream:
-                self._stream = await self._writer.call(EventStream, self.layout.events(self.id))
+                # Opening and appending to the stream are not the durable part (its close is, on the
+                # writer): a worker thread, so a container never waits behind another's result file.
+                self._stream = await asyncio.to_thread(EventStream, self.layout.events(self.id))
         except BaseException as exc:
             await self._teardown(exc)
             raise
@@ -239,7 +242,7 @@ class Container:
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
             if self._stream is not None and output.events:
-                await self._writer.call(self._stream.write, output.events)
+                await asyncio.to_thread(self._stream.write, output.events)
         await self._prepare_trades()
 
     def _absorb(self, output: BatchOutput) -> None:
