@@ -288,6 +288,8 @@ class Container:
         except OSError as err:
             # No result file (a full disk...): whatever it computed, the container did not complete.
             self.status, self.error = "failed", err
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc from err  # a cancellation stays a cancellation
             raise
         finally:
             # Drop what the result held; the file is the record from now on.

@@ -121,6 +121,11 @@ class Sequencer:
         except asyncio.CancelledError:
             await self._end_cancelled(plan, phase_layout)
             raise
+        except RunInterrupted:
+            raise
+        except Exception:
+            plan.status, plan.finished_at = "failed", time.time()  # e.g. its files could not be written
+            raise
 
     async def _end_cancelled(self, plan: PhasePlan, phase_layout: PhaseLayout) -> None:
         """A phase whose run was cancelled: ``cancelled`` (with its files and report) or ``interrupted``.
