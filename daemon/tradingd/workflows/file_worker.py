@@ -64,11 +64,17 @@ class FileWorker:
             loop = asyncio.get_running_loop()
             for attempt in (1, 2):
                 try:
-                    return await loop.run_in_executor(self._executor(), job)
+                    future = loop.run_in_executor(self._executor(), job)  # OSError: cannot start a process
                 except (BrokenProcessPool, OSError) as exc:
-                    log.warning("the file worker process failed (%s); %s", exc,
-                                "starting another" if attempt == 1 else "working in a thread instead")
-                    self._discard()
+                    problem: BaseException = exc
+                else:
+                    try:
+                        return await future  # the function's own errors propagate as they are
+                    except BrokenProcessPool as exc:
+                        problem = exc
+                log.warning("the file worker process failed (%s); %s", problem,
+                            "starting another" if attempt == 1 else "working in a thread instead")
+                self._discard()
         self.fallbacks += 1
         return await asyncio.to_thread(job)
 
