@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 #: Upper bounds (seconds) of the cumulative lag histogram; the last bucket is everything above.
-LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class LoopLagMeter:
