@@ -34,12 +34,13 @@ from tradingd.memory.monitor import Monitor, PressureLevel, discover_limit
 from tradingd.notify import Notifier, run_watchdog, status_line
 from tradingd.periodic import poll
 from tradingd.stats import StatsBoard, gc_stats
-from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
-from tradingd.storage.statedir import StateDirLock, StateDirLocked
+from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.storage.statedir import StateDirLock, StateDirLocked, secure_state_files
 from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
+from tradingd.workflows.data_roots import allowed_data_roots
 from tradingd.workflows.recovery import open_journal, recover_files
 from tradingd.workflows.runs import RunQueue
-from tradingd.workflows.service import WorkflowService, load_startup_specs
+from tradingd.workflows.service import WRITES_FLUSH_TIMEOUT, WorkflowService, load_startup_specs
 from tradingd.workflows.spec import WorkflowSpec
 
 __all__ = ["Lifecycle", "StateDirLocked", "Supervisor", "main"]
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 EXECUTOR_CLOSE_TIMEOUT = 5.0  # workers still busy after this are left to finish on their own
 RUN_CANCEL_TIMEOUT = 5.0  # cancelled runs' teardown writes are quick; this guards against the unexpected
-WRITES_FLUSH_TIMEOUT = 5.0  # queued result files and manifests, after the runs ended
 
 T = TypeVar("T")
 
@@ -184,13 +184,12 @@ class Supervisor:
         await asyncio.to_thread(self._memory.load_persisted)
         # 4. Results: recovery (temp files; the journal checked, rebuilt if damaged), the journal, the run queue.
         await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)
-        found = await asyncio.to_thread(recover_files, self.state_dir, self.results_dir)
+        state, results = self.state_dir, self.results_dir
+        found = await asyncio.to_thread(recover_files, state, results)
         if config.outcomes.enabled:
-            self.outcomes = await asyncio.to_thread(
-                open_journal, self.state_dir / JOURNAL_FILE, self.results_dir,
-                max_outcomes=config.outcomes.max_outcomes, quarantine_dir=self.state_dir / "quarantine",
-            )
+            self.outcomes = await asyncio.to_thread(open_journal, state, results, config.outcomes.max_outcomes)
             self._outcome_count = await asyncio.to_thread(self.outcomes.count)
+            await asyncio.to_thread(secure_state_files, self.state_dir)  # SQLite created it with the umask's mode
         self.stats.register("outcomes", self._outcome_stats)
         self._workflows = WorkflowService(config, memory=self._memory, journal=self.outcomes,
                                           journal_markers=found.journal_markers)
@@ -226,8 +225,10 @@ class Supervisor:
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
     async def _start_http(self) -> None:
-        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
+        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes,
+                        data_roots=allowed_data_roots(self.config))
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout,
+                                     keepalive_timeout=self.config.http.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
@@ -286,8 +287,6 @@ class Supervisor:
     async def _drain_runs(self) -> None:
         if self._workflows is not None:
             await self._workflows.drain(self.config.graceful_timeout, hurry=self.force_event)
-            # Then their queued writes (cancelled containers' results, final manifests) land.
-            await self._workflows.flush_writes(0.0 if self.force_event.is_set() else WRITES_FLUSH_TIMEOUT)
 
     async def _drain_tasks(self) -> None:
         await self.tasks.close(self.config.graceful_timeout, hurry=self.force_event)

@@ -248,7 +248,7 @@ def current_frames(wal: bytes) -> list[int]:
 
 
 def reopen(path: Path, results: Path) -> OutcomeJournal:
-    return open_journal(path, results, max_outcomes=100_000, quarantine_dir=path.parent / "quarantine")
+    return open_journal(path.parent, results, 100_000)
 
 
 def test_a_damaged_wal_is_quarantined_and_the_journal_rebuilt(

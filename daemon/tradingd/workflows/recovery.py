@@ -109,8 +109,10 @@ def rebuild_journal(journal: OutcomeJournal, results_dir: Path,
     return added, files
 
 
-def open_journal(path: Path, results_dir: Path, *, max_outcomes: int, quarantine_dir: Path) -> OutcomeJournal:
-    """The outcome journal at ``path``, quarantined and rebuilt first if it is damaged or lost its trades."""
+def open_journal(state_dir: Path, results_dir: Path, max_outcomes: int) -> OutcomeJournal:
+    """The state dir's outcome journal, quarantined (to ``quarantine/``) and rebuilt first if it is damaged
+    or lost its trades."""
+    path, quarantine_dir = state_dir / JOURNAL_FILE, state_dir / "quarantine"
     problem = journal_problem(path)
     salvaged: list[TradeOutcome] = []
     moved: Path | None = None

@@ -27,6 +27,7 @@ from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from tradingd.periodic import poll
 from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.container import RunServices
+from tradingd.workflows.data_roots import allowed_data_roots, check_data_source
 from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.file_worker import FileWorker
@@ -49,6 +50,7 @@ RETRY_INTERVAL = 5.0  # journal writes that failed (a full disk) and manifests t
 # wakes it waits for the GIL. 1 ms keeps /health prompt under a full executor, at a small cost in
 # compute throughput.
 GIL_SWITCH_INTERVAL = 0.001
+WRITES_FLUSH_TIMEOUT = 5.0  # queued result files and manifests, after the runs ended
 
 
 def bundled_spec_names() -> list[str]:
@@ -76,9 +78,12 @@ def load_startup_specs(config: Config) -> list[WorkflowSpec]:
     """Every startup workflow of ``config``; problems become one ConfigError naming each entry."""
     specs: list[WorkflowSpec] = []
     problems: list[str] = []
+    roots = allowed_data_roots(config)
     for number, ref in enumerate(config.startup_workflows):
         try:
-            specs.append(resolve_spec_ref(ref, config))
+            spec = resolve_spec_ref(ref, config)
+            check_data_source(spec, roots, source=ref)
+            specs.append(spec)
         except SpecError as exc:
             problems.extend(f"{config.source}: startup_workflows.{number}: {line}" for line in exc.lines)
     if problems:
@@ -143,9 +148,11 @@ class WorkflowService:
         await self.queue.start(startup_specs)
 
     async def drain(self, graceful_timeout: float, *, hurry: asyncio.Event | None = None) -> None:
-        """Refuse new runs; in-flight containers get ``graceful_timeout``, the rest are cancelled."""
+        """Refuse new runs; in-flight containers get ``graceful_timeout``, the rest are cancelled; flush the writes."""
         if self._queue is not None:
             await self._queue.close(graceful_timeout, hurry=hurry)
+        # Then their queued writes (cancelled containers' results, final manifests) land.
+        await self.flush_writes(0.0 if hurry is not None and hurry.is_set() else WRITES_FLUSH_TIMEOUT)
 
     async def retry_writes(self, stop: asyncio.Event, *, interval: float = RETRY_INTERVAL) -> None:
         """Until ``stop``: drain the journal outbox and write again manifests that did not land."""
