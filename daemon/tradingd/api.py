@@ -28,7 +28,15 @@ from tradingd.memory.monitor import PressureLevel
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.data_roots import check_data_source
-from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
+from tradingd.workflows.runs import (
+    DuplicateRun,
+    QueueClosed,
+    RunActive,
+    RunFinished,
+    RunNotFound,
+    RunQueue,
+    WorkflowRun,
+)
 from tradingd.workflows.spec import SpecError, WorkflowSpec, parse_spec, parse_spec_text
 from tradingd.workflows.spec_limits import DocumentTooComplex, load_json
 
@@ -288,6 +296,19 @@ async def cancel_run(request: web.Request) -> web.Response:
     return ok(run.describe())
 
 
+async def resume_run(request: web.Request) -> web.Response:
+    """Run again a failed, cancelled or interrupted run (e.g. once a full disk has space again)."""
+    require_token(request)
+    run = _run_or_404(request)
+    try:
+        request.app[DAEMON].runs.resume_run(run.id)
+    except RunActive as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    except QueueClosed as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "5"}) from None
+    return ok(run.describe(), status=202)
+
+
 async def run_report(request: web.Request) -> web.StreamResponse:
     """The run's report.html and what it links to (phase reports, plots, JSON results)."""
     run_id = request.match_info["run_id"]
@@ -359,6 +380,7 @@ def build_app(daemon: Daemon, *, max_body_bytes: int, data_roots: Sequence[Path]
     app.router.add_post("/runs", submit_run)
     app.router.add_get("/runs/{run_id}", get_run)
     app.router.add_delete("/runs/{run_id}", cancel_run)
+    app.router.add_post("/runs/{run_id}/resume", resume_run)
     app.router.add_get("/runs/{run_id}/report", run_report_redirect)
     app.router.add_get("/runs/{run_id}/report/{path:.*}", run_report)
     app.router.add_get("/outcomes/summary", outcomes_summary)

@@ -79,8 +79,10 @@ def make_search(db: Path, method: str, evaluator: Evaluator, *, stop_after: int 
     def should_stop() -> bool:
         return stop_after is not None and len(batches) >= stop_after
 
-    return PhaseSearch(study, symbols=SYMBOLS, evaluate=evaluator, should_stop=should_stop,
-                       on_batch=lambda status, slots, evaluated: batches.append(evaluated))
+    async def on_batch(status: dict[str, Any], slots: int, evaluated: int) -> None:
+        batches.append(evaluated)
+
+    return PhaseSearch(study, symbols=SYMBOLS, evaluate=evaluator, should_stop=should_stop, on_batch=on_batch)
 
 
 def trials_of(search: PhaseSearch) -> list[tuple[int, Any, Any]]:

@@ -207,7 +207,7 @@ def out_of_sample_segments(run: RunData) -> list[tuple[str, EquityCurve]]:
     return segments
 
 
-def write_run_report(run_dir: Path | str) -> RunReport:
+def write_run_report(run_dir: Path | str, *, status: str | None = None) -> RunReport:
     """Write ``<run_dir>/report.html``: phases with their selections and links to their reports.
 
     A walk-forward run (phases with a ``window`` in their summary) also gets
@@ -215,6 +215,8 @@ def write_run_report(run_dir: Path | str) -> RunReport:
     chained so each window starts where the previous one ended.
     """
     run = load_run(Path(run_dir))
+    if status is not None:  # the run's final status, written to the manifest after the report
+        run.manifest["status"] = status
     segments = out_of_sample_segments(run)
     windows = len({p.window for p in run.phases if p.window is not None})
     written: dict[str, Path] = {}
@@ -254,10 +256,10 @@ async def publish_phase_report(
         return None
 
 
-async def publish_run_report(run_dir: Path | str) -> RunReport | None:
+async def publish_run_report(run_dir: Path | str, *, status: str | None = None) -> RunReport | None:
     """:func:`write_run_report` in a worker thread; logs and returns ``None`` on failure."""
     try:
-        return await asyncio.to_thread(write_run_report, run_dir)
+        return await asyncio.to_thread(write_run_report, run_dir, status=status)
     except Exception:
         log.exception("could not write the report for run %s", run_dir)
         return None

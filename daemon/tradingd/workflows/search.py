@@ -247,7 +247,8 @@ class PhaseSearch:
     """Runs one phase's search to the end (or until ``should_stop``); see the module docstring."""
 
     def __init__(self, study: SearchStudy, *, symbols: Sequence[str], evaluate: BatchEvaluator,
-                 should_stop: Callable[[], bool], on_batch: Callable[[dict[str, Any], int, int], None]) -> None:
+                 should_stop: Callable[[], bool],
+                 on_batch: Callable[[dict[str, Any], int, int], Awaitable[None]]) -> None:
         self.study = study
         self.symbols = list(symbols)
         self._evaluate = evaluate
@@ -309,7 +310,7 @@ class PhaseSearch:
                 number=trial.number, batch=batch, state="complete" if value is not None else "fail",
                 index=where, params=self.study.space[where] if where is not None else None, value=value,
                 evaluated=note is None, note=note))
-        self._on_batch(self.status(), len(trials), len(fresh))
+        await self._on_batch(self.status(), len(trials), len(fresh))
 
     def best(self) -> TrialRecord | None:
         done = [r for r in self.records if r.value is not None]

@@ -17,22 +17,24 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from tradingd.reports import publish_phase_report
+from tradingd.reports import write_phase_report
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.tasks import TaskScheduler
 from tradingd.trading.data import MarketData
 from tradingd.trading.metrics import HIGHER_IS_BETTER
 from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
-from tradingd.workflows.compute import data_range, train_model
-from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
+from tradingd.workflows.compute import data_range
+from tradingd.workflows.container import Container, RunServices, load_completed
 from tradingd.workflows.layout import PhaseLayout, RunLayout
 from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, write_stitched
 from tradingd.workflows.overfitting import phase_overfitting
+from tradingd.workflows.phase_models import PhaseModels
 from tradingd.workflows.phase_summary import phase_summary, research_sections
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
@@ -64,7 +66,8 @@ class Sequencer:
         services: RunServices,
         progress: Progress,
         should_stop: Callable[[], bool],
-        on_change: Callable[[], None],
+        on_change: Callable[[], Awaitable[None]],
+        cancelled_as: Callable[[], str] = lambda: "cancelled",
     ) -> None:
         self.spec = spec
         self.run_id = run_id
@@ -77,15 +80,18 @@ class Sequencer:
         self.fingerprint = spec.fingerprint()
         self.plans = plan_phases(spec, data)
         self.selections: dict[str, dict[str, list[int]]] = {}
-        self.model_keys: dict[str, dict[str, dict[str, str]]] = {}
         # Walk-forward: the stitched out-of-sample summary once every window ran (out_of_sample.json).
         self.out_of_sample: dict[str, Any] | None = None
         self._should_stop = should_stop
         self._on_change = on_change
+        self._cancelled_as = cancelled_as
         self._trainable = get_strategy(spec.strategy.name).trainable
         self._planned: dict[str, tuple[int, int]] = {}
         self._slices: dict[tuple[str, str], MarketData] = {}
         self.searches: dict[str, PhaseSearch] = {}  # phase -> its finished (or stopped) search
+        self.models = PhaseModels(run_id=run_id, fingerprint=self.fingerprint, services=services,
+                                  strategy=spec.strategy.name, grid=self.grid,
+                                  bars=lambda phase, symbol: self._slice(self._plan(phase), symbol))
         for plan in self.plans:
             count, units = self._estimate(plan)
             self._planned[plan.name] = (count, units)
@@ -105,6 +111,9 @@ class Sequencer:
         chunks = math.ceil(combos / self.spec.execution.chunk_size)
         units = sum((stop - start) * combos for start, stop in plan.bounds.values())
         return chunks * len(plan.bounds), units
+
+    def _plan(self, name: str) -> PhasePlan:
+        return next(p for p in self.plans if p.name == name)
 
     def _slice(self, plan: PhasePlan, symbol: str) -> MarketData:
         """``symbol``'s bars in ``plan``: views, made once per phase because slicing hashes the bars."""
@@ -128,42 +137,75 @@ class Sequencer:
 
     async def _run_phase(self, plan: PhasePlan) -> None:
         plan.status, plan.started_at = "running", time.time()
-        self._on_change()
+        await self._on_change()
         phase_layout = self.layout.phase(plan.name)
+        try:
+            await self._run_phase_in(plan, phase_layout)
+        except asyncio.CancelledError:
+            await self._end_cancelled(plan, phase_layout)
+            raise
+        except RunInterrupted:
+            raise
+        except Exception:
+            plan.status, plan.finished_at = "failed", time.time()  # e.g. its files could not be written
+            raise
+
+    async def _end_cancelled(self, plan: PhasePlan, phase_layout: PhaseLayout) -> None:
+        """A phase whose run was cancelled: ``cancelled`` (with its files and report) or ``interrupted``.
+
+        Runs after the cancellation was delivered; every write is shielded by
+        the writer, so only a second cancellation can cut this short, and then
+        only the waiting.
+        """
+        plan.status, plan.finished_at = self._cancelled_as(), time.time()
+        if plan.status == "cancelled":
+            try:
+                aggregate, facts = await self._aggregate(plan, phase_layout)
+                plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
+                await self.services.writer.call(self._write_phase_files, plan, phase_layout, aggregate, facts, None)
+                await self._report(phase_layout, status="cancelled")
+            except OSError as exc:
+                log.warning("run %s phase %s: cancelled, but its files could not be written: %s", self.run_id,
+                            plan.name, exc)
+        await self._on_change()
+
+    async def _report(self, phase_layout: PhaseLayout, *, status: str | None = None) -> None:
+        """Draw the phase's report (in the file worker); never raises: a report is not worth a run."""
+        try:
+            await self.services.files.call(write_phase_report, phase_layout.root, run_id=self.run_id, status=status)
+        except Exception as exc:
+            log.warning("run %s: could not write the report of %s: %s", self.run_id, phase_layout.root.name, exc)
+
+    async def _aggregate(self, plan: PhasePlan, phase_layout: PhaseLayout) -> tuple[dict[str, Any], PhaseFacts]:
+        """Rank the phase's container files (in the file worker: it parses every one of them)."""
+        return await self.services.files.call(
+            aggregate_phase, layout=phase_layout, phase=plan.name, kind=plan.kind, strategy=self.spec.strategy.name,
+            container_ids=plan.container_ids, fingerprint=self.fingerprint, objective=self.spec.objective,
+            selection=self.spec.selection, report_top=self.spec.report_top,
+            handed=self.selections.get(plan.source_phase) if plan.source_phase else None)
+
+    async def _run_phase_in(self, plan: PhasePlan, phase_layout: PhaseLayout) -> None:
         if self._searching(plan):
             resumed = await self._run_search(plan, phase_layout)
         else:
             resumed = await self._run_grid(plan, phase_layout)
         if self._should_stop():
-            plan.status = "interrupted"
-            self._on_change()
+            plan.status, plan.finished_at = "interrupted", time.time()
+            await self._on_change()
             raise RunInterrupted(f"stopped during phase {plan.name}")
-        aggregate, facts = await asyncio.to_thread(
-            aggregate_phase,
-            layout=phase_layout,
-            phase=plan.name,
-            kind=plan.kind,
-            strategy=self.spec.strategy.name,
-            container_ids=plan.container_ids,
-            fingerprint=self.fingerprint,
-            objective=self.spec.objective,
-            selection=self.spec.selection,
-            report_top=self.spec.report_top,
-            handed=self.selections.get(plan.source_phase) if plan.source_phase else None,
-        )
+        aggregate, facts = await self._aggregate(plan, phase_layout)
         self.selections[plan.name] = aggregate["selection"]["by_symbol"]
         overfitting = await self._overfitting(plan, aggregate["selection"]["by_symbol"])
         plan.results = phase_headline(aggregate, overfitting)
         if self._trainable and plan.kind == "training":
-            await self._train_selected(plan, self.selections[plan.name])
+            await self.models.train_selected(plan.name, self.selections[plan.name])
         plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
         plan.counts["resumed"] = resumed
         plan.status = "completed" if facts.count("completed") == len(plan.container_ids) else "failed"
         plan.finished_at = time.time()
-        await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts, overfitting)
-        self._on_change()
-        # Reads the files just written; never raises (a report is not worth failing a run for).
-        await publish_phase_report(phase_layout.root)
+        await self.services.writer.call(self._write_phase_files, plan, phase_layout, aggregate, facts, overfitting)
+        await self._on_change()
+        await self._report(phase_layout)
 
     async def _run_grid(self, plan: PhasePlan, phase_layout: PhaseLayout) -> int:
         """Run the phase's containers over its whole grid; how many were already completed."""
@@ -173,8 +215,9 @@ class Sequencer:
         actual_units = sum(c.work_units for c in containers)
         # A testing phase may test fewer combinations than estimated (a symbol with no selection).
         self.progress.skip(max(0, planned_units - actual_units), max(0, planned_count - len(containers)))
-        # Reading result files (possibly large, possibly many) is I/O: off the loop.
-        done = await asyncio.to_thread(self._already_completed, containers)
+        # Reading result files (possibly large, possibly many): in the file worker.
+        done = await self.services.files.call(already_completed, [(c.path, c.id) for c in containers],
+                                              self.fingerprint)
         todo = [c for c in containers if c.id not in done]
         resumed = len(containers) - len(todo)
         for container in containers:
@@ -187,7 +230,7 @@ class Sequencer:
             if self._trainable and plan.kind == "testing":
                 assert plan.source_phase is not None
                 for container in todo:
-                    container.attach_models([await self._model(plan.source_phase, container.symbol, i, leases)
+                    container.attach_models([await self.models.get(plan.source_phase, container.symbol, i, leases)
                                              for i in container.indices])
             await self._run_containers(plan, todo)
         return resumed
@@ -211,11 +254,11 @@ class Sequencer:
                                    make=lambda symbol, cid, ids: self._container(plan, layout, symbol, cid, ids),
                                    run=lambda containers: self._run_containers(plan, containers))
 
-        def on_batch(status: dict[str, Any], slots: int, evaluated: int) -> None:
+        async def on_batch(status: dict[str, Any], slots: int, evaluated: int) -> None:
             # Repeats and rejected sets cost nothing: take them off the work left (and the ETA).
             self.progress.skip((slots - evaluated) * bars, 0 if evaluated else len(self.data))
             self.progress.search = status
-            self._on_change()
+            await self._on_change()
 
         self.searches[plan.name] = search = PhaseSearch(study, symbols=list(self.data), evaluate=batches,
                                                         should_stop=self._should_stop, on_batch=on_batch)
@@ -248,12 +291,6 @@ class Sequencer:
         closes = {s: [self._slice(p, s).close for p in tests] for s in self.data}
         return write_stitched(self.layout.root, windows, closes, initial_equity=self.spec.backtest.initial_equity,
                               periods_per_year={s: d.periods_per_year for s, d in self.data.items()})
-
-    def _already_completed(self, containers: Sequence[Container]) -> set[str]:
-        return {
-            c.id for c in containers
-            if load_completed(c.path, container_id=c.id, fingerprint=self.fingerprint) is not None
-        }
 
     async def _run_containers(self, plan: PhasePlan, containers: Sequence[Container]) -> None:
         # max_workers is read here, on the loop, once per phase (a Dask cluster may resize meanwhile).
@@ -324,47 +361,6 @@ class Sequencer:
             self._slices[key] = self.data[symbol].slice(0, plan.bounds[symbol][1])
         return {"history": self._slices[key], "outcome_filter": self.spec.outcome_filter.model_dump(mode="json")}
 
-    # --- models (trainable strategies) ----------------------------------------------
-
-    def _model_key(self, phase: str, symbol: str, index: int) -> str:
-        return f"{self.run_id}:{phase}:{symbol}:{index}:{self.fingerprint}"
-
-    async def _train_selected(self, plan: PhasePlan, selection: Mapping[str, list[int]]) -> None:
-        keys: dict[str, dict[str, str]] = {}
-        for symbol, indices in selection.items():
-            for index in indices:
-                await self._model(plan.name, symbol, index, None)
-                keys.setdefault(symbol, {})[str(index)] = self._model_key(plan.name, symbol, index)
-        self.model_keys[plan.name] = keys
-
-    async def _model(self, phase: str, symbol: str, index: int, leases: ExitStack | None) -> Any:
-        """The model trained in ``phase`` for (symbol, index): from the registry, or trained now.
-
-        With ``leases``, the model is leased from the registry until the stack
-        closes. Training is seeded, so a model retrained after a restart (or
-        after the registry lost it) is the same model.
-        """
-        key = self._model_key(phase, symbol, index)
-        registry = self.services.models
-        if key in self.services.local_models:
-            return self.services.local_models[key]
-        if registry is not None:
-            try:
-                model = await asyncio.to_thread(_find_model, registry, key)
-            except KeyError as exc:  # ModelUnavailable: the file is gone or failed its check
-                log.warning("model %s unavailable (%s); retraining", key, exc)
-                model = None
-            if model is not None:
-                return _leased(registry, key, leases, model)
-        plan = next(p for p in self.plans if p.name == phase)
-        model = await self.services.executor.submit(train_model, self._slice(plan, symbol),
-                                                    self.spec.strategy.name, self.grid[index])
-        if registry is None:
-            self.services.local_models[key] = model
-            return model
-        await asyncio.to_thread(registry.register, key, model)
-        return _leased(registry, key, leases, model)
-
     # --- files -------------------------------------------------------------------
 
     def _write_phase_files(self, plan: PhasePlan, layout: PhaseLayout, aggregate: dict[str, Any],
@@ -375,23 +371,13 @@ class Sequencer:
         if plan.settings.track_equity:  # the benchmark the report draws beside the equity curves
             atomic_write_json(layout.root / "buy_and_hold.json",
                               buy_and_hold_document({s: self._slice(plan, s).close for s in self.data}))
-        if plan.name in self.model_keys:
-            summary["models"] = self.model_keys[plan.name]
+        if plan.name in self.models.keys:
+            summary["models"] = self.models.keys[plan.name]
         summary.update(research_sections(plan, layout, self.spec, self.searches.get(plan.name)))
         atomic_write_json(layout.summary, summary)
 
 
-def _find_model(registry: ModelStore, key: str) -> Any:
-    """The registry's model for ``key`` (reloaded from disk if need be), or None if it has none."""
-    return registry.get(key) if key in registry else None
-
-
-def _leased(registry: ModelStore, key: str, leases: ExitStack | None, model: Any) -> Any:
-    """``model``, leased from ``registry`` until ``leases`` closes.
-
-    Cheap on the loop: we hold ``model``, so the registry finds it live and
-    only counts the lease (no reload).
-    """
-    if leases is None:
-        return model
-    return leases.enter_context(registry.use(key))
+def already_completed(containers: Sequence[tuple[Path, str]], fingerprint: str) -> set[str]:
+    """The ids of ``(result path, container id)`` pairs whose file is a completed result of this spec."""
+    return {cid for path, cid in containers
+            if load_completed(path, container_id=cid, fingerprint=fingerprint) is not None}
