@@ -143,14 +143,20 @@ def _stat_value(path: Path, keys: tuple[str, ...]) -> int:
 
 
 def read_cgroup_usage(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
-    """Working set of our cgroup: usage minus inactive file pages (v2, else v1)."""
+    """Working set of our cgroup: usage minus inactive file pages (v2, else v1).
+
+    Our own cgroup's directory comes first. Inside a container the path named in
+    ``/proc/self/cgroup`` (``/docker/<id>``) does not exist in the container's view:
+    there the mount point itself (``/sys/fs/cgroup`` on v2, ``/sys/fs/cgroup/memory``
+    on v1) is our cgroup, so it is the fallback, as in :func:`read_cgroup_limit`.
+    """
     v2, v1 = _own_cgroup_dirs(root, proc_cgroup)
-    for d in v2[:1] or [root]:
+    for d in [*v2[:1], root]:
         current = _read_int(d / "memory.current")
         if current is None:
             continue
         return max(current - _stat_value(d / "memory.stat", ("inactive_file",)), 0)
-    for d in v1[:1]:
+    for d in v1:
         usage = _read_int(d / "memory.usage_in_bytes")
         if usage is None:
             continue
