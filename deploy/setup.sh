@@ -26,7 +26,9 @@ chroot_run() {
   local root=$1; shift
   cp /etc/resolv.conf "$root/etc/resolv.conf"
   mount --bind /proc "$root/proc"
-  local rc=0; chroot "$root" /bin/sh -ec "$*" || rc=$?
+  # Without the host's pip settings (find-links and indexes that exist only on the host).
+  local rc=0; env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+    chroot "$root" /bin/sh -ec "$*" || rc=$?
   umount "$root/proc"
   : >"$root/etc/resolv.conf"
   return $rc

@@ -27,6 +27,7 @@ from tradingd.memory.cleanup import parse_level
 from tradingd.memory.monitor import PressureLevel
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.workflows.retention import set_pinned
 from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
 from tradingd.workflows.spec import SAFE_NAME, SpecError, parse_spec, parse_spec_text
 
@@ -203,11 +204,37 @@ def _run_or_404(request: web.Request) -> WorkflowRun:
         raise web.HTTPNotFound(text=f"no run {run_id!r}") from None
 
 
+_RUNS_PAGE = 100
+
+
+def _query_int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise web.HTTPBadRequest(text=f"?{name}= must be an integer from 0 to {maximum}")
+    return int(raw)
+
+
 async def list_runs(request: web.Request) -> web.Response:
-    """Every run, newest first; ``?status=running`` filters."""
-    wanted = request.query.get("status")
-    runs = request.app[DAEMON].runs.list()
-    return ok({"runs": [r.describe() for r in runs if wanted is None or r.status == wanted]})
+    """The runs retention keeps, newest first, a page at a time; ``?status=running`` filters.
+
+    ``?limit=`` (default 100, at most 1000) and ``?offset=`` page; ``total`` counts the matches.
+    """
+    limit = _query_int(request, "limit", _RUNS_PAGE, 1000)
+    offset = _query_int(request, "offset", 0, 10**9)
+    runs = request.app[DAEMON].runs.list(request.query.get("status"))
+    page = runs[offset:offset + limit]
+    return ok({"runs": [r.describe() for r in page], "total": len(runs), "offset": offset, "limit": limit})
+
+
+async def pin_run(request: web.Request) -> web.Response:
+    """``POST``: retention never removes this run; ``DELETE``: it may again."""
+    require_token(request)
+    run = _run_or_404(request)
+    pinned = request.method == "POST"
+    await asyncio.to_thread(set_pinned, run.layout.root, pinned)
+    return ok({"id": run.id, "pinned": pinned})
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -356,6 +383,8 @@ def build_app(daemon: Daemon, *, max_body_bytes: int) -> web.Application:
     app.router.add_post("/runs", submit_run)
     app.router.add_get("/runs/{run_id}", get_run)
     app.router.add_delete("/runs/{run_id}", cancel_run)
+    app.router.add_post("/runs/{run_id}/pin", pin_run)
+    app.router.add_delete("/runs/{run_id}/pin", pin_run)
     app.router.add_get("/runs/{run_id}/report", run_report_redirect)
     app.router.add_get("/runs/{run_id}/report/{path:.*}", run_report)
     app.router.add_get("/outcomes/summary", outcomes_summary)

@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaskConfig",
+    "DiskConfig",
     "ExecutorConfig",
     "HttpConfig",
     "LoggingConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "OutcomesConfig",
     "PathsConfig",
     "ProcessPoolConfig",
+    "RetentionConfig",
     "StorageConfig",
     "Thresholds",
     "default_config_text",
@@ -183,6 +185,29 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
 
+class RetentionConfig(_Section):
+    """How much history the results directory keeps (docs/config.md, "retention").
+
+    Finished runs (completed, failed, cancelled) go oldest first once any bound is
+    exceeded; queued, running, interrupted and pinned runs are never removed.
+    ``null`` switches a bound off.
+    """
+
+    max_runs: int | None = Field(default=500, ge=1)
+    max_age_days: float | None = Field(default=90, gt=0)
+    max_bytes: int | None = Field(default=800_000_000, ge=0)
+    # Training/backtest event streams (events/*.jsonl): bytes per phase of a run; beyond it
+    # containers stop streaming (their summaries still count every event).
+    max_event_bytes_per_phase: int | None = Field(default=8_000_000, ge=0)
+
+
+class DiskConfig(_Section):
+    """Free space below ``min_free_mb`` on the state or results filesystem pauses admission."""
+
+    min_free_mb: float = Field(default=512, ge=0)
+    check_interval: float = Field(default=10.0, gt=0, le=3600)
+
+
 class Config(_Section):
     """The whole daemon configuration."""
 
@@ -196,6 +221,8 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     outcomes: OutcomesConfig = OutcomesConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
+    disk: DiskConfig = DiskConfig()
     startup_workflows: list[str] = Field(default_factory=list)
     graceful_timeout: float = Field(default=5.0, ge=0, le=600)
     # Where the config came from; relative startup workflow paths resolve against it.

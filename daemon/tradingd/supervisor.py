@@ -194,6 +194,7 @@ class Supervisor:
         )
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
+        self.stats.register("disk", self._workflows.disk_stats)
         self._monitor.sample()
         self.stats.refresh()
         # 5. HTTP.
@@ -219,6 +220,8 @@ class Supervisor:
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
             self._workflows.start(self.startup_specs)
+            # Retention and free disk space (pauses admission when low).
+            self.tasks.spawn(self._workflows.keep_bounded(self.stop_event), name="retention")
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 

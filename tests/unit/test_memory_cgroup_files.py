@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tradingd.memory.monitor import read_cgroup_limit, read_cgroup_usage
 
 MIB = 1 << 20

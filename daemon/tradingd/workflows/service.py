@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
+from tradingd.periodic import poll
 from tradingd.workflows.container import RunServices, TradeSink
 from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
+from tradingd.workflows.retention import DiskGuard, Retention
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
 
@@ -37,6 +39,8 @@ __all__ = ["BUNDLED_PREFIX", "WorkflowService", "bundled_spec_names", "load_star
 log = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
+# Retention passes also run every this many disk checks, for max_age_days (10 s checks: ~10 min).
+_PRUNE_EVERY = 60
 
 
 def bundled_spec_names() -> list[str]:
@@ -85,6 +89,10 @@ class WorkflowService:
         self.max_concurrent_runs = max_concurrent_runs
         self.executor: Executor | None = None
         self._queue: RunQueue | None = None
+        self.retention: Retention
+        self.disk: DiskGuard
+        self._wake = asyncio.Event()
+        self._prune_due = True
 
     def __repr__(self) -> str:
         return f"<WorkflowService {self._queue!r} {self.executor!r}>"
@@ -112,6 +120,14 @@ class WorkflowService:
             on_trades=self.on_trades,
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
+        self.retention = Retention(
+            config.results_dir, config.retention, snapshot=self._queue.retention_view, forget=self._queue.forget,
+            models=memory.models if memory is not None else None, on_idle=self.executor.prune_data,
+            state_dir=config.state_dir,
+        )
+        self.disk = DiskGuard([config.state_dir, config.results_dir], int(config.disk.min_free_mb * 2**20),
+                              memory.admission if memory is not None else None)
+        self._queue.on_settled = self._run_settled
 
     def start(self, startup_specs: Sequence[WorkflowSpec]) -> None:
         """Resume unfinished runs and submit the startup workflows (call once the daemon is ready)."""
@@ -129,3 +145,34 @@ class WorkflowService:
 
     def stats(self) -> dict[str, Any]:
         return self.queue.stats()
+
+    # --- bounded disk ------------------------------------------------------------------
+
+    def _run_settled(self, _run: object) -> None:
+        self._prune_due = True
+        self._wake.set()
+
+    async def keep_bounded(self, stop: asyncio.Event) -> None:
+        """Check free disk every ``disk.check_interval``; run a retention pass at start, after
+        every run that ends, while disk space is low, and every ``_PRUNE_EVERY`` checks (age)."""
+        checks = 0
+        async for _ in poll(stop, self.config.disk.check_interval, wake=self._wake, first_delay=0):
+            try:
+                low = await asyncio.to_thread(self.disk.check)
+                if self._prune_due or low or checks % _PRUNE_EVERY == 0:
+                    self._prune_due = False
+                    await self.retention.prune()
+            except Exception:  # a failed pass must not end the loop
+                log.exception("retention pass failed")
+            checks += 1
+
+    def disk_stats(self) -> dict[str, Any]:
+        """The ``disk`` section of /stats: results and state bytes, free space, retention counters."""
+        retention = self.retention.stats()
+        return {
+            "used_bytes": retention["kept_bytes"] + retention["state_bytes"],
+            "results_bytes": retention["kept_bytes"],
+            "state_bytes": retention["state_bytes"],
+            **self.disk.stats(),
+            "retention": retention,
+        }
