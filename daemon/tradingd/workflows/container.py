@@ -34,7 +34,7 @@ from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data
 from tradingd.workflows.executor import Executor
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.spec import PhaseSettings
-from tradingd.workflows.tracing import EventStream, empty_summary, merge_summaries
+from tradingd.workflows.tracing import EventBudgets, EventStream, empty_summary, merge_summaries
 
 __all__ = [
     "CONTAINER_FORMAT",
@@ -107,6 +107,8 @@ class RunServices:
     models: ModelStore | None = None
     admission: AdmissionGate | None = None
     on_trades: TradeSink | None = None
+    # Caps the bytes of event streams per phase (retention.max_event_bytes_per_phase).
+    event_budgets: EventBudgets | None = None
     # Models trained in this process, for when there is no registry (one-shot runs).
     local_models: dict[str, Any] = field(default_factory=dict)
 
@@ -212,7 +214,9 @@ class Container:
         self._peak_rss = psutil.Process().memory_info().rss
         try:
             if self._trace.stream:
-                self._stream = EventStream(self.layout.events(self.id))
+                budgets = self._services.event_budgets
+                budget = budgets.for_phase(self.layout.events_dir) if budgets is not None else None
+                self._stream = EventStream(self.layout.events(self.id), budget)
         except BaseException as exc:
             self._teardown(exc)
             raise
@@ -316,6 +320,8 @@ class Container:
         if self._stream is not None:
             events["file"] = f"events/{self.id}.jsonl"
             events["bytes"] = self._stream.bytes_written
+            if self._stream.dropped_bytes:  # over retention.max_event_bytes_per_phase
+                events["dropped_bytes"] = self._stream.dropped_bytes
         doc: dict[str, Any] = {
             "format": CONTAINER_FORMAT,
             "container_id": self.id,

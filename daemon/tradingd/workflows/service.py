@@ -30,6 +30,7 @@ from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.retention import DiskGuard, Retention
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
+from tradingd.workflows.tracing import EventBudgets
 
 if TYPE_CHECKING:
     from tradingd.memory.manager import MemoryManager
@@ -118,6 +119,8 @@ class WorkflowService:
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
             on_trades=self.on_trades,
+            event_budgets=(EventBudgets(config.retention.max_event_bytes_per_phase)
+                           if config.retention.max_event_bytes_per_phase is not None else None),
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
         self.retention = Retention(
