@@ -64,6 +64,9 @@ check "docker stop within 10 s" python3 -c "import sys; sys.exit(not $secs < 10)
 check "exit code 0 after SIGTERM" test "$(docker inspect --format '{{.State.ExitCode}}' "$NAME")" = 0
 check "graceful stop logged" sh -c "docker logs $NAME 2>&1 | grep -Eq 'supervisor.*stopped'"
 
+docker logs "$NAME" >"$D/docker-first.log" 2>&1
+sed -n '/stopping gracefully/,$p' "$D/docker-first.log" | cut -c1-160 | sed 's/^/  log: /'
+
 # A new container on the same named volume (the documented recipe) keeps everything.
 docker rm "$NAME" >/dev/null
 docker run -d --name "$NAME" "${RUN_ARGS[@]}" -v "$VOL:/var/lib/tradingd" "$IMG" >/dev/null
@@ -73,8 +76,10 @@ check "recreate: results of the startup study kept" \
   docker exec "$NAME" test -f "/var/lib/tradingd/results/$RUN_ID/manifest.json"
 check "recreate: outcome journal and persisted caches kept" \
   docker exec "$NAME" sh -c 'test -s /var/lib/tradingd/outcomes.sqlite && ls /var/lib/tradingd/caches/* >/dev/null'
-check "recreate: the completed startup study is not run again" \
-  sh -c "completed && docker logs $NAME 2>&1 | grep -q 'is already completed' && ! docker logs $NAME 2>&1 | grep -q 'queued run'"
+not_rerun() {
+  completed && docker logs "$NAME" 2>&1 | grep -q 'is already completed' && ! docker logs "$NAME" 2>&1 | grep -q 'queued run'
+}
+check "recreate: the completed startup study is not run again" not_rerun
 check "recreate: no anonymous volume" \
   sh -c "! docker inspect $NAME --format '{{range .Mounts}}{{.Type}}:{{.Name}} {{end}}' | grep -Eq 'volume:[0-9a-f]{64}'"
 docker stop "$NAME" >/dev/null

@@ -66,11 +66,11 @@ fi
 t0=$SECONDS
 in_ct systemctl start tradingd
 # Type=notify: start returns once READY=1 arrived, and the daemon sends it after HTTP listens.
-check "Type=notify: active once READY=1 arrived, and HTTP answers then" \
-  sh -c "[ \"\$(in_ct systemctl show -p ActiveState --value tradingd)\" = active ] && curl -fsS -m 5 http://127.0.0.1:$PORT/ready"
+active_and_answering() { [ "$(prop ActiveState)" = active ] && curl -fsS -m 5 "http://127.0.0.1:$PORT/ready"; }
+check "Type=notify: active once READY=1 arrived, and HTTP answers then" active_and_answering
 echo "  start took $((SECONDS - t0)) s"
-check "systemctl status shows the daemon's STATUS= line" \
-  sh -c "in_ct systemctl status tradingd --no-pager | grep -Eq 'Status: \"mem [0-9]+/[0-9]+ MB'"
+status_line() { in_ct systemctl status tradingd --no-pager | grep -Eq 'Status: "mem [0-9]+/[0-9]+ MB'; }
+check "systemctl status shows the daemon's STATUS= line" status_line
 check "MemoryMax=4G: /stats limit 4 GiB from the cgroup" test "$(limit)" = "4294967296 cgroup"
 
 in_ct sh -c 'mkdir -p /etc/systemd/system/tradingd.service.d
@@ -83,14 +83,15 @@ in_ct sh -c 'rm -rf /etc/systemd/system/tradingd.service.d && systemctl daemon-r
 in_ct kill -STOP "$(prop MainPID)"
 restarted() { [ "$(prop NRestarts)" -ge 1 ] && [ "$(prop ActiveState)" = active ] && api /ready >/dev/null; }
 check "watchdog: SIGSTOPped daemon is restarted (NRestarts >= 1) and ready again" wait_for 90 restarted
-check "journal: watchdog timeout" sh -c "in_ct journalctl -b -u tradingd --no-pager -o cat | grep -q 'Watchdog timeout'"
+watchdog_logged() { journal | grep -q 'Watchdog timeout'; }
+check "journal: watchdog timeout" watchdog_logged
 
 # Stop with the thread executor while the startup study runs.
 kills() { journal | grep -Ec 'SIGKILL|Killing process'; }
 k0=$(kills)
 in_ct systemctl stop tradingd
-check "stop (thread executor): Result=success, status 0" \
-  sh -c "[ \"\$(in_ct systemctl show -p Result --value tradingd)\" = success ] && [ \"\$(in_ct systemctl show -p ExecMainStatus --value tradingd)\" = 0 ]"
+clean_stop() { [ "$(prop Result)" = success ] && [ "$(prop ExecMainStatus)" = 0 ] && [ "$(prop ActiveState)" = inactive ]; }
+check "stop (thread executor): Result=success, status 0" clean_stop
 check "stop (thread executor): nothing SIGKILLed" test "$(kills)" = "$k0"
 
 # The process executor: workers busy with the startup study, then stop.
@@ -104,10 +105,9 @@ k0=$(kills)
 t0=$SECONDS
 in_ct systemctl stop tradingd
 echo "  stop took $((SECONDS - t0)) s"
-check "stop (process executor): Result=success, status 0" \
-  sh -c "[ \"\$(in_ct systemctl show -p Result --value tradingd)\" = success ] && [ \"\$(in_ct systemctl show -p ExecMainStatus --value tradingd)\" = 0 ]"
-check "stop (process executor): nothing SIGKILLed, no process left" \
-  sh -c "[ \"\$(kills)\" = $k0 ] && ! in_ct journalctl -b -u tradingd --no-pager -o cat | tail -20 | grep -q 'left-over process'"
+check "stop (process executor): Result=success, status 0" clean_stop
+no_kills() { [ "$(kills)" = "$k0" ] && ! journal | grep -q 'left-over process'; }
+check "stop (process executor): nothing SIGKILLed, no process left" no_kills
 
 # The interrupted run resumes after a restart.
 in_ct systemctl start tradingd

@@ -279,13 +279,13 @@ def load_config(path: Path | str | None, *, check_paths: bool = True) -> Config:
         raise ConfigError([yaml_error_line(exc, name)]) from None
     config = parse_config(raw, name=name, environ=os.environ)
     if check_paths:
-        problems = [
-            f"{name}: {key}: {problem}"
-            for key, directory in (("paths.state_dir", config.state_dir), ("paths.results_dir", config.results_dir))
-            if (problem := _writable_problem(directory)) is not None
-        ]
+        # One line per cause: a results dir inside an unwritable state dir is the same problem.
+        problems: dict[str, str] = {}
+        for key, directory in (("paths.state_dir", config.state_dir), ("paths.results_dir", config.results_dir)):
+            if (problem := _writable_problem(directory)) is not None and problem not in problems:
+                problems[problem] = f"{name}: {key}: {problem}"
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(list(problems.values()))
     return config
 
 
