@@ -61,5 +61,7 @@ stop_dockerd() {
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
   rm -f "$D/dockerd.started"
+  # dockerd leaves its default network namespace mounted.
+  if mountpoint -q "$D/docker-exec/netns/default" 2>/dev/null; then umount "$D/docker-exec/netns/default"; fi
   log "dockerd (pid $pid) stopped"
 }

@@ -7,6 +7,7 @@
 #   3. a rootfs that boots systemd (for systemd-nspawn --boot) with tradingd's dependencies in
 #      /opt/tradingd, cached; the project itself is reinstalled from this checkout every run.
 # It starts the suite's own dockerd (pid in $D/dockerd.started); deploy/test.sh stops it.
+# `setup.sh base` stops after step 2 (what the Docker suite needs); steps done are skipped.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 mkdir -p "$D"
@@ -66,6 +67,8 @@ if ! docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
   log "docker import $BASE_TAG"
   docker import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' "$BASE_TAR" "$BASE_TAG" >/dev/null
 fi
+
+if [ "${1:-all}" = base ]; then log "base image ready"; exit 0; fi
 
 # 3. the systemd rootfs with the dependencies installed as docs/operations.md says
 R=$D/rootfs-systemd
