@@ -65,6 +65,12 @@ check "exit code 0 after SIGTERM" test "$(docker inspect --format '{{.State.Exit
 check "graceful stop logged" sh -c "docker logs $NAME 2>&1 | grep -Eq 'supervisor.*stopped'"
 
 docker logs "$NAME" >"$D/docker-first.log" 2>&1
+font_cache_from_image() {
+  ! grep -q 'building the font cache' "$D/docker-first.log" &&
+    docker run --rm --network none --entrypoint python "$IMG" -c \
+      'import matplotlib, os, sys; d = matplotlib.get_cachedir(); sys.exit(not (d == os.environ["MPLCONFIGDIR"] and any(f.startswith("fontlist") for f in os.listdir(d))))'
+}
+check "matplotlib's font cache comes with the image (not rebuilt at start)" font_cache_from_image
 sed -n '/stopping gracefully/,$p' "$D/docker-first.log" | cut -c1-160 | sed 's/^/  log: /'
 
 # A new container on the same named volume (the documented recipe) keeps everything.
