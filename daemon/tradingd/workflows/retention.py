@@ -43,11 +43,13 @@ __all__ = [
     "ModelFiles",
     "Retention",
     "RunRecord",
+    "RunView",
     "choose_victims",
     "dir_bytes",
     "empty_trash",
     "is_pinned",
     "remove_run_dir",
+    "run_model_keys",
     "set_pinned",
 ]
 
