@@ -9,6 +9,7 @@ the file and the key path, which the CLI prints before exiting with code 2.
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tradingd.disk_config import DiskConfig, RetentionConfig
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -26,6 +29,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaskConfig",
+    "DataConfig",
     "DiskConfig",
     "ExecutorConfig",
     "HttpConfig",
@@ -60,6 +64,10 @@ class HttpConfig(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     loop_lag_threshold: float = Field(default=1.0, gt=0, description="seconds of loop lag before /health turns 503")
     shutdown_timeout: float = Field(default=2.0, ge=0)
+    header_timeout: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="seconds a connection may take to send a request's headers, and may then stay idle",
+    )
     token_file: Path | None = None
 
 
@@ -180,32 +188,15 @@ class OutcomesConfig(_Section):
     max_outcomes: int = Field(default=100_000, ge=1)
 
 
+class DataConfig(_Section):
+    """Where specs may read market data; None: the bundled sample, <state_dir>/stores, data/ beside the config."""
+
+    allowed_roots: list[Path] | None = None
+
+
 class LoggingConfig(_Section):
     format: Literal["json", "text"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-
-
-class RetentionConfig(_Section):
-    """How much history the results directory keeps (docs/config.md, "retention").
-
-    Finished runs (completed, failed, cancelled) go oldest first once any bound is
-    exceeded; queued, running, interrupted and pinned runs are never removed.
-    ``null`` switches a bound off.
-    """
-
-    max_runs: int | None = Field(default=500, ge=1)
-    max_age_days: float | None = Field(default=90, gt=0)
-    max_bytes: int | None = Field(default=800_000_000, ge=0)
-    # Training/backtest event streams (events/*.jsonl): bytes per phase of a run; beyond it
-    # containers stop streaming (their summaries still count every event).
-    max_event_bytes_per_phase: int | None = Field(default=8_000_000, ge=0)
-
-
-class DiskConfig(_Section):
-    """Free space below ``min_free_mb`` on the state or results filesystem pauses admission."""
-
-    min_free_mb: float = Field(default=512, ge=0)
-    check_interval: float = Field(default=10.0, gt=0, le=3600)
 
 
 class Config(_Section):
@@ -220,6 +211,7 @@ class Config(_Section):
     executor: ExecutorConfig = ExecutorConfig()
     storage: StorageConfig = StorageConfig()
     outcomes: OutcomesConfig = OutcomesConfig()
+    data: DataConfig = DataConfig()
     logging: LoggingConfig = LoggingConfig()
     retention: RetentionConfig = RetentionConfig()
     disk: DiskConfig = DiskConfig()
@@ -378,8 +370,18 @@ def _message(err: Any) -> str:
     return f"{err['msg']} (got {shown})"
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring = 2, 4, 4, 57
+
+
 def _short(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """~60 characters of ``value`` without stringifying it whole (an alias bomb's ``str()`` is gigabytes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 190:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = _SHORT.repr(value) if isinstance(value, str | dict | list | tuple | set) else str(value)
+    except ValueError:  # a huge int nested in a list
+        return "a value too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

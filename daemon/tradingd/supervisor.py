@@ -35,8 +35,9 @@ from tradingd.notify import Notifier, run_watchdog, status_line
 from tradingd.periodic import poll
 from tradingd.stats import StatsBoard, gc_stats
 from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
-from tradingd.storage.statedir import StateDirLock, StateDirLocked
+from tradingd.storage.statedir import StateDirLock, StateDirLocked, secure_state_files
 from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
+from tradingd.workflows.data_roots import allowed_data_roots
 from tradingd.workflows.outcome_sink import journal_sink
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.service import WorkflowService, load_startup_specs
@@ -188,6 +189,7 @@ class Supervisor:
                 OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=config.outcomes.max_outcomes
             )
             self._outcome_count = await asyncio.to_thread(self.outcomes.count)
+            await asyncio.to_thread(secure_state_files, self.state_dir)  # SQLite created it with the umask's mode
         self.stats.register("outcomes", self._outcome_stats)
         self._workflows = WorkflowService(
             config, memory=self._memory, on_trades=journal_sink(self.outcomes) if self.outcomes is not None else None
@@ -226,8 +228,10 @@ class Supervisor:
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
     async def _start_http(self) -> None:
-        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
+        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes,
+                        data_roots=allowed_data_roots(self.config))
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout,
+                                     keepalive_timeout=self.config.http.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from tradingd.periodic import poll
 from tradingd.workflows.container import RunServices, TradeSink
+from tradingd.workflows.data_roots import allowed_data_roots, check_data_source
 from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.retention import DiskGuard, Retention
@@ -69,9 +70,12 @@ def load_startup_specs(config: Config) -> list[WorkflowSpec]:
     """Every startup workflow of ``config``; problems become one ConfigError naming each entry."""
     specs: list[WorkflowSpec] = []
     problems: list[str] = []
+    roots = allowed_data_roots(config)
     for number, ref in enumerate(config.startup_workflows):
         try:
-            specs.append(resolve_spec_ref(ref, config))
+            spec = resolve_spec_ref(ref, config)
+            check_data_source(spec, roots, source=ref)
+            specs.append(spec)
         except SpecError as exc:
             problems.extend(f"{config.source}: startup_workflows.{number}: {line}" for line in exc.lines)
     if problems:

@@ -30,6 +30,7 @@ from tradingd.config import describe_validation_error, yaml_error_line
 from tradingd.trading.metrics import METRIC_NAMES
 from tradingd.trading.strategies import expand_valid_grid, get_strategy
 from tradingd.trading.strategy import StrategyError
+from tradingd.workflows.spec_limits import DocumentTooComplex, check_tree, load_yaml
 from tradingd.workflows.spec_sections import (
     EVENT_TYPES,
     MAX_NAME_LENGTH,
@@ -226,6 +227,10 @@ def parse_spec(raw: object, *, source: str = "<spec>", base_dir: Path | None = N
     if not isinstance(raw, dict):
         raise SpecError([f"{source}: a workflow spec must be a mapping (got {type(raw).__name__})"])
     try:
+        check_tree(raw)
+    except DocumentTooComplex as exc:
+        raise SpecError([f"{source}: {exc}"]) from None
+    try:
         spec = WorkflowSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError([f"{source}: {line}" for line in describe_validation_error(exc)]) from None
@@ -260,11 +265,13 @@ def _check_strategy(spec: WorkflowSpec) -> list[str]:
 
 
 def parse_spec_text(text: str, *, source: str = "<spec>", base_dir: Path | None = None) -> WorkflowSpec:
-    """Parse YAML (JSON is a subset) and validate it."""
+    """Parse YAML (JSON is a subset) within :data:`~tradingd.workflows.spec_limits.DEFAULT_LIMITS` and validate it."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise SpecError([yaml_error_line(exc, source)]) from None
+    except DocumentTooComplex as exc:
+        raise SpecError([f"{source}: {exc}"]) from None
     return parse_spec(raw, source=source, base_dir=base_dir)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -53,12 +53,12 @@ PhaseKind = Literal["backtest", "training", "testing"]
 
 def check_safe_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is safe as one path component, else raise ``ValueError``."""
+    if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not allowed: use letters, digits, '_', '.', '-', starting with a letter or digit"
         )
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     return value
 
 
@@ -125,7 +125,12 @@ class DataSpec(StrictModel):
 
 
 def _as_datetime(value: date | datetime) -> datetime:
-    return value if isinstance(value, datetime) else datetime(value.year, value.month, value.day)
+    """Naive UTC, as the loaders index bars: a date, a naive and an aware time compare without error."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day)
+    if value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
 
 class StrategySpec(StrictModel):
