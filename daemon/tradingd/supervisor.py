@@ -222,8 +222,7 @@ class Supervisor:
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
             self._workflows.start(self.startup_specs)
-            # Retention and free disk space (pauses admission when low).
-            self.tasks.spawn(self._workflows.keep_bounded(self.stop_event), name="retention")
+            self.tasks.spawn(self._workflows.keep_bounded(self.stop_event), name="retention")  # and free disk
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
