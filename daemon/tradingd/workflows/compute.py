@@ -32,6 +32,7 @@ __all__ = [
     "BatchOutput",
     "BatchTask",
     "TraceConfig",
+    "backtest_config",
     "data_range",
     "load_data",
     "run_batch",
@@ -88,7 +89,7 @@ def data_range(data: MarketData) -> dict[str, Any]:
     }
 
 
-def _backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
+def backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
     """The engine config for a spec's ``backtest`` section."""
     return BacktestConfig(
         fill=spec.get("fill", "close"),
@@ -117,7 +118,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         data,
         task.strategy,
         list(task.params),
-        _backtest_config(task.backtest),
+        backtest_config(task.backtest),
         cache=cache,
         models=list(task.models) if task.models is not None else None,
         keep_trades_for="all" if want_trades else None,

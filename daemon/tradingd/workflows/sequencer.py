@@ -30,6 +30,8 @@ from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
 from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
 from tradingd.workflows.layout import PhaseLayout, RunLayout
+from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, stitch_walk_forward
+from tradingd.workflows.overfitting import phase_overfitting
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
 from tradingd.workflows.spec import WorkflowSpec
@@ -70,6 +72,8 @@ class Sequencer:
         self.plans = plan_phases(spec, data)
         self.selections: dict[str, dict[str, list[int]]] = {}
         self.model_keys: dict[str, dict[str, dict[str, str]]] = {}
+        # Walk-forward: the stitched out-of-sample summary once every window ran (out_of_sample.json).
+        self.out_of_sample: dict[str, Any] | None = None
         self._should_stop = should_stop
         self._on_change = on_change
         self._trainable = get_strategy(spec.strategy.name).trainable
@@ -108,6 +112,8 @@ class Sequencer:
             if self._should_stop():
                 raise RunInterrupted(f"stopped before phase {plan.name}")
             await self._run_phase(plan)
+        if self.spec.type == "walk_forward":
+            self.out_of_sample = await asyncio.to_thread(self._stitch)
 
     async def _run_phase(self, plan: PhasePlan) -> None:
         plan.status, plan.started_at = "running", time.time()
@@ -151,18 +157,46 @@ class Sequencer:
             objective=self.spec.objective,
             selection=self.spec.selection,
             report_top=self.spec.report_top,
+            handed=self.selections.get(plan.source_phase) if plan.source_phase else None,
         )
         self.selections[plan.name] = aggregate["selection"]["by_symbol"]
+        overfitting = await self._overfitting(plan, aggregate["selection"]["by_symbol"])
+        plan.results = phase_headline(aggregate, overfitting)
         if self._trainable and plan.kind == "training":
             await self._train_selected(plan, self.selections[plan.name])
         plan.counts = {k: facts.count(k) for k in ("completed", "failed", "cancelled")}
         plan.counts["resumed"] = resumed
         plan.status = "completed" if facts.count("completed") == len(containers) else "failed"
         plan.finished_at = time.time()
-        await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts)
+        await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts, overfitting)
         self._on_change()
         # Reads the files just written; never raises (a report is not worth failing a run for).
         await publish_phase_report(phase_layout.root)
+
+    async def _overfitting(self, plan: PhasePlan, selection: Mapping[str, list[int]]) -> dict[str, Any] | None:
+        """PSR, DSR and PBO of a sweep's selection (training and backtest phases); None when not wanted."""
+        settings = self.spec.overfitting
+        if plan.kind == "testing" or not settings.enabled or len(self.grid) < 2:
+            return None
+        try:
+            return await phase_overfitting(
+                self.services.executor, {s: self._slice(plan, s) for s in self.data}, self.spec.strategy.name,
+                self.grid, self.spec.backtest.model_dump(mode="json"), selection,
+                scope=self.spec.selection.scope, n_blocks=settings.blocks)
+        except Exception as exc:  # statistics are never worth failing a phase for
+            log.warning("run %s phase %s: no overfitting statistics: %s: %s", self.run_id, plan.name,
+                        type(exc).__name__, exc)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def _stitch(self) -> dict[str, Any]:
+        """Walk-forward: chain every window's out-of-sample result; writes out_of_sample.json."""
+        tests = [p for p in self.plans if p.kind == "testing" and p.source_phase]
+        windows = [(self.layout.phase(p.name), self.selections.get(p.source_phase or "", {})) for p in tests]
+        closes = {s: [self._slice(p, s).close for p in tests] for s in self.data}
+        stitched = stitch_walk_forward(windows, closes, initial_equity=self.spec.backtest.initial_equity,
+                                       periods_per_year={s: d.periods_per_year for s, d in self.data.items()})
+        atomic_write_json(self.layout.root / "out_of_sample.json", {"format": "tradingd-oos/1", **stitched})
+        return {k: v for k, v in stitched.items() if k != "pooled_curves"}
 
     def _already_completed(self, containers: Sequence[Container]) -> set[str]:
         return {
@@ -271,7 +305,7 @@ class Sequencer:
     # --- files -------------------------------------------------------------------
 
     def _write_phase_files(self, plan: PhasePlan, layout: PhaseLayout, aggregate: dict[str, Any],
-                           facts: PhaseFacts) -> None:
+                           facts: PhaseFacts, overfitting: dict[str, Any] | None) -> None:
         atomic_write_json(layout.aggregate, aggregate)
         started = plan.started_at or 0.0
         finished = plan.finished_at or started
@@ -301,7 +335,16 @@ class Sequencer:
             },
             "memory": {"peak_rss_bytes": facts.peak_rss_bytes},
             "events": {"counts": facts.event_counts, "bytes": facts.event_bytes},
+            "report_top": self.spec.report_top,
+            "results": plan.results,
         }
+        if "out_of_sample" in aggregate:
+            summary["out_of_sample"] = aggregate["out_of_sample"]
+        if overfitting is not None:
+            summary["overfitting"] = overfitting
+        if plan.settings.track_equity:  # the benchmark the report draws beside the equity curves
+            atomic_write_json(layout.root / "buy_and_hold.json",
+                              buy_and_hold_document({s: self._slice(plan, s).close for s in self.data}))
         if plan.name in self.model_keys:
             summary["models"] = self.model_keys[plan.name]
         atomic_write_json(layout.summary, summary)

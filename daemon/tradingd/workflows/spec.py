@@ -42,6 +42,7 @@ from tradingd.workflows.spec_sections import (
     ExecutionSpec,
     GridRange,
     GridValue,
+    OverfittingSpec,
     PhaseKind,
     PhaseOverride,
     ResultsStorage,
@@ -67,6 +68,7 @@ __all__ = [
     "ExecutionSpec",
     "GridRange",
     "GridValue",
+    "OverfittingSpec",
     "PhaseKind",
     "PhaseOverride",
     "PhaseSettings",
@@ -150,6 +152,7 @@ class WorkflowSpec(StrictModel):
     walk_forward: WalkForwardSpec | None = None
     selection: SelectionSpec = SelectionSpec()
     execution: ExecutionSpec = ExecutionSpec()
+    overfitting: OverfittingSpec = OverfittingSpec()
     report_top: int = Field(default=20, ge=1, le=10_000, description="rows kept in aggregate rankings")
 
     @model_validator(mode="after")
@@ -209,7 +212,8 @@ class WorkflowSpec(StrictModel):
 
         Result files carry it; on resume a file with another fingerprint is stale.
         """
-        data = self.model_dump(mode="json", exclude={"run_id", "description"})
+        # The overfitting statistics are computed after the containers, so they do not make results stale.
+        data = self.model_dump(mode="json", exclude={"run_id", "description", "overfitting"})
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 

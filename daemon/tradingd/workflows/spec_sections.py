@@ -27,6 +27,7 @@ __all__ = [
     "ExecutionSpec",
     "GridRange",
     "GridValue",
+    "OverfittingSpec",
     "PhaseKind",
     "PhaseOverride",
     "ResultsStorage",
@@ -197,6 +198,19 @@ class SelectionSpec(StrictModel):
 
     top: int = Field(default=1, ge=1, le=1000)
     scope: Literal["per_symbol", "across_symbols"] = "per_symbol"
+
+
+class OverfittingSpec(StrictModel):
+    """The overfitting statistics of sweep and training phases (docs/engine.md)."""
+
+    enabled: bool = True
+    blocks: int = Field(default=16, ge=2, le=24, description="CSCV blocks S (even): C(S, S/2) splits")
+
+    @model_validator(mode="after")
+    def _even(self) -> OverfittingSpec:
+        if self.blocks % 2:
+            raise ValueError(f"overfitting.blocks must be even, got {self.blocks}")
+        return self
 
 
 class ExecutionSpec(StrictModel):

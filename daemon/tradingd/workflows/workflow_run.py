@@ -28,6 +28,7 @@ from tradingd.trading.strategy import StrategyError
 from tradingd.workflows.compute import load_data
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout
+from tradingd.workflows.out_of_sample import run_headline
 from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
 from tradingd.workflows.sequencer import RunInterrupted, Sequencer
@@ -63,6 +64,7 @@ class WorkflowRun:
         self.grid_dropped = 0
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
+        self.out_of_sample: dict[str, Any] | None = None  # walk-forward: the stitched summary
         self._phase_records: list[dict[str, Any]] = []  # from a manifest, until phases are planned
 
     def __repr__(self) -> str:
@@ -82,6 +84,7 @@ class WorkflowRun:
         run.attempts = int(doc.get("attempts") or 0)
         run.symbols = list(doc.get("symbols") or [])
         run._phase_records = list(doc.get("phases") or [])
+        run.out_of_sample = doc.get("out_of_sample")
         progress = doc.get("progress") or {}
         for key in ("total", "completed", "failed", "cancelled", "skipped"):
             setattr(run.progress, key, int(progress.get(key) or 0))
@@ -147,6 +150,7 @@ class WorkflowRun:
         self.phases = sequencer.plans
         del data, grid  # the sequencer holds them for as long as the run needs them
         await sequencer.run()
+        self.out_of_sample = sequencer.out_of_sample
         failed = self.progress.failed
         if failed:
             self.status, self.error = "failed", f"{failed} container(s) failed; see their result files"
@@ -189,6 +193,7 @@ class WorkflowRun:
             "grid": {"size": self.grid_size, "dropped": self.grid_dropped},
             "progress": self.progress.as_dict(),
             "phases": self.phase_records(),
+            "out_of_sample": self.out_of_sample,
             "version": __version__,
         }
 
@@ -209,6 +214,7 @@ class WorkflowRun:
             "finished_at": self.finished_at,
             "error": self.error,
             "progress": self.progress.as_dict(),
+            "results": run_headline(self.phase_records(), self.out_of_sample),
         }
         if detail:
             out["results_dir"] = str(self.layout.root)
@@ -219,6 +225,7 @@ class WorkflowRun:
                 {k: v for k, v in record.items() if k != "container_ids"} for record in self.phase_records()
             ]
             out["spec"] = self.spec.snapshot()
+            out["out_of_sample"] = self.out_of_sample
         return out
 
 
