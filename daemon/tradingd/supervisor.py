@@ -113,7 +113,7 @@ class Supervisor:
         """The first bound port (useful with ``http.port: 0``)."""
         return self.addresses[0][1]
 
-    # --- what the HTTP API needs (api.Daemon) -----------------------------------------
+    # --- what the HTTP API needs (api_base.Daemon) ------------------------------------
 
     @property
     def runs(self) -> RunQueue:
@@ -179,7 +179,7 @@ class Supervisor:
         self._monitor = Monitor(limit, thresholds=(thresholds.gc, thresholds.pressure, thresholds.critical),
                                 hysteresis=config.memory.hysteresis, history_size=config.memory.history_size)
         self._memory = MemoryManager(config, self._monitor)
-        self.stats.register("memory", self._memory_stats)
+        self.stats.register("memory", self._monitor.stats)
         self._memory.register_stats(self.stats)
         await asyncio.to_thread(self._memory.load_persisted)
         # 4. Results: recovery (temp files; the journal checked, rebuilt if damaged), the journal, the run queue.
@@ -195,6 +195,7 @@ class Supervisor:
                                           journal_markers=found.journal_markers)
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
+        self.stats.register("disk", self._workflows.disk_stats)
         self._monitor.sample()
         self.stats.refresh()
         # 5. HTTP.
@@ -221,6 +222,7 @@ class Supervisor:
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
             await self._workflows.start(self.startup_specs)
+            self.tasks.spawn(self._workflows.keep_bounded(self.stop_event), name="retention")  # and free disk
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
@@ -347,27 +349,6 @@ class Supervisor:
             "addresses": [f"{host}:{port}" for host, port in self.addresses],
             "state_dir": str(self.state_dir),
             "results_dir": str(self.results_dir),
-        }
-
-    def _memory_stats(self) -> dict[str, Any]:
-        monitor = self.monitor
-        latest = monitor.latest
-        history = list(monitor.history)[-300:]
-        return {
-            "limit_bytes": monitor.limit.bytes,
-            "limit_source": monitor.limit.source,
-            "limit_candidates": monitor.limit.candidates,
-            "rss_bytes": latest.rss_bytes if latest else None,
-            "anon_rss_bytes": latest.anon_rss_bytes if latest else None,
-            "cgroup_bytes": latest.cgroup_bytes if latest else None,
-            "used_bytes": latest.used_bytes if latest else None,
-            "level": monitor.level.label,
-            "marks_bytes": monitor.marks_bytes(),
-            "history": {
-                "time": [round(s.time, 3) for s in history],
-                "used_bytes": [s.used_bytes for s in history],
-                "rss_bytes": [s.rss_bytes for s in history],
-            },
         }
 
     def _outcome_stats(self) -> dict[str, Any]:

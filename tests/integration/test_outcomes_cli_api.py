@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 import yaml
-from tradingd.api import parse_similar_query
+from tradingd.api_input import parse_similar_query
 from tradingd.cli import main
 from tradingd.config import Config
 from tradingd.storage.outcomes import TradeOutcome

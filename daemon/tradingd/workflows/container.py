@@ -44,7 +44,7 @@ from tradingd.workflows.executor import Executor
 from tradingd.workflows.file_worker import FileWorker
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.spec import PhaseSettings
-from tradingd.workflows.tracing import EventStream, empty_summary, merge_summaries
+from tradingd.workflows.tracing import EventBudgets, EventStream, empty_summary, merge_summaries
 from tradingd.workflows.trades import ClosedTrades, TradeJournal
 from tradingd.workflows.writer import DurableWriter
 
@@ -100,6 +100,8 @@ class RunServices:
     writer: DurableWriter = field(default_factory=DurableWriter)
     # Aggregation and reports (whole-file JSON parses); the daemon's runs them in a helper process.
     files: FileWorker = field(default_factory=lambda: FileWorker(use_process=False))
+    # Caps the bytes of event streams per phase (retention.max_event_bytes_per_phase).
+    event_budgets: EventBudgets | None = None
     # Models trained in this process, for when there is no registry (one-shot runs).
     local_models: dict[str, Any] = field(default_factory=dict)
     # Where smart searches keep their Optuna studies (default: the run's results dir).
@@ -215,7 +217,9 @@ class Container:
             if self._trace.stream:
                 # Opening and appending to the stream are not the durable part (its close is, on the
                 # writer): a worker thread, so a container never waits behind another's result file.
-                self._stream = await asyncio.to_thread(EventStream, self.layout.events(self.id))
+                budgets = self._services.event_budgets
+                budget = budgets.for_phase(self.layout.events_dir) if budgets is not None else None
+                self._stream = await asyncio.to_thread(EventStream, self.layout.events(self.id), budget)
         except BaseException as exc:
             await self._teardown(exc)
             raise
@@ -343,6 +347,8 @@ class Container:
         if self._stream is not None:
             events["file"] = f"events/{self.id}.jsonl"
             events["bytes"] = self._stream.bytes_written
+            if self._stream.dropped_bytes:  # over retention.max_event_bytes_per_phase
+                events["dropped_bytes"] = self._stream.dropped_bytes
         doc: dict[str, Any] = {
             "format": CONTAINER_FORMAT,
             "container_id": self.id,

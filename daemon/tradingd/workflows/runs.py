@@ -23,7 +23,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from tradingd.reports import write_phase_report, write_run_report
 from tradingd.tasks import TaskScheduler
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout, read_json
+from tradingd.workflows.retention import RunView
 from tradingd.workflows.spec import MAX_NAME_LENGTH, SpecError, WorkflowSpec, check_safe_name
 from tradingd.workflows.workflow_run import FINISHED, MANIFEST_FORMAT, RESUMABLE, WorkflowRun
 
@@ -93,6 +94,8 @@ class RunQueue:
         self.runs: dict[str, WorkflowRun] = {}
         self._scheduler = TaskScheduler("runs", limit=max_concurrent_runs)
         self._draining = False
+        # Called (on the loop) when a run's task ends: retention checks its bounds then.
+        self.on_settled: Callable[[WorkflowRun], None] | None = None
 
     def __repr__(self) -> str:
         active = sum(1 for r in self.runs.values() if not r.finished)
@@ -203,6 +206,8 @@ class RunQueue:
         if run.status == "queued" and run.task is not None and run.task.cancelled():
             run.mark_finished(run.cancel_reason or "interrupted")  # cancelled while it waited for a slot
             run.post_manifest()
+        if self.on_settled is not None:
+            self.on_settled(run)
 
     def resume_run(self, run_id: str) -> WorkflowRun:
         """Run again a ``failed``, ``cancelled`` or ``interrupted`` run (raises RunNotFound, RunActive, QueueClosed)."""
@@ -220,15 +225,26 @@ class RunQueue:
             if run.manifest_error is not None and (run.task is None or run.task.done()):
                 await run.save_manifest()
 
+    def forget(self, run_id: str) -> None:
+        """Drop a finished run retention removed from disk (a run still active stays)."""
+        run = self.runs.get(run_id)
+        if run is not None and run.finished:
+            del self.runs[run_id]
+
+    def retention_view(self) -> list[RunView]:
+        """Every known run as retention sees it (on the loop: a consistent snapshot)."""
+        return [RunView(r.id, r.status, r.finished_at or r.created_at) for r in self.runs.values()]
+
     def get(self, run_id: str) -> WorkflowRun:
         try:
             return self.runs[run_id]
         except KeyError:
             raise RunNotFound(run_id) from None
 
-    def list(self) -> list[WorkflowRun]:
-        """Every known run, newest first."""
-        return sorted(self.runs.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+    def list(self, status: str | None = None) -> list[WorkflowRun]:
+        """Every known run (with ``status``, only those), newest first."""
+        runs = [r for r in self.runs.values() if status is None or r.status == status]
+        return sorted(runs, key=lambda r: (r.created_at, r.id), reverse=True)
 
     async def cancel(self, run_id: str, *, wait_seconds: float = 10.0) -> WorkflowRun:
         """Cancel a run; returns once its containers have torn down (or after ``wait_seconds``)."""

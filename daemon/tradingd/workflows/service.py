@@ -32,8 +32,10 @@ from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
 from tradingd.workflows.file_worker import FileWorker
 from tradingd.workflows.outcome_sink import JournalOutbox
+from tradingd.workflows.retention import DiskGuard, Retention
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
+from tradingd.workflows.tracing import EventBudgets
 from tradingd.workflows.writer import DurableWriter
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ RETRY_INTERVAL = 5.0  # journal writes that failed (a full disk) and manifests t
 # compute throughput.
 GIL_SWITCH_INTERVAL = 0.001
 WRITES_FLUSH_TIMEOUT = 5.0  # queued result files and manifests, after the runs ended
+# Retention passes also run every this many disk checks, for max_age_days (10 s checks: ~10 min).
+_PRUNE_EVERY = 60
 
 
 def bundled_spec_names() -> list[str]:
@@ -108,6 +112,10 @@ class WorkflowService:
         self.files = FileWorker()  # its process starts with the first aggregation or report
         self._queue: RunQueue | None = None
         self._switch_interval: float | None = None
+        self.retention: Retention
+        self.disk: DiskGuard
+        self._wake = asyncio.Event()
+        self._prune_due = True
 
     def __repr__(self) -> str:
         return f"<WorkflowService {self._queue!r} {self.executor!r}>"
@@ -141,8 +149,18 @@ class WorkflowService:
             writer=self.writer,
             files=self.files,
             search_dir=config.state_dir / "search",
+            event_budgets=(EventBudgets(config.retention.max_event_bytes_per_phase)
+                           if config.retention.max_event_bytes_per_phase is not None else None),
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
+        self.retention = Retention(
+            config.results_dir, config.retention, snapshot=self._queue.retention_view, forget=self._queue.forget,
+            models=memory.models if memory is not None else None, on_idle=self.executor.prune_data,
+            state_dir=config.state_dir,
+        )
+        self.disk = DiskGuard([config.state_dir, config.results_dir], int(config.disk.min_free_mb * 2**20),
+                              memory.admission if memory is not None else None)
+        self._queue.on_settled = self._run_settled
 
     async def start(self, startup_specs: Sequence[WorkflowSpec]) -> None:
         """Resume unfinished runs and submit the startup workflows (call once the daemon is ready)."""
@@ -176,6 +194,7 @@ class WorkflowService:
         await self.files.close(join_timeout)
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
+
     async def close_executor(self, join_timeout: float) -> None:
         """Release the executor's workers, waiting up to ``join_timeout`` for them (after :meth:`drain`)."""
         if self.executor is not None:
@@ -183,3 +202,34 @@ class WorkflowService:
 
     def stats(self) -> dict[str, Any]:
         return {**self.queue.stats(), "writer": self.writer.stats(), "file_worker": self.files.stats()}
+
+    # --- bounded disk ------------------------------------------------------------------
+
+    def _run_settled(self, _run: object) -> None:
+        self._prune_due = True
+        self._wake.set()
+
+    async def keep_bounded(self, stop: asyncio.Event) -> None:
+        """Check free disk every ``disk.check_interval``; run a retention pass at start, after
+        every run that ends, while disk space is low, and every ``_PRUNE_EVERY`` checks (age)."""
+        checks = 0
+        async for _ in poll(stop, self.config.disk.check_interval, wake=self._wake, first_delay=0):
+            try:
+                low = await asyncio.to_thread(self.disk.check)
+                if self._prune_due or low or checks % _PRUNE_EVERY == 0:
+                    self._prune_due = False
+                    await self.retention.prune()
+            except Exception:  # a failed pass must not end the loop
+                log.exception("retention pass failed")
+            checks += 1
+
+    def disk_stats(self) -> dict[str, Any]:
+        """The ``disk`` section of /stats: results and state bytes, free space, retention counters."""
+        retention = self.retention.stats()
+        return {
+            "used_bytes": retention["kept_bytes"] + retention["state_bytes"],
+            "results_bytes": retention["kept_bytes"],
+            "state_bytes": retention["state_bytes"],
+            **self.disk.stats(),
+            "retention": retention,
+        }
