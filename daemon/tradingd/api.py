@@ -4,8 +4,9 @@ Every answer is JSON except ``/metrics`` (Prometheus text) and ``/`` (the
 dashboard). Every error is ``{"error": ...}`` with the right status; bad input
 is a 4xx, never a 500, and the daemon keeps serving.
 
-The handlers see the daemon through :class:`Daemon`, the narrow interface
-defined here (the supervisor provides it), never the supervisor itself.
+The handlers see the daemon through :class:`~tradingd.api_base.Daemon`, a
+narrow interface (the supervisor provides it), never the supervisor itself;
+the JSON answers, middlewares and token check are in :mod:`tradingd.api_base`.
 """
 
 from __future__ import annotations
@@ -13,151 +14,50 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tradingd.api_input import REPORT_TYPES, clip, finite_json, is_run_id, parse_similar_query, report_file
-from tradingd.auth import token_matches
+from tradingd.api_base import (
+    DAEMON,
+    DASHBOARD,
+    DATA_ROOTS,
+    MAX_BODY_BYTES,
+    REGISTRY,
+    Daemon,
+    error_middleware,
+    json_error,
+    malformed_json,
+    ok,
+    presented_token_middleware,
+    read_json_body,
+    read_text,
+    require_token,
+)
+from tradingd.api_input import REPORT_TYPES, clip, is_run_id, parse_similar_query, report_file
 from tradingd.memory.cleanup import parse_level
-from tradingd.memory.monitor import PressureLevel
 from tradingd.pages import dashboard_page, runs_page
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.data_roots import check_data_source
-from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
+from tradingd.workflows.retention import set_pinned
+from tradingd.workflows.runs import (
+    DuplicateRun,
+    QueueClosed,
+    RunActive,
+    RunFinished,
+    RunNotFound,
+    WorkflowRun,
+)
 from tradingd.workflows.spec import SpecError, WorkflowSpec, parse_spec, parse_spec_text
 from tradingd.workflows.spec_limits import DocumentTooComplex, load_json
 
-__all__ = ["DAEMON", "Daemon", "build_app", "json_error", "parse_similar_query", "read_json_body", "require_token"]
+__all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
-
-
-class Daemon(Protocol):
-    """What the HTTP handlers need from the daemon."""
-
-    @property
-    def api_token(self) -> str | None: ...
-
-    @property
-    def results_dir(self) -> Path: ...
-
-    @property
-    def runs(self) -> RunQueue: ...
-
-    @property
-    def outcomes(self) -> OutcomeJournal | None: ...
-
-    def healthy(self) -> bool: ...
-
-    def loop_lag(self) -> float: ...
-
-    def readiness(self) -> tuple[bool, str]: ...
-
-    def stats_snapshot(self) -> Mapping[str, Any]: ...
-
-    async def cleanup(self, level: PressureLevel) -> dict[str, Any]: ...
-
-
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
-MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
-DASHBOARD = web.AppKey("dashboard", str)
-DATA_ROOTS: web.AppKey[tuple[Path, ...]] = web.AppKey("data_roots")
-_DECODE_ON_LOOP_BYTES = 65_536  # larger JSON bodies are decoded in a thread
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
-
-
-def _dumps(obj: Any) -> str:
-    try:
-        return json.dumps(obj, allow_nan=False, default=str)
-    except ValueError:  # NaN or infinity somewhere (a distance, a metric): JSON has null for them
-        return json.dumps(finite_json(obj), allow_nan=False, default=str)
-
-
-def ok(obj: Any, status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=_dumps)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every HTTP error into a JSON body; log and hide unexpected ones."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
-        if exc.status == 413:
-            limit = request.app[MAX_BODY_BYTES]
-            message = f"request body too large (limit {limit} bytes)"
-        response = json_error(exc.status, message)
-        for header in ("Allow", "WWW-Authenticate", "Retry-After"):
-            if header in exc.headers:
-                response.headers[header] = exc.headers[header]
-        return response
-    except Exception:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
-        return json_error(500, "internal error; see the daemon log")
-
-
-@web.middleware
-async def presented_token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A request that presents a bearer token must present the right one, even on open endpoints.
-
-    Open reads ignore a missing token, but a wrong one is refused (RFC 6750
-    ``invalid_token``), so ``tradingd status --token`` tells an operator at once
-    that their token would not work for the endpoints that need it.
-    """
-    header = request.headers.get("Authorization")
-    if header and not token_matches(header, request.app[DAEMON].api_token):
-        raise web.HTTPForbidden(text="invalid bearer token")
-    return await handler(request)
-
-
-def require_token(request: web.Request) -> None:
-    """Raise 401 unless the request carries the daemon's bearer token."""
-    header = request.headers.get("Authorization")
-    if not header:
-        raise web.HTTPUnauthorized(
-            text="missing bearer token (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": 'Bearer realm="tradingd"'},
-        )
-    if not token_matches(header, request.app[DAEMON].api_token):
-        raise web.HTTPForbidden(text="invalid bearer token")
-
-
-async def read_json_body(request: web.Request) -> Any:
-    """Parse a JSON body (within the spec document limits) or answer 400 with what is wrong with it."""
-    text = await _read_text(request)
-    try:
-        return load_json(text) if len(text) < _DECODE_ON_LOOP_BYTES else await asyncio.to_thread(load_json, text)
-    except json.JSONDecodeError as exc:
-        raise _malformed_json(exc) from None
-    except DocumentTooComplex as exc:
-        raise web.HTTPBadRequest(text=f"JSON body refused: {exc}") from None
-
-
-async def _read_text(request: web.Request) -> str:
-    body = await request.read()  # over http.max_body_bytes: 413 from aiohttp
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise web.HTTPBadRequest(text="body is not UTF-8") from None
-
-
-def _malformed_json(exc: json.JSONDecodeError) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}")
 
 
 # --- handlers ------------------------------------------------------------------
@@ -170,7 +70,7 @@ async def index(request: web.Request) -> web.Response:
     paint shows data instead of waiting for the first poll.
     """
     daemon = request.app[DAEMON]
-    page = dashboard_page(request.app[DASHBOARD], daemon.stats_snapshot(), daemon.runs.list(), dumps=_dumps)
+    page = dashboard_page(request.app[DASHBOARD], daemon.stats_snapshot(), daemon.runs.list())
     return web.Response(text=page, content_type="text/html")
 
 
@@ -226,18 +126,38 @@ def _run_or_404(request: web.Request) -> WorkflowRun:
         raise web.HTTPNotFound(text=f"no run {clip(run_id)!r}") from None
 
 
+_RUNS_PAGE = 100
+
+
+def _query_int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise web.HTTPBadRequest(text=f"?{name}= must be an integer from 0 to {maximum}")
+    return int(raw)
+
+
 async def list_runs(request: web.Request) -> web.Response:
-    """Runs, newest first; ``?status=running`` filters (several: ``status=failed,cancelled``);
-    ``?limit=&offset=`` page. ``total`` counts the filtered runs, ``counts`` every run by status."""
+    """The runs retention keeps, newest first, a page at a time; ``?status=running`` filters
+    (``?status=failed,cancelled``: either).
+
+    ``?limit=`` (default 100, at most 1000) and ``?offset=`` page; ``total`` counts the matches,
+    ``counts`` every run by status.
+    """
+    limit = _query_int(request, "limit", _RUNS_PAGE, 1000)
+    offset = _query_int(request, "offset", 0, 10**9)
     wanted = {s for s in request.query.get("status", "").split(",") if s} or None
-    try:
-        limit = int(request.query.get("limit", "0")) or None
-        offset = int(request.query.get("offset", "0"))
-    except ValueError:
-        raise web.HTTPBadRequest(text="'limit' and 'offset' must be integers") from None
-    if (limit is not None and limit < 0) or offset < 0:
-        raise web.HTTPBadRequest(text="'limit' and 'offset' must not be negative")
     return ok(runs_page(request.app[DAEMON].runs.list(), wanted=wanted, limit=limit, offset=offset))
+
+
+async def pin_run(request: web.Request) -> web.Response:
+    """``POST``: retention never removes this run; ``DELETE``: it may again."""
+    require_token(request)
+    run = _run_or_404(request)
+    pinned = request.method == "POST"
+    await asyncio.to_thread(set_pinned, run.layout.root, pinned)
+    return ok({"id": run.id, "pinned": pinned})
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -254,7 +174,7 @@ async def submit_run(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(
             text=f"not accepting runs: {reason if not is_ready else 'stopping'}", headers={"Retry-After": "5"}
         )
-    text = await _read_text(request)
+    text = await read_text(request)
     if not text.strip():
         raise web.HTTPBadRequest(text="empty body: send a workflow spec (JSON or YAML)")
     try:
@@ -262,7 +182,7 @@ async def submit_run(request: web.Request) -> web.Response:
         roots = request.app[DATA_ROOTS]
         spec = await asyncio.to_thread(_parse_submitted, text, request.content_type == "application/json", roots)
     except json.JSONDecodeError as exc:
-        raise _malformed_json(exc) from None
+        raise malformed_json(exc) from None
     except SpecError as exc:
         return json_error(400, "invalid workflow spec: " + "; ".join(exc.lines), errors=exc.lines)
     try:
@@ -300,6 +220,19 @@ async def cancel_run(request: web.Request) -> web.Response:
     except RunFinished as exc:
         raise web.HTTPConflict(text=str(exc)) from None
     return ok(run.describe())
+
+
+async def resume_run(request: web.Request) -> web.Response:
+    """Run again a failed, cancelled or interrupted run (e.g. once a full disk has space again)."""
+    require_token(request)
+    run = _run_or_404(request)
+    try:
+        request.app[DAEMON].runs.resume_run(run.id)
+    except RunActive as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    except QueueClosed as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "5"}) from None
+    return ok(run.describe(), status=202)
 
 
 async def run_report(request: web.Request) -> web.StreamResponse:
@@ -373,6 +306,9 @@ def build_app(daemon: Daemon, *, max_body_bytes: int, data_roots: Sequence[Path]
     app.router.add_post("/runs", submit_run)
     app.router.add_get("/runs/{run_id}", get_run)
     app.router.add_delete("/runs/{run_id}", cancel_run)
+    app.router.add_post("/runs/{run_id}/resume", resume_run)
+    app.router.add_post("/runs/{run_id}/pin", pin_run)
+    app.router.add_delete("/runs/{run_id}/pin", pin_run)
     app.router.add_get("/runs/{run_id}/report", run_report_redirect)
     app.router.add_get("/runs/{run_id}/report/{path:.*}", run_report)
     app.router.add_get("/outcomes/summary", outcomes_summary)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tradingd.disk_config import DiskConfig, RetentionConfig
+
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "CacheSettings",
@@ -28,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DaskConfig",
     "DataConfig",
+    "DiskConfig",
     "ExecutorConfig",
     "HttpConfig",
     "LoggingConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "OutcomesConfig",
     "PathsConfig",
     "ProcessPoolConfig",
+    "RetentionConfig",
     "StorageConfig",
     "Thresholds",
     "default_config_text",
@@ -209,6 +213,8 @@ class Config(_Section):
     outcomes: OutcomesConfig = OutcomesConfig()
     data: DataConfig = DataConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
+    disk: DiskConfig = DiskConfig()
     startup_workflows: list[str] = Field(default_factory=list)
     graceful_timeout: float = Field(default=5.0, ge=0, le=600)
     # Where the config came from; relative startup workflow paths resolve against it.
@@ -265,13 +271,13 @@ def load_config(path: Path | str | None, *, check_paths: bool = True) -> Config:
         raise ConfigError([yaml_error_line(exc, name)]) from None
     config = parse_config(raw, name=name, environ=os.environ)
     if check_paths:
-        problems = [
-            f"{name}: {key}: {problem}"
-            for key, directory in (("paths.state_dir", config.state_dir), ("paths.results_dir", config.results_dir))
-            if (problem := _writable_problem(directory)) is not None
-        ]
+        # One line per cause: a results dir inside an unwritable state dir is the same problem.
+        problems: dict[str, str] = {}
+        for key, directory in (("paths.state_dir", config.state_dir), ("paths.results_dir", config.results_dir)):
+            if (problem := _writable_problem(directory)) is not None and problem not in problems:
+                problems[problem] = f"{name}: {key}: {problem}"
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(list(problems.values()))
     return config
 
 

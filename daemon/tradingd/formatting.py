@@ -107,9 +107,13 @@ def fmt_count(value: Any, missing: str = "-") -> str:
 
 
 def fmt_metric(name: str, value: Any, missing: str = "-") -> str:
-    """A metric as the reports show it: fractions as percent (2 digits), counts whole, ratios to 2 decimals."""
+    """A metric as the HTML reports show it: fractions as percent (2 digits), counts whole, ratios with
+    4 significant digits; a large amount with thousands separators rather than ``2.73e+06``."""
     if name in PERCENT_METRICS:
         return fmt_percent(value, missing, digits=2)
     if name in COUNT_METRICS:
         return fmt_count(value, missing)
-    return fmt_amount(value, missing)
+    number = finite_number(value)
+    if number is not None and abs(number) >= 10_000:
+        return fmt_amount(number, missing)
+    return fmt_number(value, missing)

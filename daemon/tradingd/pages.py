@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Mapping
 from typing import Any
 
+from tradingd.api_input import finite_json
 from tradingd.workflows.workflow_run import WorkflowRun
 
 __all__ = ["DASHBOARD_RUNS", "INITIAL_STATE_MARK", "dashboard_page", "runs_page"]
@@ -25,10 +27,10 @@ def runs_page(every: list[WorkflowRun], *, wanted: set[str] | None = None, limit
             "counts": counts}
 
 
-def dashboard_page(template: str, snapshot: Mapping[str, Any], runs: list[WorkflowRun], *,
-                   dumps: Callable[[Any], str]) -> str:
+def dashboard_page(template: str, snapshot: Mapping[str, Any], runs: list[WorkflowRun]) -> str:
     """The dashboard with the current snapshot and first page of runs embedded, so the first paint has data."""
     initial = {"stats": snapshot, "runs": runs_page(runs, limit=DASHBOARD_RUNS)}
     # "</script>" or "<!--" in a run's error would end or derail the <script>: escape every "<".
-    embedded = dumps(initial).replace("<", "\\u003c")
+    # NaN or infinity (a metric) would not parse in the page: JSON null, as the API answers them.
+    embedded = json.dumps(finite_json(initial), allow_nan=False, default=str).replace("<", "\\u003c")
     return template.replace(INITIAL_STATE_MARK, embedded, 1)

@@ -233,11 +233,14 @@ def operator_families(snap: Snapshot) -> Iterator[Metric]:
                             [([], work["bar_combinations_total"])])
     disk = snap.get("disk")
     if isinstance(disk, dict):
-        volumes = [(name, d) for name, d in disk.items() if isinstance(d, dict) and "free_bytes" in d]
-        yield _gauge_rows("tradingd_disk_total_bytes", "Size of the filesystem holding the volume.", ["volume"],
-                          [([name], d["total_bytes"]) for name, d in volumes])
-        yield _gauge_rows("tradingd_disk_free_bytes", "Free bytes on the filesystem holding the volume.", ["volume"],
-                          [([name], d["free_bytes"]) for name, d in volumes])
+        for key, name, doc in (
+            ("total_bytes", "tradingd_disk_total_bytes", "Size of the state or results filesystem with less room."),
+            ("free_bytes", "tradingd_disk_free_bytes", "Free bytes on the state or results filesystem with less room."),
+            ("min_free_bytes", "tradingd_disk_min_free_bytes", "disk.min_free_mb: admission pauses below it."),
+            ("results_bytes", "tradingd_results_bytes", "Bytes of the results tradingd keeps."),
+            ("state_bytes", "tradingd_state_bytes", "Bytes of tradingd's state directory."),
+        ):
+            yield from _gauge(name, doc, disk.get(key))
     log = snap.get("log")
     if isinstance(log, dict) and isinstance(log.get("counts"), dict):
         yield _counter_rows("tradingd_log_messages_total", "Warnings and errors logged, by level.", ["level"],

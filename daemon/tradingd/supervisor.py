@@ -34,16 +34,16 @@ from tradingd.listen import bind_listeners
 from tradingd.memory.manager import MemoryManager
 from tradingd.memory.monitor import Monitor, PressureLevel, discover_limit
 from tradingd.notify import Notifier, run_watchdog, status_line
-from tradingd.ops import OperatorStats, memory_section
+from tradingd.ops import OperatorStats
 from tradingd.periodic import poll
 from tradingd.stats import StatsBoard, gc_stats
-from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
+from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.storage.statedir import StateDirLock, StateDirLocked, secure_state_files
 from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
 from tradingd.workflows.data_roots import allowed_data_roots
-from tradingd.workflows.outcome_sink import journal_sink
+from tradingd.workflows.recovery import open_journal, recover_files
 from tradingd.workflows.runs import RunQueue
-from tradingd.workflows.service import WorkflowService, load_startup_specs
+from tradingd.workflows.service import WRITES_FLUSH_TIMEOUT, WorkflowService, load_startup_specs
 from tradingd.workflows.spec import WorkflowSpec
 
 __all__ = ["Lifecycle", "StateDirLocked", "Supervisor", "main"]
@@ -118,7 +118,7 @@ class Supervisor:
         """The first bound port (useful with ``http.port: 0``)."""
         return self.addresses[0][1]
 
-    # --- what the HTTP API needs (api.Daemon) -----------------------------------------
+    # --- what the HTTP API needs (api_base.Daemon) ------------------------------------
 
     @property
     def runs(self) -> RunQueue:
@@ -186,25 +186,25 @@ class Supervisor:
         self._monitor = Monitor(limit, thresholds=(thresholds.gc, thresholds.pressure, thresholds.critical),
                                 hysteresis=config.memory.hysteresis, history_size=config.memory.history_size)
         self._memory = MemoryManager(config, self._monitor)
-        self.stats.register("memory", lambda: memory_section(self.monitor))
+        self.stats.register("memory", self._monitor.stats)
         self._memory.register_stats(self.stats)
         await asyncio.to_thread(self._memory.load_persisted)
-        # 4. Results: the outcome journal, the executor and the run queue.
+        # 4. Results: recovery (temp files; the journal checked, rebuilt if damaged), the journal, the run queue.
         await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)
+        state, results = self.state_dir, self.results_dir
+        found = await asyncio.to_thread(recover_files, state, results)
         if config.outcomes.enabled:
-            self.outcomes = await asyncio.to_thread(
-                OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=config.outcomes.max_outcomes
-            )
+            self.outcomes = await asyncio.to_thread(open_journal, state, results, config.outcomes.max_outcomes)
             self._outcome_count = await asyncio.to_thread(self.outcomes.count)
             await asyncio.to_thread(secure_state_files, self.state_dir)  # SQLite created it with the umask's mode
         self.stats.register("outcomes", self._outcome_stats)
-        self._workflows = WorkflowService(
-            config, memory=self._memory, on_trades=journal_sink(self.outcomes) if self.outcomes is not None else None
-        )
+        self._workflows = WorkflowService(config, memory=self._memory, journal=self.outcomes,
+                                          journal_markers=found.journal_markers)
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
-        self._ops = OperatorStats(self._monitor, self.runs.list, {"state": self.state_dir, "results": self.results_dir})
+        self._ops = OperatorStats(self._monitor, self.runs.list)
         self._ops.register(self.stats)
+        self.stats.register("disk", self._workflows.disk_stats)
         self._monitor.sample()
         self.stats.refresh()
         # 5. HTTP.
@@ -216,6 +216,7 @@ class Supervisor:
         self.tasks.spawn(self.lag.run(self.stop_event), name="loop-lag")
         self.tasks.spawn(self._monitor_loop(), name="monitor")
         self.tasks.spawn(self._memory.run(self.stop_event), name="cleanup")
+        self.tasks.spawn(self._workflows.retry_writes(self.stop_event), name="retry-writes")
         # 7. READY=1 only now: HTTP listens and state is loaded. The watchdog starts after it so
         #    systemd sees READY first; it pings from this loop, only while the loop is healthy.
         self.state = Lifecycle.RUNNING
@@ -229,8 +230,9 @@ class Supervisor:
         # 8. Work: resumed runs first, then the startup workflows.
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
-            self._workflows.start(self.startup_specs)
+            await self._workflows.start(self.startup_specs)
             self.stats.refresh()  # the runs found on disk are in the first scrape, not one interval later
+            self.tasks.spawn(self._workflows.keep_bounded(self.stop_event), name="retention")  # and free disk
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
@@ -273,7 +275,7 @@ class Supervisor:
         steps: list[Step] = [
             # 1. Runs: no new ones; in-flight containers get graceful_timeout, the rest are
             #    cancelled (their teardown still writes a result, with status cancelled).
-            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + 1.0),
+            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + WRITES_FLUSH_TIMEOUT + 1.0),
             # 2. Background tasks saw the stop event; the drain cancels any that did not end.
             ("background tasks", self._drain_tasks, graceful + 3.0),
             # 3. Caches, once nothing fills them any more (a no-op if they were never loaded).
@@ -368,6 +370,7 @@ class Supervisor:
             "enabled": self.outcomes is not None,
             "outcomes": self._outcome_count,
             "max_outcomes": self.config.outcomes.max_outcomes,
+            **(self._workflows.journal_stats() if self._workflows is not None else {}),
         }
 
 

@@ -16,12 +16,21 @@ import numpy as np
 from tradingd.cli.tables import Style, render_table
 from tradingd.config import Config
 from tradingd.formatting import fmt_amount, fmt_bytes, fmt_count, fmt_duration, fmt_metric
+from tradingd.storage.atomic import atomic_write_json
 from tradingd.supervisor import Supervisor
 from tradingd.workflows.spec import parse_spec
 from tradingd.workflows.workflow_run import WorkflowRun
 
 from tests.conftest import await_until, base_url
 from tests.unit.test_reports import run_workflow
+
+
+def save_finished(run: WorkflowRun, status: str) -> None:
+    """Write the manifest of a run that ended with ``status``, as an earlier daemon left it."""
+    run.mark_finished(status)
+    run.layout.manifest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.layout.manifest, run.manifest())
+
 
 
 async def tradingd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -123,15 +132,22 @@ async def test_results_from_the_results_dir(tmp_path: Path) -> None:
     assert "\x1b[" not in out
     assert "status  completed" in out and "type    train_test" in out
     lines = out.splitlines()
-    for phase in ("training", "testing"):
-        best = json.loads((run_dir / phase / "aggregate_results.json").read_text())["by_params"][0]["params"]
-        row = next(line for line in lines if line.startswith(f"{phase} "))
-        assert "completed" in row and "sharpe" in row
-        assert f"fast={best['fast']}, slow={best['slow']}" in row, row
-        # As the HTML shows them: returns and drawdowns in percent, and the symbol the best cell is on.
-        assert re.search(r"\bSYM\d\d\b", row), row
-        assert re.search(r"-?\d+\.\d\d%", row), row
-        assert "e+" not in row and "e-" not in row
+    best = json.loads((run_dir / "training" / "aggregate_results.json").read_text())["by_params"][0]["params"]
+    row = next(line for line in lines if line.startswith("training "))
+    assert "completed" in row and "sharpe" in row
+    assert f"fast={best['fast']}, slow={best['slow']}" in row, row
+    # As the HTML shows them: returns and drawdowns in percent, and the symbol the best cell is on.
+    assert re.search(r"\bSYM\d\d\b", row), row
+    assert re.search(r"-?\d+\.\d\d%", row), row
+    assert "e+" not in row and "e-" not in row
+    # Testing leads with the method's result (each symbol's training selection), not the best test cell.
+    oos = json.loads((run_dir / "testing" / "phase_summary.json").read_text())["out_of_sample"]
+    headline = next(line for line in lines if line.startswith("out of sample (testing): "))
+    assert f"mean sharpe {oos['mean']:.4g} over {oos['n_symbols']} symbols" in headline
+    assert lines.index(headline) < lines.index("Phases")
+    row = next(line for line in lines if line.startswith("testing "))
+    assert f"{oos['mean']:.4g} (mean of {oos['n_symbols']})" in row, row
+    assert any(line.startswith("overfitting (training): PSR ") for line in lines)
 
 
 async def test_results_of_a_failed_run_name_the_failure(tmp_path: Path) -> None:
@@ -184,7 +200,7 @@ def test_table_rendering_plain_and_tty() -> None:
 def test_numbers_read_as_in_the_html() -> None:
     assert fmt_amount(2_730_000.0) == "2,730,000.00" and fmt_count(16619) == "16,619"
     assert fmt_metric("total_return", 0.1234) == "12.34%" and fmt_metric("max_drawdown", -0.25) == "-25.00%"
-    assert fmt_metric("n_trades", 1234) == "1,234" and fmt_metric("sharpe", 1.23456) == "1.23"
+    assert fmt_metric("n_trades", 1234) == "1,234" and fmt_metric("sharpe", 1.23456) == "1.235"
     assert fmt_metric("sharpe", float("nan")) == "-"
     table = render_table(["pnl"], [[fmt_amount(2_730_000.0)], [fmt_amount(5.0)]])
     assert table.splitlines()[-1] == "        5.00", "thousands-separated numbers are right-aligned"
@@ -199,7 +215,7 @@ async def test_runs_shows_the_error_and_filters_and_pages(make_config: Callable[
         run = WorkflowRun(spec, f"seeded-{index}", config.results_dir, source="test")
         run.created_at = 1_764_000_000.0 + index
         run.error = long_error if status == "failed" else None
-        run.finish(status)
+        save_finished(run, status)
     async with Supervisor(config) as sup:
         url = base_url(sup)
         code, out, err = await tradingd("runs", "--url", url, "--status", "failed")

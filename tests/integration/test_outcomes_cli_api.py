@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 import yaml
-from tradingd.api import parse_similar_query
+from tradingd.api_input import parse_similar_query
 from tradingd.cli import main
 from tradingd.config import Config
 from tradingd.storage.outcomes import TradeOutcome
@@ -65,7 +65,8 @@ async def test_outcomes_endpoints(make_config: Callable[..., Config], http: aioh
             if section["outcomes"] == 6 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        assert section == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000}
+        assert section == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000, "pending_containers": 0,
+                           "write_failures": 0, "last_error": None, "appended": 0}
         async with http.get(f"{url}/outcomes/similar", params={"features": "4,1,0,0,0,0", "k": "2"}) as resp:
             assert resp.status == 200
             similar = await resp.json()

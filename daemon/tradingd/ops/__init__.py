@@ -1,63 +1,37 @@
-"""What an operator watches beside memory: CPU, disk, throughput, hours of history, recent warnings.
+"""What an operator watches beside memory: CPU, throughput, hours of history, recent warnings.
 
-:class:`OperatorStats` registers the ``cpu``, ``disk``, ``throughput``,
-``history`` and ``log`` sections on the stats board. Each is refreshed with
+:class:`OperatorStats` registers the ``cpu``, ``throughput``, ``history`` and
+``log`` sections on the stats board (``disk`` is the workflow service's, with
+retention). Each is refreshed with
 the board (on the monitor interval), so a request only reads the snapshot.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tradingd.memory.monitor import Monitor
 from tradingd.ops.history import DownsampledHistory
-from tradingd.ops.host import CpuMeter, disk_section
+from tradingd.ops.host import CpuMeter
 from tradingd.ops.logtail import LogTail
 from tradingd.ops.throughput import ThroughputMeter
 from tradingd.stats import StatsBoard
 from tradingd.workflows.workflow_run import WorkflowRun
 
-__all__ = ["HISTORY_RESOLUTION", "HISTORY_SPAN", "OperatorStats", "memory_section"]
+__all__ = ["HISTORY_RESOLUTION", "HISTORY_SPAN", "OperatorStats"]
 
 HISTORY_RESOLUTION = 30.0  # seconds per bucket of the long history
 HISTORY_SPAN = 6 * 3600.0  # 720 buckets: about 40 kB in /stats
 HISTORY_SERIES = ("used_bytes", "rss_bytes", "cpu_percent", "containers_per_second")
 
 
-RAW_HISTORY_SAMPLES = 300  # the monitor's latest samples in the memory section (minutes at 1 s)
-
-
-def memory_section(monitor: Monitor) -> dict[str, Any]:
-    """The ``memory`` section: limit and its source, the latest sample, level, marks and recent samples."""
-    latest = monitor.latest
-    history = list(monitor.history)[-RAW_HISTORY_SAMPLES:]
-    return {
-        "limit_bytes": monitor.limit.bytes,
-        "limit_source": monitor.limit.source,
-        "limit_candidates": monitor.limit.candidates,
-        "rss_bytes": latest.rss_bytes if latest else None,
-        "anon_rss_bytes": latest.anon_rss_bytes if latest else None,
-        "cgroup_bytes": latest.cgroup_bytes if latest else None,
-        "used_bytes": latest.used_bytes if latest else None,
-        "level": monitor.level.label,
-        "marks_bytes": monitor.marks_bytes(),
-        "history": {
-            "time": [round(s.time, 3) for s in history],
-            "used_bytes": [s.used_bytes for s in history],
-            "rss_bytes": [s.rss_bytes for s in history],
-        },
-    }
-
-
 class OperatorStats:
     """The operator's sections of ``/stats``; :meth:`close` detaches the log tail."""
 
-    def __init__(self, monitor: Monitor, runs: Callable[[], Iterable[WorkflowRun]], disks: Mapping[str, Path]) -> None:
+    def __init__(self, monitor: Monitor, runs: Callable[[], Iterable[WorkflowRun]]) -> None:
         self.monitor = monitor
-        self.disks = dict(disks)
         self.cpu = CpuMeter()
         self.throughput = ThroughputMeter(runs)
         self.history = DownsampledHistory(HISTORY_SERIES, peak=frozenset({"used_bytes", "rss_bytes"}),
@@ -74,7 +48,6 @@ class OperatorStats:
         self.log.attach()
         board.register("cpu", self._cpu)
         board.register("throughput", self._throughput)
-        board.register("disk", lambda: disk_section(self.disks))
         board.register("history", self._history)  # after cpu and throughput: it records their latest
         board.register("log", self.log.section)
 

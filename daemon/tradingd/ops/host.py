@@ -1,16 +1,13 @@
-"""CPU and disk figures for the stats board (psutil and ``shutil.disk_usage``)."""
+"""CPU figures for the stats board (psutil)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-__all__ = ["CpuMeter", "disk_section"]
+__all__ = ["CpuMeter"]
 
 
 class CpuMeter:
@@ -38,18 +35,3 @@ class CpuMeter:
             "cores": psutil.cpu_count() or 1,
             "process_seconds_total": round(times.user + times.system, 3),
         }
-
-
-def disk_section(paths: Mapping[str, Path]) -> dict[str, Any]:
-    """Total, used and free bytes of the filesystem holding each named path (one ``statvfs`` each)."""
-    out: dict[str, Any] = {}
-    for name, path in paths.items():
-        try:
-            usage = shutil.disk_usage(path)
-        except OSError as exc:
-            out[name] = {"path": str(path), "error": f"{type(exc).__name__}: {exc.strerror or exc}"}
-            continue
-        free_fraction = round(usage.free / usage.total, 4) if usage.total else None
-        out[name] = {"path": str(path), "total_bytes": usage.total, "used_bytes": usage.used,
-                     "free_bytes": usage.free, "free_fraction": free_fraction}
-    return out

@@ -368,6 +368,10 @@ class ProcessExecutor(Executor):
             log.info("worker slot %d recycled after %d tasks (%s; rss %.0f MB)", slot.index, slot.tasks, reason,
                      slot.rss_bytes / 2**20)
 
+    def prune_data(self) -> int:
+        """Delete the stores in ``data_dir`` while no job is admitted (they are rewritten on demand)."""
+        return self.plane.prune(lambda: self.jobs.pending == 0)
+
     def _remove_data_dir(self) -> None:
         if self._owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -27,11 +27,14 @@ __all__ = [
     "ExecutionSpec",
     "GridRange",
     "GridValue",
+    "OutcomeFilterSpec",
+    "OverfittingSpec",
     "PhaseKind",
     "PhaseOverride",
     "ResultsStorage",
     "RetentionPolicy",
     "SafeName",
+    "SearchSpec",
     "SelectionSpec",
     "StrategySpec",
     "StrictModel",
@@ -199,8 +202,50 @@ class SelectionSpec(StrictModel):
     scope: Literal["per_symbol", "across_symbols"] = "per_symbol"
 
 
+class OverfittingSpec(StrictModel):
+    """The overfitting statistics of sweep and training phases (docs/engine.md)."""
+
+    enabled: bool = True
+    blocks: int = Field(default=16, ge=2, le=24, description="CSCV blocks S (even): C(S, S/2) splits")
+
+    @model_validator(mode="after")
+    def _even(self) -> OverfittingSpec:
+        if self.blocks % 2:
+            raise ValueError(f"overfitting.blocks must be even, got {self.blocks}")
+        return self
+
+
 class ExecutionSpec(StrictModel):
     """How a phase is cut into containers and a container into compute batches."""
 
     chunk_size: int = Field(default=100, ge=1, le=1_000_000, description="combinations per container")
     batch_size: int = Field(default=25, ge=1, le=100_000, description="combinations per executor call")
+
+
+class SearchSpec(StrictModel):
+    """Smart search instead of the full grid: the grid still defines the space.
+
+    ``trials`` parameter sets are proposed by an Optuna sampler (``method``),
+    ``batch`` at a time; each batch is evaluated as one vectorized sweep per
+    symbol. The study lives in the state dir, so a killed run resumes it.
+    """
+
+    method: Literal["tpe", "cmaes", "random"] = "tpe"
+    trials: int = Field(ge=1, le=100_000, description="parameter sets proposed in all")
+    batch: int = Field(default=16, ge=1, le=10_000, description="parameter sets per sweep")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class OutcomeFilterSpec(StrictModel):
+    """Skip (or scale) an entry when the most similar past trades, closed before it, did badly.
+
+    Applies to testing phases (train/test and walk-forward); see docs/workflows.md.
+    """
+
+    k: int = Field(default=20, ge=1, le=10_000, description="neighbours consulted per entry")
+    min_neighbours: int = Field(default=5, ge=1, le=10_000,
+                                description="fewer eligible past trades than this: the entry is taken")
+    statistic: Literal["expectancy", "win_rate"] = "expectancy"
+    threshold: float = Field(default=0.0, description="enter only when the statistic is >= this")
+    action: Literal["skip", "scale"] = "skip"
+    scale: float = Field(default=0.5, gt=0, lt=1, description="position fraction kept by action: scale")
