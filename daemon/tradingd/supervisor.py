@@ -194,6 +194,8 @@ class Supervisor:
         )
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
+        # Before any run: what the built daemon holds is the baseline the work budget leaves out.
+        await asyncio.to_thread(self._memory.measure_baseline)
         self._monitor.sample()
         self.stats.refresh()
         # 5. HTTP.

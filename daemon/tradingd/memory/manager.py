@@ -26,6 +26,7 @@ from tradingd.config import CacheSettings, Config
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
 from tradingd.memory.cleanup import CleanupLadder, cleanup_loop
+from tradingd.memory.grants import MemoryBudget
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
 from tradingd.stats import StatsBoard
@@ -85,6 +86,15 @@ class MemoryManager:
             low_water=config.caches.low_water,
             malloc_trim=config.cleanup.malloc_trim,
         )
+        # Containers' working memory; the baseline is measured in start(), once the daemon is built.
+        self.work = MemoryBudget(
+            limit_bytes=monitor.limit.bytes,
+            pressure_bytes=monitor.marks_bytes()["pressure"],
+            baseline_bytes=0,
+            floor_bytes=self._cache_floor,
+            held_above_floor=self._held_above_floor,
+            reclaim=self._reclaim_for_work,
+        )
         self._wake = asyncio.Event()
         monitor.add_listener(self._level_changed)
         self.persisted_at: float | None = None
@@ -121,6 +131,45 @@ class MemoryManager:
         if found is not None:
             return found
         return self._build_cache(name, CacheSettings())
+
+    # --- the work budget ---------------------------------------------------------
+
+    def measure_baseline(self) -> int:
+        """Set the work budget's baseline: usage now, less what caches and models hold.
+
+        Called by the supervisor once the daemon is built and before any run starts.
+        """
+        held = self.budget.used_bytes + int(self.models.stats()["resident_bytes"])
+        self.work.baseline_bytes = max(0, self.monitor.usage_now() - held)
+        log.info("work budget: %.0f MB (pressure mark %.0f MB, baseline %.0f MB)", self.work.capacity / _MB,
+                 self.work.pressure_bytes / _MB, self.work.baseline_bytes / _MB)
+        return self.work.baseline_bytes
+
+    def _cache_floor(self) -> int:
+        # What the ladder keeps even at critical: pinned caches down to low water.
+        return sum(self._pinned_floor(cache) for cache in self.caches.values() if cache.pinned)
+
+    def _pinned_floor(self, cache: ManagedCache) -> int:
+        share = int(self.config.caches.low_water * (cache.capacity_bytes or cache.bytes))
+        return min(cache.bytes, share)
+
+    def _held_above_floor(self) -> int:
+        return max(0, self.budget.used_bytes - self._cache_floor()) + int(self.models.stats()["resident_bytes"])
+
+    def _reclaim_for_work(self, wanted: int) -> int:
+        """Caches yield to grants: evict least recently used entries until ``wanted`` bytes are free."""
+        freed = 0
+        while freed < wanted:
+            candidates = [c for c in self.caches.values()
+                          if c.oldest_access() is not None and (not c.pinned or c.bytes > self._pinned_floor(c))]
+            if not candidates:
+                break
+            victim = min(candidates, key=lambda c: c.oldest_access() or 0.0)
+            got = victim.evict_oldest()
+            if got <= 0:
+                break
+            freed += got
+        return freed
 
     # --- persistence -----------------------------------------------------------
 
@@ -179,6 +228,7 @@ class MemoryManager:
 
     def _level_changed(self, old: PressureLevel, new: PressureLevel) -> None:
         log.info("memory pressure %s -> %s", old.label, new.label)
+        self.work.on_level(new)
         self._wake.set()
 
     def run_ladder(self, level: PressureLevel | str | int) -> dict[str, Any]:
@@ -204,11 +254,12 @@ class MemoryManager:
     # --- stats -------------------------------------------------------------------
 
     def register_stats(self, board: StatsBoard) -> None:
-        """Add the ``caches``, ``models``, ``cleanup`` and ``admission`` sections."""
+        """Add the ``caches``, ``models``, ``cleanup``, ``admission`` and ``work`` sections."""
         board.register("caches", self.caches_stats)
         board.register("models", self.models.stats)
         board.register("cleanup", self.ladder.stats)
         board.register("admission", self.admission.stats)
+        board.register("work", self.work.stats)
 
     def caches_stats(self) -> dict[str, Any]:
         return {

@@ -109,6 +109,7 @@ class WorkflowService:
             indicator_cache=memory.cache("indicators") if memory is not None else None,
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
+            work=memory.work if memory is not None else None,
             on_trades=self.on_trades,
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)

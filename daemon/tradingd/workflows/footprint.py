@@ -1,0 +1,135 @@
+"""How much working memory a container needs, from its shape alone, before it runs.
+
+A container's peak is what it holds for its whole life (metric rows, kept
+trades, equity curves), plus the largest transient on top of that: one
+batch's sweep working set and its output, or, at teardown, the result
+document being serialised, or the closed trades handed to the journal.
+``estimate`` is that peak when nothing limits the sweep; ``minimum`` is the
+same with the sweep in its smallest block (one combination). The memory
+budget grants something between the two, and the container runs its sweep
+with ``chunk_bytes`` = grant minus what it holds (:meth:`Footprint.chunk_bytes`).
+
+The constants are bytes measured with tracemalloc on the bundled workloads
+(tests/unit/test_footprint.py keeps them honest; docs/memory.md lists them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
+from tradingd.trading.strategies import get_strategy
+
+__all__ = ["OVERHEAD_BYTES", "Footprint", "estimate_container", "sweep_bytes"]
+
+# A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
+OVERHEAD_BYTES = 2 * 2**20
+# One metrics row as held in the container: {"index", "params": {...}, "metrics": {16 floats}}.
+ROW_BYTES = 3_000
+# One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.
+TRADE_BYTES = 1_700
+TRADE_JSON_BYTES = 400
+# One equity value kept as a Python float in a list, and as JSON text.
+EQUITY_CELL_BYTES = 32
+EQUITY_JSON_BYTES = 22
+# One timestamp string of the equity index (object + list slot).
+TIME_BYTES = 90
+# One streamed event (dict) before it is encoded, and its JSON Lines bytes.
+EVENT_BYTES = 900
+# One metrics row as JSON text (indent 2).
+ROW_JSON_BYTES = 900
+
+# The engine in main: cells of (bar, combination) per chunk, chunks capped at 8 MiB.
+# (Switch to trading.sweep_plan.estimate_sweep_bytes once the engine issue lands.)
+_CELL_SPARSE, _CELL_DENSE = 56, 72
+_FAST_CHUNK_BYTES = 8 * 2**20
+
+
+def sweep_bytes(n_bars: int, n_combinations: int, *, dense: bool, chunk_bytes: int | None = None) -> int:
+    """Working bytes of one ``run_sweep`` call over ``n_combinations`` (the one engine-shaped function).
+
+    The engine simulates ``columns`` combinations at once (``chunk_bytes``,
+    capped at 8 MiB, over bars x cell bytes); besides the simulation cells a
+    chunk holds its target positions and the indicator columns it reads (two
+    per combination at most), and the sweep keeps one float per metric.
+    """
+    n = max(int(n_bars), 1)
+    cell = _CELL_DENSE if dense else _CELL_SPARSE
+    budget = min(chunk_bytes if chunk_bytes is not None else _FAST_CHUNK_BYTES, _FAST_CHUNK_BYTES)
+    columns = max(1, min(int(n_combinations), budget // (n * cell)))
+    metrics = len(validate_metric_names(None))
+    return n * columns * (cell + 8 + 2 * 8) + 8 * metrics * max(int(n_combinations), 1)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A container's working bytes: what it holds, the sweep's share, and the bounds."""
+
+    held: int        # results kept for the container's life (rows, trades, equity)
+    transient: int   # the largest non-sweep transient (a batch's output, the document, the trade hand-off)
+    sweep: int       # one batch's sweep working set when nothing limits it
+    sweep_min: int   # ... in its smallest block (one combination)
+
+    @property
+    def estimate(self) -> int:
+        return OVERHEAD_BYTES + self.held + self.transient + self.sweep
+
+    @property
+    def minimum(self) -> int:
+        return OVERHEAD_BYTES + self.held + self.transient + self.sweep_min
+
+    def chunk_bytes(self, granted: int) -> int:
+        """The sweep's ``chunk_bytes`` under a grant of ``granted`` bytes (never below its minimum)."""
+        return max(self.sweep_min, granted - (self.minimum - self.sweep_min))
+
+
+def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int) -> float:
+    """Expected closed trades per combination: about one per warm-up length of bars.
+
+    A crossover or vote flips roughly once per indicator window, so bars over
+    the warm-up (the longest window) is the usual count; measured on the
+    bundled workloads it is within a factor of ~1.5 of the real count.
+    """
+    if not params or n_bars <= 0:
+        return 0.0
+    strat = get_strategy(strategy)
+    total = 0.0
+    for p in params:
+        try:
+            warmup = int(strat.warmup(strat.validate_params(p)))
+        except (ValueError, KeyError, TypeError):
+            warmup = 20
+        total += min(n_bars / 2, n_bars / max(warmup, 2))
+    return total / len(params)
+
+
+def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int, batch_size: int,
+                       keeps_trades: bool, trace_events: bool, track_equity: bool,
+                       journals_trades: bool, metrics: Sequence[str] | None = None) -> Footprint:
+    """The footprint of a container of ``params`` over ``n_bars`` bars, run in batches of ``batch_size``.
+
+    ``keeps_trades``: the result keeps closed trades (``trade_complete``);
+    ``trace_events``: trade
+    events are produced at all; ``track_equity``: every equity curve is kept;
+    ``journals_trades``: closed trades are also handed to the outcome journal.
+    """
+    k = len(params)
+    n = max(int(n_bars), 0)
+    batch = max(1, min(int(batch_size), k or 1))
+    trades = _trades_per_combination(strategy, params, n) if trace_events else 0.0
+    per_combo_held = ROW_BYTES + (trades * TRADE_BYTES if keeps_trades else 0.0)
+    per_combo_held += n * EQUITY_CELL_BYTES if track_equity else 0.0
+    held = int(k * per_combo_held + (n * TIME_BYTES if track_equity else 0))
+    # A batch's output exists twice while it is absorbed (the worker's and the container's references).
+    batch_out = batch * (ROW_BYTES + (trades * (TRADE_BYTES + 2 * EVENT_BYTES) if trace_events else 0.0))
+    batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
+    document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
+                    + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
+    hand_off = k * trades * (TRADE_BYTES + 400) if (journals_trades and keeps_trades) else 0.0
+    transient = int(max(batch_out, 2 * document, hand_off))
+    dense = bool(DENSE_METRICS & set(validate_metric_names(metrics)))
+    return Footprint(held=held, transient=transient,
+                     sweep=sweep_bytes(n, batch, dense=dense),
+                     sweep_min=sweep_bytes(n, batch, dense=dense, chunk_bytes=1))
