@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 import traceback
-import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,7 +30,9 @@ import psutil
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
+from tradingd.workflows.container_memory import ContainerMemory, WorkBudget
 from tradingd.workflows.executor import Executor
 from tradingd.workflows.footprint import Footprint, estimate_container
 from tradingd.workflows.layout import PhaseLayout, read_json
@@ -47,8 +48,6 @@ __all__ = [
     "ModelStore",
     "RunServices",
     "TradeSink",
-    "WorkBudget",
-    "WorkGrant",
     "load_completed",
 ]
 
@@ -65,25 +64,6 @@ class AdmissionGate(Protocol):
     def paused(self) -> bool: ...
 
     async def wait(self) -> None: ...
-
-
-class WorkGrant(Protocol):
-    """``memory.grants.Grant``: bytes granted to one container (may shrink under pressure)."""
-
-    @property
-    def bytes(self) -> int: ...
-
-    wait_seconds: float
-
-    def release(self) -> None: ...
-
-
-class WorkBudget(Protocol):
-    """``memory.grants.MemoryBudget``: containers' working memory, granted first come, first served."""
-
-    async def acquire(self, owner: str, *, estimate: int, minimum: int) -> WorkGrant: ...
-
-    def observe(self, kind: str, *, estimate: int, peak: int) -> None: ...
 
 
 class ModelStore(Protocol):
@@ -209,9 +189,8 @@ class Container:
         self._batches_done = 0
         self._peak_rss = 0
         self._footprint: Footprint | None = None
-        self._grant: WorkGrant | None = None
-        self._chunk_bytes: list[int] = []
-        self._traced_from: int | None = None
+        self._memory = ContainerMemory(services.work, owner=f"{run_id}/{phase}/{container_id}",
+                                       kind=f"{strategy}/{phase.rsplit('-', 1)[-1]}")
 
     def __repr__(self) -> str:
         return f"<Container {self.phase}/{self.id} {self.status} {len(self._rows)}/{len(self.params)} combos>"
@@ -239,7 +218,7 @@ class Container:
         self._started = time.perf_counter()
         self._peak_rss = psutil.Process().memory_info().rss
         try:
-            await self._acquire_grant()
+            await self._memory.acquire(self.footprint)
             if self._trace.stream:
                 self._stream = EventStream(self.layout.events(self.id))
         except BaseException as exc:
@@ -263,32 +242,9 @@ class Container:
                 strategy=self.strategy, params=self.params, n_bars=int(self._data_info["n_bars"]),
                 batch_size=self._batch_size, keeps_trades=keeps, trace_events=trace_events,
                 track_equity=self.settings.track_equity,
-                journals_trades=keeps and self._services.on_trades is not None)
+                journals_trades=keeps and self._services.on_trades is not None,
+                trains=self._models is None and get_strategy(self.strategy).trainable)
         return self._footprint
-
-    @property
-    def kind(self) -> str:
-        """What estimate errors are grouped by: strategy and phase kind (``sma_crossover/backtest``)."""
-        return f"{self.strategy}/{self.phase.rsplit('-', 1)[-1]}"
-
-    async def _acquire_grant(self) -> None:
-        if tracemalloc.is_tracing():  # tests and benches measure the true peak
-            tracemalloc.reset_peak()
-            self._traced_from = tracemalloc.get_traced_memory()[0]
-        work = self._services.work
-        if work is None:
-            return
-        fp = self.footprint
-        self._grant = await work.acquire(f"{self.run_id}/{self.phase}/{self.id}", estimate=fp.estimate,
-                                         minimum=fp.minimum)
-
-    def _batch_chunk_bytes(self) -> int | None:
-        """The sweep's chunk_bytes for the next batch: the grant as it is now, less what we hold."""
-        if self._grant is None:
-            return None
-        chunk = self.footprint.chunk_bytes(self._grant.bytes)
-        self._chunk_bytes.append(chunk)
-        return chunk
 
     async def run(self) -> None:
         """Compute every batch on the executor; stream events; hand closed trades on."""
@@ -307,7 +263,7 @@ class Container:
                 backtest=self._backtest,
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
-                chunk_bytes=self._batch_chunk_bytes(),
+                chunk_bytes=self._memory.chunk_bytes(),
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
@@ -365,8 +321,8 @@ class Container:
         doc = self._document(finished_at, exc, stream_error)
         try:
             atomic_write_json(self.path, doc)
-            self._release_grant(doc)
         finally:
+            self._memory.release(completed=self.status == "completed")  # after the write: it is measured too
             # Drop what the result held; the file is the record from now on.
             self._data = None
             self._models = None
@@ -376,44 +332,6 @@ class Container:
             self._summary = empty_summary(self.settings.event_tracing, self.settings.retention_policy,
                                           self.settings.retention_window)
         log.debug("container %s/%s %s", self.phase, self.id, self.status)
-
-    def _release_grant(self, doc: dict[str, Any]) -> None:
-        """Record the measured peak against the estimate, then hand the grant back."""
-        work, grant = self._services.work, self._grant
-        self._grant = None
-        if work is None or grant is None:
-            return
-        peak = self._traced_peak()  # now including the document's serialisation
-        if self.status == "completed" and peak is not None:
-            work.observe(self.kind, estimate=doc["memory"]["estimate_bytes"], peak=peak)
-        grant.release()
-
-    def _traced_peak(self) -> int | None:
-        if self._traced_from is None or not tracemalloc.is_tracing():
-            return None
-        return max(0, tracemalloc.get_traced_memory()[1] - self._traced_from)
-
-    def _memory_record(self) -> dict[str, Any]:
-        """Estimate, grant and measured peak for the result file (see docs/memory.md).
-
-        ``peak_bytes`` is measured by tracemalloc when it is tracing (tests and
-        benches turn it on; it costs too much for production) and covers the
-        container up to its result document (not the document's own write).
-        """
-        fp = self.footprint
-        record: dict[str, Any] = {
-            "peak_rss_bytes": self._peak_rss,
-            "estimate_bytes": fp.estimate,
-            "minimum_bytes": fp.minimum,
-        }
-        if self._grant is not None:
-            record["granted_bytes"] = self._grant.bytes
-            record["grant_wait_seconds"] = round(self._grant.wait_seconds, 6)
-            record["chunk_bytes"] = {"min": min(self._chunk_bytes, default=0), "max": max(self._chunk_bytes, default=0)}
-        peak = self._traced_peak()
-        if peak is not None:
-            record["peak_bytes"] = peak
-        return record
 
     def _document(self, finished_at: float, exc: BaseException | None,
                   stream_error: BaseException | None) -> dict[str, Any]:
@@ -443,7 +361,7 @@ class Container:
                 "batches": self.n_batches,
                 "batches_done": self._batches_done,
             },
-            "memory": self._memory_record(),
+            "memory": self._memory.record(self._peak_rss),
             "events": events,
         }
         if self._equity:

@@ -25,7 +25,7 @@ from tradingd.trading.strategies import get_strategy
 __all__ = ["OVERHEAD_BYTES", "Footprint", "estimate_container", "sweep_bytes"]
 
 # A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
-OVERHEAD_BYTES = 2 * 2**20
+OVERHEAD_BYTES = 512 * 1024
 # One metrics row as held in the container: {"index", "params": {...}, "metrics": {16 floats}}.
 ROW_BYTES = 3_000
 # One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.
@@ -40,6 +40,11 @@ TIME_BYTES = 90
 EVENT_BYTES = 900
 # One metrics row as JSON text (indent 2).
 ROW_JSON_BYTES = 900
+
+# Fitting one model (trainable strategies without models): a fixed part plus the
+# feature matrix and the estimator's copies of it, per bar and feature (lag).
+TRAIN_FIXED_BYTES = 320 * 1024
+TRAIN_CELL_BYTES = 32
 
 # The engine in main: cells of (bar, combination) per chunk, chunks capped at 8 MiB.
 # (Switch to trading.sweep_plan.estimate_sweep_bytes once the engine issue lands.)
@@ -60,7 +65,7 @@ def sweep_bytes(n_bars: int, n_combinations: int, *, dense: bool, chunk_bytes: i
     budget = min(chunk_bytes if chunk_bytes is not None else _FAST_CHUNK_BYTES, _FAST_CHUNK_BYTES)
     columns = max(1, min(int(n_combinations), budget // (n * cell)))
     metrics = len(validate_metric_names(None))
-    return n * columns * (cell + 8 + 2 * 8) + 8 * metrics * max(int(n_combinations), 1)
+    return n * columns * cell + 8 * metrics * max(int(n_combinations), 1)
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,15 @@ class Footprint:
     transient: int   # the largest non-sweep transient (a batch's output, the document, the trade hand-off)
     sweep: int       # one batch's sweep working set when nothing limits it
     sweep_min: int   # ... in its smallest block (one combination)
+    training: int = 0  # fitting one model inside the sweep (trainable strategies without models)
 
     @property
     def estimate(self) -> int:
-        return OVERHEAD_BYTES + self.held + self.transient + self.sweep
+        return OVERHEAD_BYTES + self.held + self.transient + self.sweep + self.training
 
     @property
     def minimum(self) -> int:
-        return OVERHEAD_BYTES + self.held + self.transient + self.sweep_min
+        return OVERHEAD_BYTES + self.held + self.transient + self.sweep_min + self.training
 
     def chunk_bytes(self, granted: int) -> int:
         """The sweep's ``chunk_bytes`` under a grant of ``granted`` bytes (never below its minimum)."""
@@ -107,13 +113,15 @@ def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], 
 
 def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int, batch_size: int,
                        keeps_trades: bool, trace_events: bool, track_equity: bool,
-                       journals_trades: bool, metrics: Sequence[str] | None = None) -> Footprint:
+                       journals_trades: bool, trains: bool = False,
+                       metrics: Sequence[str] | None = None) -> Footprint:
     """The footprint of a container of ``params`` over ``n_bars`` bars, run in batches of ``batch_size``.
 
     ``keeps_trades``: the result keeps closed trades (``trade_complete``);
     ``trace_events``: trade
     events are produced at all; ``track_equity``: every equity curve is kept;
-    ``journals_trades``: closed trades are also handed to the outcome journal.
+    ``journals_trades``: closed trades are also handed to the outcome journal;
+    ``trains``: the sweep fits one model per combination (no models attached).
     """
     k = len(params)
     n = max(int(n_bars), 0)
@@ -130,6 +138,8 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     hand_off = k * trades * (TRADE_BYTES + 400) if (journals_trades and keeps_trades) else 0.0
     transient = int(max(batch_out, 2 * document, hand_off))
     dense = bool(DENSE_METRICS & set(validate_metric_names(metrics)))
+    features = max((int(p.get("lags", 10)) for p in params), default=10)
+    training = TRAIN_FIXED_BYTES + n * (features + 1) * TRAIN_CELL_BYTES if trains else 0
     return Footprint(held=held, transient=transient,
                      sweep=sweep_bytes(n, batch, dense=dense),
-                     sweep_min=sweep_bytes(n, batch, dense=dense, chunk_bytes=1))
+                     sweep_min=sweep_bytes(n, batch, dense=dense, chunk_bytes=1), training=training)
