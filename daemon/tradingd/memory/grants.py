@@ -15,7 +15,9 @@ limits it)::
 What work may ever hold (``capacity``) is the ``pressure`` mark minus the
 process baseline minus the floors of caches and models (what the ladder never
 frees). What it may hold *now* also leaves out what caches and models hold
-above their floor; granting may first ask caches to yield (``reclaim``).
+above their floor; granting may first ask caches to yield (``reclaim``), and
+``on_change(granted)`` lets the caches' own budget shrink by what is granted,
+so caches cannot grow back into memory lent to work.
 Waiters are served first come, first served: a small request never overtakes
 a large one that arrived earlier, so nothing starves.
 
@@ -100,6 +102,7 @@ class MemoryBudget:
         floor_bytes: Callable[[], int] = lambda: 0,
         held_above_floor: Callable[[], int] = lambda: 0,
         reclaim: Callable[[int], int] | None = None,
+        on_change: Callable[[int], None] | None = None,
         shrink_to: float = 0.5,
     ) -> None:
         self.limit_bytes = int(limit_bytes)
@@ -108,6 +111,7 @@ class MemoryBudget:
         self._floor = floor_bytes
         self._held = held_above_floor
         self._reclaim = reclaim
+        self._on_change = on_change
         self.shrink_to = shrink_to
         self.level = PressureLevel.NORMAL
         self._grants: list[Grant] = []
@@ -209,7 +213,9 @@ class MemoryBudget:
                   grant.estimate / _MB, grant.wait_seconds)
 
     def _notify(self) -> None:
-        """Wake every waiter; each checks whether it is first in line and fits."""
+        """Tell the caches what is granted; wake every waiter (each checks whether it is first and fits)."""
+        if self._on_change is not None:
+            self._on_change(self.granted_bytes)
         self._changed.set()
         self._changed = asyncio.Event()
 

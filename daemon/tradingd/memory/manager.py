@@ -67,6 +67,7 @@ class MemoryManager:
                 ceiling / _MB,
             )
         self.budget = CacheBudget(min(configured, ceiling))
+        self.cache_ceiling = self.budget.total_bytes
         self.caches: dict[str, ManagedCache] = {}
         for name, settings in config.caches.entries.items():
             self._build_cache(name, settings)
@@ -94,6 +95,7 @@ class MemoryManager:
             floor_bytes=self._cache_floor,
             held_above_floor=self._held_above_floor,
             reclaim=self._reclaim_for_work,
+            on_change=self._lend_to_work,
         )
         self._wake = asyncio.Event()
         monitor.add_listener(self._level_changed)
@@ -141,9 +143,15 @@ class MemoryManager:
         """
         held = self.budget.used_bytes + int(self.models.stats()["resident_bytes"])
         self.work.baseline_bytes = max(0, self.monitor.usage_now() - held)
+        self._lend_to_work(self.work.granted_bytes)
         log.info("work budget: %.0f MB (pressure mark %.0f MB, baseline %.0f MB)", self.work.capacity / _MB,
                  self.work.pressure_bytes / _MB, self.work.baseline_bytes / _MB)
         return self.work.baseline_bytes
+
+    def _lend_to_work(self, granted: int) -> None:
+        """Caches get what the limit allows less the baseline and what work holds (at most their ceiling)."""
+        room = self.work.pressure_bytes - self.work.baseline_bytes - granted
+        self.budget.resize(max(self._cache_floor(), min(self.cache_ceiling, room)))
 
     def _cache_floor(self) -> int:
         # What the ladder keeps even at critical: pinned caches down to low water.
@@ -158,7 +166,7 @@ class MemoryManager:
 
     def _reclaim_for_work(self, wanted: int) -> int:
         """Caches yield to grants: evict least recently used entries until ``wanted`` bytes are free."""
-        freed = 0
+        freed = self.budget.settle()
         while freed < wanted:
             candidates = [c for c in self.caches.values()
                           if c.oldest_access() is not None and (not c.pinned or c.bytes > self._pinned_floor(c))]

@@ -65,6 +65,8 @@ class BatchTask:
     models: tuple[Any, ...] | None = None
     # The sweep's byte budget: the container's memory grant less what it holds (None: the engine default).
     chunk_bytes: int | None = None
+    # The container's whole grant when the batch was sent (a process worker over it by a margin is recycled).
+    grant_bytes: int | None = None
 
 
 @dataclass

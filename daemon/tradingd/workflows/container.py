@@ -264,6 +264,7 @@ class Container:
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
                 chunk_bytes=self._memory.chunk_bytes(),
+                grant_bytes=self._memory.grant.bytes if self._memory.grant is not None else None,
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
