@@ -15,6 +15,7 @@ The constants are bytes measured with tracemalloc on the bundled workloads
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,9 @@ ROW_JSON_BYTES = 900
 # feature matrix and the estimator's copies of it, per bar and feature (lag).
 TRAIN_FIXED_BYTES = 320 * 1024
 TRAIN_CELL_BYTES = 32
+# scikit-learn (and the parts of scipy it pulls in) is imported on the first fit:
+# a one-time cost, charged to the container that pays it.
+SKLEARN_IMPORT_BYTES = 56 * 2**20
 
 # The engine in main: cells of (bar, combination) per chunk, chunks capped at 8 MiB.
 # (Switch to trading.sweep_plan.estimate_sweep_bytes once the engine issue lands.)
@@ -140,6 +144,8 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     dense = bool(DENSE_METRICS & set(validate_metric_names(metrics)))
     features = max((int(p.get("lags", 10)) for p in params), default=10)
     training = TRAIN_FIXED_BYTES + n * (features + 1) * TRAIN_CELL_BYTES if trains else 0
+    if trains and "sklearn" not in sys.modules:
+        training += SKLEARN_IMPORT_BYTES
     return Footprint(held=held, transient=transient,
                      sweep=sweep_bytes(n, batch, dense=dense),
                      sweep_min=sweep_bytes(n, batch, dense=dense, chunk_bytes=1), training=training)
