@@ -12,14 +12,16 @@ limits it)::
     finally:
         grant.release()
 
-What work may ever hold (``capacity``) is the ``pressure`` mark minus the
+What work may hold (``capacity``) is the ``pressure`` mark minus the
 process baseline minus the floors of caches and models (what the ladder never
-frees). What it may hold *now* also leaves out what caches and models hold
-above their floor; granting may first ask caches to yield (``reclaim``), and
+frees); the baseline is the start-up figure or, when larger, the usage now not
+explained by grants, caches and models (imports and heap fragmentation grow
+it). What it may hold *now* also leaves out what caches and models hold above
+their floor; granting may first ask caches to yield (``reclaim``), and
 ``on_change(granted)`` lets the caches' own budget shrink by what is granted,
-so caches cannot grow back into memory lent to work.
-Waiters are served first come, first served: a small request never overtakes
-a large one that arrived earlier, so nothing starves.
+so caches cannot grow back into memory lent to work. Waiters are served first
+come, first served: a small request never overtakes a large one that arrived
+earlier, so nothing starves.
 
 Under ``critical`` pressure every grant shrinks toward its minimum (containers
 take smaller blocks from their next block boundary) and nobody new is granted;
@@ -103,6 +105,7 @@ class MemoryBudget:
         held_above_floor: Callable[[], int] = lambda: 0,
         reclaim: Callable[[int], int] | None = None,
         on_change: Callable[[int], None] | None = None,
+        usage: Callable[[], int | None] | None = None,
         shrink_to: float = 0.5,
     ) -> None:
         self.limit_bytes = int(limit_bytes)
@@ -112,6 +115,7 @@ class MemoryBudget:
         self._held = held_above_floor
         self._reclaim = reclaim
         self._on_change = on_change
+        self._usage = usage
         self.shrink_to = shrink_to
         self.level = PressureLevel.NORMAL
         self._grants: list[Grant] = []
@@ -133,9 +137,22 @@ class MemoryBudget:
     # --- figures ---------------------------------------------------------------
 
     @property
+    def unaccounted_bytes(self) -> int:
+        """The baseline as it is now: usage not explained by grants, caches and models.
+
+        It grows past the start-up baseline as the daemon imports libraries
+        (scikit-learn) and its heap fragments; never counted below the start-up
+        figure, so containers using less than their grant do not inflate the budget.
+        """
+        used = self._usage() if self._usage is not None else None
+        if used is None:
+            return self.baseline_bytes
+        return max(self.baseline_bytes, used - self.granted_bytes - self._held() - self._floor())
+
+    @property
     def capacity(self) -> int:
-        """What work may ever hold: the pressure mark minus baseline and floors."""
-        return max(0, self.pressure_bytes - self.baseline_bytes - self._floor())
+        """What work may hold: the pressure mark minus the baseline (as it is now) and the floors."""
+        return max(0, self.pressure_bytes - self.unaccounted_bytes - self._floor())
 
     @property
     def granted_bytes(self) -> int:
@@ -155,12 +172,13 @@ class MemoryBudget:
         """
         minimum = max(1, int(minimum))
         estimate = max(minimum, int(estimate))
-        if minimum > self.capacity:
+        ceiling = self.pressure_bytes - self.baseline_bytes - self._floor()
+        if minimum > ceiling:
             self.refused_total += 1
             raise GrantRefused(
                 f"{owner}: needs at least {minimum / _MB:.1f} MB of working memory (estimate "
                 f"{estimate / _MB:.1f} MB), but the memory limit of {self.limit_bytes / _MB:.0f} MB allows at most "
-                f"{self.capacity / _MB:.1f} MB for work (pressure mark {self.pressure_bytes / _MB:.0f} MB minus "
+                f"{ceiling / _MB:.1f} MB for work (pressure mark {self.pressure_bytes / _MB:.0f} MB minus "
                 f"baseline {self.baseline_bytes / _MB:.0f} MB and cache/model floors); raise MemoryMax/--memory "
                 f"or split the work (smaller execution.chunk_size / batch_size)")
         grant = Grant(owner=owner, estimate=estimate, minimum=minimum, requested_at=time.monotonic(), _budget=self)
@@ -264,6 +282,7 @@ class MemoryBudget:
             "limit_bytes": self.limit_bytes,
             "pressure_bytes": self.pressure_bytes,
             "baseline_bytes": self.baseline_bytes,
+            "unaccounted_bytes": self.unaccounted_bytes,
             "capacity_bytes": self.capacity,
             "granted_bytes": self.granted_bytes,
             "available_bytes": self.available(),

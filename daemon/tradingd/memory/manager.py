@@ -96,6 +96,7 @@ class MemoryManager:
             held_above_floor=self._held_above_floor,
             reclaim=self._reclaim_for_work,
             on_change=self._lend_to_work,
+            usage=lambda: monitor.latest.used_bytes if monitor.latest is not None else None,
         )
         self._wake = asyncio.Event()
         monitor.add_listener(self._level_changed)
@@ -150,7 +151,7 @@ class MemoryManager:
 
     def _lend_to_work(self, granted: int) -> None:
         """Caches get what the limit allows less the baseline and what work holds (at most their ceiling)."""
-        room = self.work.pressure_bytes - self.work.baseline_bytes - granted
+        room = self.work.pressure_bytes - self.work.unaccounted_bytes - granted
         self.budget.resize(max(self._cache_floor(), min(self.cache_ceiling, room)))
 
     def _cache_floor(self) -> int:

@@ -23,15 +23,15 @@ from typing import Any
 from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
 from tradingd.trading.strategies import get_strategy
 
-__all__ = ["OVERHEAD_BYTES", "Footprint", "estimate_container", "sweep_bytes"]
+__all__ = ["OVERHEAD_BYTES", "Footprint", "estimate_container", "sweep_estimate"]
 
 # A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
 OVERHEAD_BYTES = 512 * 1024
 # One metrics row as held in the container: {"index", "params": {...}, "metrics": {16 floats}}.
-ROW_BYTES = 3_000
+ROW_BYTES = 1_200
 # One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.
-TRADE_BYTES = 1_700
-TRADE_JSON_BYTES = 400
+TRADE_BYTES = 950
+TRADE_JSON_BYTES = 350
 # One equity value kept as a Python float in a list, and as JSON text.
 EQUITY_CELL_BYTES = 32
 EQUITY_JSON_BYTES = 22
@@ -39,8 +39,11 @@ EQUITY_JSON_BYTES = 22
 TIME_BYTES = 90
 # One streamed event (dict) before it is encoded, and its JSON Lines bytes.
 EVENT_BYTES = 900
-# One metrics row as JSON text (indent 2).
-ROW_JSON_BYTES = 900
+# One metrics row and its parameters entry as JSON text (indent 2).
+ROW_JSON_BYTES = 600
+# Serialising the document (json.dumps with indent builds it from many small strings,
+# then the text is encoded) peaks at this many times the file's size.
+DOCUMENT_PEAK_FACTOR = 6.5
 
 # Fitting one model (trainable strategies without models): a fixed part plus the
 # feature matrix and the estimator's copies of it, per bar and feature (lag).
@@ -51,25 +54,27 @@ TRAIN_CELL_BYTES = 32
 SKLEARN_IMPORT_BYTES = 56 * 2**20
 
 # The engine in main: cells of (bar, combination) per chunk, chunks capped at 8 MiB.
-# (Switch to trading.sweep_plan.estimate_sweep_bytes once the engine issue lands.)
 _CELL_SPARSE, _CELL_DENSE = 56, 72
 _FAST_CHUNK_BYTES = 8 * 2**20
 
 
-def sweep_bytes(n_bars: int, n_combinations: int, *, dense: bool, chunk_bytes: int | None = None) -> int:
-    """Working bytes of one ``run_sweep`` call over ``n_combinations`` (the one engine-shaped function).
+def sweep_estimate(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int,
+                   metrics: Sequence[str] | None = None) -> tuple[int, int]:
+    """``(estimate, minimum)`` working bytes of one ``run_sweep`` over ``params``: the one engine-shaped call.
 
-    The engine simulates ``columns`` combinations at once (``chunk_bytes``,
-    capped at 8 MiB, over bars x cell bytes); besides the simulation cells a
-    chunk holds its target positions and the indicator columns it reads (two
-    per combination at most), and the sweep keeps one float per metric.
+    Mirrors the engine in main: it simulates ``columns`` combinations at once
+    (``chunk_bytes``, capped at 8 MiB, over bars x cell bytes) and keeps one
+    float per metric and combination; the minimum is one column. The engine
+    issue exposes ``trading.engine.estimate_sweep`` with this signature; this
+    body becomes a call to it when that lands in main.
     """
-    n = max(int(n_bars), 1)
-    cell = _CELL_DENSE if dense else _CELL_SPARSE
-    budget = min(chunk_bytes if chunk_bytes is not None else _FAST_CHUNK_BYTES, _FAST_CHUNK_BYTES)
-    columns = max(1, min(int(n_combinations), budget // (n * cell)))
-    metrics = len(validate_metric_names(None))
-    return n * columns * cell + 8 * metrics * max(int(n_combinations), 1)
+    del strategy  # the engine in main sizes chunks from the shape alone
+    n, k = max(int(n_bars), 1), max(len(params), 1)
+    names = validate_metric_names(metrics)
+    cell = _CELL_DENSE if DENSE_METRICS & set(names) else _CELL_SPARSE
+    columns = max(1, min(k, _FAST_CHUNK_BYTES // (n * cell)))
+    results = 8 * len(names) * k
+    return n * columns * cell + results, n * cell + results
 
 
 @dataclass(frozen=True)
@@ -99,20 +104,19 @@ def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], 
     """Expected closed trades per combination: about one per warm-up length of bars.
 
     A crossover or vote flips roughly once per indicator window, so bars over
-    the warm-up (the longest window) is the usual count; measured on the
-    bundled workloads it is within a factor of ~1.5 of the real count.
+    the (mean) warm-up, the longest window, is the usual count; measured on the
+    bundled workloads it is within ~1.3x of the real count.
     """
     if not params or n_bars <= 0:
         return 0.0
     strat = get_strategy(strategy)
-    total = 0.0
+    total = 0
     for p in params:
         try:
-            warmup = int(strat.warmup(strat.validate_params(p)))
+            total += int(strat.warmup(strat.validate_params(p)))
         except (ValueError, KeyError, TypeError):
-            warmup = 20
-        total += min(n_bars / 2, n_bars / max(warmup, 2))
-    return total / len(params)
+            total += 20
+    return min(n_bars / 2, n_bars / max(total / len(params), 2.0))
 
 
 def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int, batch_size: int,
@@ -139,13 +143,12 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
     document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
                     + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
-    hand_off = k * trades * (TRADE_BYTES + 400) if (journals_trades and keeps_trades) else 0.0
-    transient = int(max(batch_out, 2 * document, hand_off))
-    dense = bool(DENSE_METRICS & set(validate_metric_names(metrics)))
+    hand_off = k * trades * (TRADE_BYTES + 100) if (journals_trades and keeps_trades) else 0.0
+    transient = int(max(batch_out, DOCUMENT_PEAK_FACTOR * document, hand_off))
+    sweep, sweep_min = sweep_estimate(strategy, params[:batch], n, metrics)
     features = max((int(p.get("lags", 10)) for p in params), default=10)
     training = TRAIN_FIXED_BYTES + n * (features + 1) * TRAIN_CELL_BYTES if trains else 0
     if trains and "sklearn" not in sys.modules:
         training += SKLEARN_IMPORT_BYTES
     return Footprint(held=held, transient=transient,
-                     sweep=sweep_bytes(n, batch, dense=dense),
-                     sweep_min=sweep_bytes(n, batch, dense=dense, chunk_bytes=1), training=training)
+                     sweep=sweep, sweep_min=sweep_min, training=training)
