@@ -236,11 +236,12 @@ class Container:
     def footprint(self) -> Footprint:
         """The working bytes this container is estimated to need (from its shape; computed once)."""
         if self._footprint is None:
-            trace_events = bool({"FILL", "POSITION_OPEN", "POSITION_CLOSE"} & set(self.settings.event_tracing))
-            keeps = trace_events and self.settings.retention_policy == "trade_complete"
+            traced = self.settings.event_tracing
+            events = 2 * ("FILL" in traced) + ("POSITION_OPEN" in traced) + ("POSITION_CLOSE" in traced)
+            keeps = events > 0 and self.settings.retention_policy == "trade_complete"
             self._footprint = estimate_container(
                 strategy=self.strategy, params=self.params, n_bars=int(self._data_info["n_bars"]),
-                batch_size=self._batch_size, keeps_trades=keeps, trace_events=trace_events,
+                batch_size=self._batch_size, keeps_trades=keeps, events_per_trade=events,
                 track_equity=self.settings.track_equity,
                 journals_trades=keeps and self._services.on_trades is not None,
                 trains=self._models is None and get_strategy(self.strategy).trainable)

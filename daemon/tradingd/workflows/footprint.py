@@ -53,8 +53,10 @@ TRAIN_CELL_BYTES = 32
 # a one-time cost, charged to the container that pays it.
 SKLEARN_IMPORT_BYTES = 56 * 2**20
 
-# The engine in main: cells of (bar, combination) per chunk, chunks capped at 8 MiB.
+# The engine in main sizes chunks with 56/72 bytes per (bar, combination) cell, at most
+# 8 MiB; traced, a chunk's working set is nearer 32/40 bytes per cell (what we estimate).
 _CELL_SPARSE, _CELL_DENSE = 56, 72
+_TRACED_CELL_SPARSE, _TRACED_CELL_DENSE = 32, 40
 _FAST_CHUNK_BYTES = 8 * 2**20
 
 
@@ -71,10 +73,12 @@ def sweep_estimate(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: i
     del strategy  # the engine in main sizes chunks from the shape alone
     n, k = max(int(n_bars), 1), max(len(params), 1)
     names = validate_metric_names(metrics)
-    cell = _CELL_DENSE if DENSE_METRICS & set(names) else _CELL_SPARSE
+    dense = bool(DENSE_METRICS & set(names))
+    cell = _CELL_DENSE if dense else _CELL_SPARSE
+    traced = _TRACED_CELL_DENSE if dense else _TRACED_CELL_SPARSE
     columns = max(1, min(k, _FAST_CHUNK_BYTES // (n * cell)))
     results = 8 * len(names) * k
-    return n * columns * cell + results, n * cell + results
+    return n * columns * traced + results, n * cell + results
 
 
 @dataclass(frozen=True)
@@ -120,26 +124,27 @@ def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], 
 
 
 def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int, batch_size: int,
-                       keeps_trades: bool, trace_events: bool, track_equity: bool,
+                       keeps_trades: bool, events_per_trade: int, track_equity: bool,
                        journals_trades: bool, trains: bool = False,
                        metrics: Sequence[str] | None = None) -> Footprint:
     """The footprint of a container of ``params`` over ``n_bars`` bars, run in batches of ``batch_size``.
 
     ``keeps_trades``: the result keeps closed trades (``trade_complete``);
-    ``trace_events``: trade
-    events are produced at all; ``track_equity``: every equity curve is kept;
+    ``events_per_trade``: trade events traced per closed trade (FILL counts two);
+    ``track_equity``: every equity curve is kept;
     ``journals_trades``: closed trades are also handed to the outcome journal;
     ``trains``: the sweep fits one model per combination (no models attached).
     """
     k = len(params)
     n = max(int(n_bars), 0)
     batch = max(1, min(int(batch_size), k or 1))
-    trades = _trades_per_combination(strategy, params, n) if trace_events else 0.0
+    trades = _trades_per_combination(strategy, params, n) if events_per_trade else 0.0
     per_combo_held = ROW_BYTES + (trades * TRADE_BYTES if keeps_trades else 0.0)
     per_combo_held += n * EQUITY_CELL_BYTES if track_equity else 0.0
     held = int(k * per_combo_held + (n * TIME_BYTES if track_equity else 0))
     # A batch's output exists twice while it is absorbed (the worker's and the container's references).
-    batch_out = batch * (ROW_BYTES + (trades * (TRADE_BYTES + 2 * EVENT_BYTES) if trace_events else 0.0))
+    batch_out = batch * (ROW_BYTES + trades * (events_per_trade * EVENT_BYTES
+                                               + (TRADE_BYTES if keeps_trades else 0.0)))
     batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
     document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
                     + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
