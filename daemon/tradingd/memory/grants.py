@@ -121,6 +121,7 @@ class MemoryBudget:
         self._grants: list[Grant] = []
         self._waiting: deque[Grant] = deque()
         self._changed = asyncio.Event()
+        self._told = 0  # the granted bytes on_change last heard
         self.granted_total = 0
         self.refused_total = 0
         self.shrinks = 0
@@ -231,9 +232,11 @@ class MemoryBudget:
                   grant.estimate / _MB, grant.wait_seconds)
 
     def _notify(self) -> None:
-        """Tell the caches what is granted; wake every waiter (each checks whether it is first and fits)."""
-        if self._on_change is not None:
-            self._on_change(self.granted_bytes)
+        """Tell the caches what is granted (if that changed); wake every waiter (each checks if it is next)."""
+        granted = self.granted_bytes
+        if self._on_change is not None and granted != self._told:
+            self._told = granted
+            self._on_change(granted)
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -151,7 +151,7 @@ class MemoryManager:
 
     def _lend_to_work(self, granted: int) -> None:
         """Caches get what the limit allows less the baseline and what work holds (at most their ceiling)."""
-        room = self.work.pressure_bytes - self.work.unaccounted_bytes - granted
+        room = self.work.pressure_bytes - self.work.baseline_bytes - granted
         self.budget.resize(max(self._cache_floor(), min(self.cache_ceiling, room)))
 
     def _cache_floor(self) -> int:

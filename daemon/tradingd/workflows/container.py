@@ -242,6 +242,7 @@ class Container:
             self._footprint = estimate_container(
                 strategy=self.strategy, params=self.params, n_bars=int(self._data_info["n_bars"]),
                 batch_size=self._batch_size, keeps_trades=keeps, events_per_trade=events,
+                streams_events=self._trace.stream,
                 track_equity=self.settings.track_equity,
                 journals_trades=keeps and self._services.on_trades is not None,
                 trains=self._models is None and get_strategy(self.strategy).trainable)

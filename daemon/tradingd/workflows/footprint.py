@@ -10,7 +10,7 @@ budget grants something between the two, and the container runs its sweep
 with ``chunk_bytes`` = grant minus what it holds (:meth:`Footprint.chunk_bytes`).
 
 The constants are bytes measured with tracemalloc on the bundled workloads
-(tests/unit/test_footprint.py keeps them honest; docs/memory.md lists them).
+(tests/integration/test_memory_footprint.py keeps them honest; docs/memory.md lists them).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ EQUITY_JSON_BYTES = 22
 # One timestamp string of the equity index (object + list slot).
 TIME_BYTES = 90
 # One streamed event (dict) before it is encoded, and its JSON Lines bytes.
-EVENT_BYTES = 900
+EVENT_BYTES = 500
 # One metrics row and its parameters entry as JSON text (indent 2).
 ROW_JSON_BYTES = 600
 # Serialising the document (json.dumps with indent builds it from many small strings,
@@ -47,8 +47,8 @@ DOCUMENT_PEAK_FACTOR = 6.5
 
 # Fitting one model (trainable strategies without models): a fixed part plus the
 # feature matrix and the estimator's copies of it, per bar and feature (lag).
-TRAIN_FIXED_BYTES = 320 * 1024
-TRAIN_CELL_BYTES = 32
+TRAIN_FIXED_BYTES = 1536 * 1024
+TRAIN_CELL_BYTES = 48
 # scikit-learn (and the parts of scipy it pulls in) is imported on the first fit:
 # a one-time cost, charged to the container that pays it.
 SKLEARN_IMPORT_BYTES = 56 * 2**20
@@ -86,22 +86,28 @@ class Footprint:
     """A container's working bytes: what it holds, the sweep's share, and the bounds."""
 
     held: int        # results kept for the container's life (rows, trades, equity)
-    transient: int   # the largest non-sweep transient (a batch's output, the document, the trade hand-off)
+    transient: int   # the largest transient after the sweeps: the document being written, the trade hand-off
     sweep: int       # one batch's sweep working set when nothing limits it
     sweep_min: int   # ... in its smallest block (one combination)
     training: int = 0  # fitting one model inside the sweep (trainable strategies without models)
 
+    batch: int = 0     # one batch's output, which exists beside its sweep
+
+    def _peak(self, sweep: int) -> int:
+        # The sweep and its batch's output run before teardown; the document and the trade hand-off after.
+        return OVERHEAD_BYTES + self.held + max(self.batch + sweep + self.training, self.transient)
+
     @property
     def estimate(self) -> int:
-        return OVERHEAD_BYTES + self.held + self.transient + self.sweep + self.training
+        return self._peak(self.sweep)
 
     @property
     def minimum(self) -> int:
-        return OVERHEAD_BYTES + self.held + self.transient + self.sweep_min + self.training
+        return self._peak(self.sweep_min)
 
     def chunk_bytes(self, granted: int) -> int:
         """The sweep's ``chunk_bytes`` under a grant of ``granted`` bytes (never below its minimum)."""
-        return max(self.sweep_min, granted - (self.minimum - self.sweep_min))
+        return max(self.sweep_min, granted - OVERHEAD_BYTES - self.held - self.batch - self.training)
 
 
 def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int) -> float:
@@ -124,14 +130,15 @@ def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], 
 
 
 def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int, batch_size: int,
-                       keeps_trades: bool, events_per_trade: int, track_equity: bool,
+                       keeps_trades: bool, events_per_trade: int, streams_events: bool, track_equity: bool,
                        journals_trades: bool, trains: bool = False,
                        metrics: Sequence[str] | None = None) -> Footprint:
     """The footprint of a container of ``params`` over ``n_bars`` bars, run in batches of ``batch_size``.
 
     ``keeps_trades``: the result keeps closed trades (``trade_complete``);
     ``events_per_trade``: trade events traced per closed trade (FILL counts two);
-    ``track_equity``: every equity curve is kept;
+    ``streams_events``: a batch's events are collected for the event file
+    (else they are folded one by one); ``track_equity``: every equity curve is kept;
     ``journals_trades``: closed trades are also handed to the outcome journal;
     ``trains``: the sweep fits one model per combination (no models attached).
     """
@@ -143,17 +150,17 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     per_combo_held += n * EQUITY_CELL_BYTES if track_equity else 0.0
     held = int(k * per_combo_held + (n * TIME_BYTES if track_equity else 0))
     # A batch's output exists twice while it is absorbed (the worker's and the container's references).
-    batch_out = batch * (ROW_BYTES + trades * (events_per_trade * EVENT_BYTES
+    batch_out = batch * (ROW_BYTES + trades * ((events_per_trade * EVENT_BYTES if streams_events else 0.0)
                                                + (TRADE_BYTES if keeps_trades else 0.0)))
     batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
     document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
                     + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
     hand_off = k * trades * (TRADE_BYTES + 100) if (journals_trades and keeps_trades) else 0.0
-    transient = int(max(batch_out, DOCUMENT_PEAK_FACTOR * document, hand_off))
+    transient = int(max(DOCUMENT_PEAK_FACTOR * document, hand_off))
     sweep, sweep_min = sweep_estimate(strategy, params[:batch], n, metrics)
     features = max((int(p.get("lags", 10)) for p in params), default=10)
     training = TRAIN_FIXED_BYTES + n * (features + 1) * TRAIN_CELL_BYTES if trains else 0
     if trains and "sklearn" not in sys.modules:
         training += SKLEARN_IMPORT_BYTES
     return Footprint(held=held, transient=transient,
-                     sweep=sweep, sweep_min=sweep_min, training=training)
+                     sweep=sweep, sweep_min=sweep_min, training=training, batch=int(batch_out))
