@@ -224,9 +224,11 @@ def run_workload(tmp: Path, cap_bytes: int | None, *, timeout: float = 1500.0) -
         with sampler.running():
             _drive(proc, tmp, outcome, timeout)
     finally:
-        if proc.poll() is None:
+        try:  # asked to stop (or died): its stop sequence persists caches, which takes a while
+            _, outcome.stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        _, outcome.stderr = proc.communicate(timeout=60)
+            _, outcome.stderr = proc.communicate(timeout=60)
         outcome.returncode = proc.returncode
         if group is not None:
             outcome.oom_kills = group.oom_kills()

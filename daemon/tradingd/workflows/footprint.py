@@ -23,10 +23,13 @@ from typing import Any
 from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
 from tradingd.trading.strategies import get_strategy
 
-__all__ = ["OVERHEAD_BYTES", "Footprint", "estimate_container", "sweep_estimate"]
+__all__ = ["OVERHEAD_BYTES", "REPORT_BYTES", "Footprint", "estimate_container", "sweep_estimate"]
 
 # A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
 OVERHEAD_BYTES = 512 * 1024
+# Writing a phase's report (its container files read back, heatmap and plots drawn):
+# traced at 30-75 MB on the squeeze workload's 796-combination phases.
+REPORT_BYTES = 80 * 2**20
 # One metrics row as held in the container: {"index", "params": {...}, "metrics": {16 floats}}.
 ROW_BYTES = 1_200
 # One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.

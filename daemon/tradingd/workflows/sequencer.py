@@ -29,6 +29,7 @@ from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range, train_model
 from tradingd.workflows.container import Container, ModelStore, RunServices, load_completed
+from tradingd.workflows.footprint import REPORT_BYTES
 from tradingd.workflows.layout import PhaseLayout, RunLayout
 from tradingd.workflows.phases import PhasePlan, plan_phases
 from tradingd.workflows.progress import Progress
@@ -162,7 +163,23 @@ class Sequencer:
         await asyncio.to_thread(self._write_phase_files, plan, phase_layout, aggregate, facts)
         self._on_change()
         # Reads the files just written; never raises (a report is not worth failing a run for).
-        await publish_phase_report(phase_layout.root)
+        await self._publish_report(plan, phase_layout)
+
+    async def _publish_report(self, plan: PhasePlan, layout: PhaseLayout) -> None:
+        # Drawing a report is working memory too: it waits for a grant like a container.
+        work = self.services.work
+        grant = None
+        if work is not None:
+            try:
+                grant = await work.acquire(f"{self.run_id}/{plan.name}/report", estimate=REPORT_BYTES,
+                                           minimum=REPORT_BYTES // 2)
+            except MemoryError as exc:  # GrantRefused: a limit that small still gets its report, ungranted
+                log.warning("phase %s: drawing the report without a memory grant: %s", plan.name, exc)
+        try:
+            await publish_phase_report(layout.root)
+        finally:
+            if grant is not None:
+                grant.release()
 
     def _already_completed(self, containers: Sequence[Container]) -> set[str]:
         return {
