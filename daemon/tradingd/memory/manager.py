@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 _MB = 1024 * 1024
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CACHE_FILE_FORMAT = "tradingd-cache/1"
+# Persisting a cache holds its encoded copy beside it: bytes needed per byte cached.
+PERSIST_FACTOR = 1.5
 
 
 class MemoryManager:
@@ -222,6 +224,7 @@ class MemoryManager:
         for name, cache in self.caches.items():
             if not cache.persistent:
                 continue
+            self._fit_for_persist(cache)
             state = {"format": CACHE_FILE_FORMAT, "name": name, "entries": cache.export_entries()}
             try:
                 written[name] = write_state(
@@ -232,6 +235,25 @@ class MemoryManager:
         self.persisted_at = time.time()
         self.last_persist = written
         return written
+
+    def _fit_for_persist(self, cache: ManagedCache) -> None:
+        """Evict least recently used entries until encoding the cache fits under the pressure mark.
+
+        Encoding holds the encoded copy (and compression buffers) beside the
+        entries: about ``PERSIST_FACTOR`` times the cache's bytes. Unchecked, a
+        full cache persisted near the limit is what an OOM kill looks like.
+        """
+        headroom = self.work.pressure_bytes - self.monitor.usage_now()
+        evicted = 0
+        while cache.bytes and PERSIST_FACTOR * cache.bytes > headroom:
+            freed = cache.evict_oldest()
+            if freed <= 0:
+                break
+            evicted += freed
+            headroom += freed // 2  # freed bytes may stay in the heap; count half
+        if evicted:
+            log.warning("cache %s: evicted %.1f MB so persisting it fits under the pressure mark", cache.name,
+                        evicted / _MB)
 
     # --- the cleanup task --------------------------------------------------------
 
