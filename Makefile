@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast lint typecheck bench clean
+.PHONY: run test test-fast lint typecheck bench clean deploy-test
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The image under a real Docker engine and the unit under a real systemd (systemd-nspawn --boot),
+# as root: installs docker.io/debootstrap/systemd-container if missing, starts and stops its own
+# dockerd, caches the base image and rootfs in /var/tmp/tradingd-deploy. See docs/operations.md.
+deploy-test:
+	deploy/test.sh
 
 $(BENCH_STAMP): pyproject.toml
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

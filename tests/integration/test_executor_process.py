@@ -257,6 +257,21 @@ async def test_close_refuses_work_joins_every_process_and_removes_its_own_data_d
     assert children() - before == set()
 
 
+@pytest.mark.slow
+async def test_idle_prune_deletes_the_imported_stores_and_they_come_back_on_demand(
+        make_executor: Callable[..., ProcessExecutor], sample: dict[str, MarketData]) -> None:
+    executor = make_executor()
+    first = await executor.submit(run_batch, task(sample["SYM01"]), None)
+    stores = list(executor.data_dir.iterdir())
+    assert stores
+    assert await asyncio.to_thread(executor.prune_data) == len(stores)
+    assert list(executor.data_dir.iterdir()) == []
+    # The same bars again: stored again, and the answer is the same.
+    again = await executor.submit(run_batch, task(sample["SYM01"]), None)
+    same_output(first, again)
+    assert [p.name for p in executor.data_dir.iterdir()] == [p.name for p in stores]
+
+
 async def test_close_kills_a_worker_still_busy_after_the_timeout(
         make_executor: Callable[..., ProcessExecutor], tmp_path: Path) -> None:
     executor = make_executor(1)

@@ -36,13 +36,13 @@ ROOMS = (
     #    room          layer  modules                                                  may also import
     Room("cli",        1, ("cli", "__main__"),                                          BELOW),
     Room("supervisor", 2, ("supervisor",),                                              BELOW),
-    Room("edge",       3, ("api", "prometheus", "notify", "health", "auth", "logs"),    BELOW),
+    Room("edge",       3, ("api", "api_base", "api_input", "prometheus", "notify", "health", "auth", "logs"), BELOW),
     Room("workflows",  4, ("workflows",),                                               BELOW),
     Room("reports",    5, ("reports",),                                                 ("trading", "storage", "base")),
     Room("memory",     5, ("memory",),                                                  ("storage", "base")),
     Room("trading",    6, ("trading",),                                                 ()),
     Room("storage",    6, ("storage",),                                                 ()),
-    Room("base",       7, ("__init__", "config", "stats", "periodic", "formatting", "tasks"), ()),
+    Room("base",       7, ("__init__", "config", "disk_config", "stats", "periodic", "formatting", "tasks"), ()),
 )  # fmt: skip
 # Rooms that know neither the event loop nor the network: they are called from threads and processes.
 NO_ASYNCIO_OR_HTTP = {"trading", "storage"}

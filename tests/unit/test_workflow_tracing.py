@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tradingd.workflows.spec import EVENT_TYPES
 from tradingd.workflows.tracing import (
+    EventBudgets,
     EventStream,
     EventTracer,
     empty_summary,
@@ -134,3 +135,24 @@ def test_event_stream_truncates_a_leftover_part_file(tmp_path: Path) -> None:
     stream.write(b'{"a":1}\n')
     stream.close()
     assert final.read_bytes() == b'{"a":1}\n'
+
+
+def test_event_streams_of_a_phase_share_one_byte_cap(tmp_path: Path) -> None:
+    events = tmp_path / "run" / "train" / "events"
+    events.mkdir(parents=True)
+    (events / "earlier.jsonl").write_bytes(b"x" * 40)  # a resumed phase: what is there counts
+    budgets = EventBudgets(100)
+    first = EventStream(events / "c1.jsonl", budgets.for_phase(events))
+    second = EventStream(events / "c2.jsonl", budgets.for_phase(events))
+    first.write(b"a" * 30)
+    second.write(b"b" * 20)
+    second.write(b"c" * 20)  # 40 + 30 + 20 + 20 > 100: refused, and the stream stops here
+    first.write(b"d" * 5)
+    second.write(b"e" * 1)  # fits, but a stopped stream stays a prefix of its events
+    first.close()
+    second.close()
+    assert (events / "c1.jsonl").read_bytes() == b"a" * 30 + b"d" * 5
+    assert (events / "c2.jsonl").read_bytes() == b"b" * 20
+    assert (first.dropped_bytes, second.dropped_bytes) == (0, 21)
+    other = tmp_path / "run" / "test" / "events"
+    assert budgets.for_phase(other).used == 0 and budgets.for_phase(events).used == 95

@@ -2,7 +2,9 @@
 
 The cleanup ladder closes it under critical memory pressure (clearing caches
 is pointless if new containers refill them at once) and the cleanup loop
-reopens it once the level is below ``pressure``. The ladder runs in a worker
+reopens it once the level is below ``pressure``. Low free disk space closes it
+too (``source="disk"``, the workflows' retention loop); it reopens only once
+every source that closed it has released it. The ladder runs in a worker
 thread, so pausing and resuming are thread-safe; containers wait on the loop.
 """
 
@@ -30,6 +32,7 @@ class Admission:
         self._open = threading.Event()
         self._open.set()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._holds: dict[str, str] = {}  # source -> reason, in the order they closed the gate
         self.reason: str | None = None
         self.paused_since: float | None = None
         self.pauses = 0
@@ -43,20 +46,27 @@ class Admission:
     def paused(self) -> bool:
         return not self._open.is_set()
 
-    def pause(self, reason: str) -> None:
-        """Stop admitting new work (idempotent)."""
+    def pause(self, reason: str, *, source: str = "memory") -> None:
+        """Stop admitting new work on behalf of ``source`` (idempotent per source)."""
         with self._lock:
-            if self.paused:
+            if self._holds.get(source) == reason:
+                return
+            self._holds[source] = reason
+            self.reason = "; ".join(self._holds.values())
+            if not self._open.is_set():
                 return
             self._open.clear()
-            self.reason = reason
             self.paused_since = time.time()
             self.pauses += 1
         log.warning("admission paused: %s", reason)
 
-    def resume(self) -> None:
-        """Admit again and wake every waiter (idempotent)."""
+    def resume(self, *, source: str = "memory") -> None:
+        """Release ``source``'s hold; once none is left, admit again and wake every waiter (idempotent)."""
         with self._lock:
+            self._holds.pop(source, None)
+            if self._holds:
+                self.reason = "; ".join(self._holds.values())
+                return
             if not self.paused:
                 return
             self._open.set()
@@ -70,6 +80,11 @@ class Admission:
             except RuntimeError:  # that loop is closed; nobody is waiting any more
                 pass
         log.info("admission resumed")
+
+    def held_by(self, source: str) -> bool:
+        """Whether ``source`` is one of the reasons admission is paused."""
+        with self._lock:
+            return source in self._holds
 
     async def wait(self) -> None:
         """Return at once when admitting, else when admission resumes."""

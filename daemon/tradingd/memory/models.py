@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,35 @@ class ModelRegistry:
                     continue
                 if self._demote(key, slot):
                     released += slot.nbytes
+            # A slot whose model is gone is only a file name: drop it (the next use
+            # finds the file again), so the slots do not grow with history.
+            for key in [k for k, slot in self._slots.items() if slot.leases == 0 and slot.live() is None]:
+                del self._slots[key]
         return released
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys of the models this registry holds a slot for, those starting with ``prefix``."""
+        with self._lock:
+            return [key for key in self._slots if key.startswith(prefix)]
+
+    def forget(self, keys: Iterable[str]) -> int:
+        """Drop ``keys`` (slot and file; retention removed their run). Returns the files removed.
+
+        A model still leased keeps its slot and file: its run is in use.
+        """
+        removed = 0
+        for key in keys:
+            with self._lock:
+                slot = self._slots.get(key)
+                if slot is not None and slot.leases > 0:
+                    continue
+                self._slots.pop(key, None)
+            try:
+                self._path(key).unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def _demote(self, key: str, slot: _Slot) -> bool:
         model = slot.strong

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -143,14 +144,20 @@ def _stat_value(path: Path, keys: tuple[str, ...]) -> int:
 
 
 def read_cgroup_usage(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
-    """Working set of our cgroup: usage minus inactive file pages (v2, else v1)."""
+    """Working set of our cgroup: usage minus inactive file pages (v2, else v1).
+
+    Our own cgroup's directory comes first. Inside a container the path named in
+    ``/proc/self/cgroup`` (``/docker/<id>``) does not exist in the container's view:
+    there the mount point itself (``/sys/fs/cgroup`` on v2, ``/sys/fs/cgroup/memory``
+    on v1) is our cgroup, so it is the fallback, as in :func:`read_cgroup_limit`.
+    """
     v2, v1 = _own_cgroup_dirs(root, proc_cgroup)
-    for d in v2[:1] or [root]:
+    for d in [*v2[:1], root]:
         current = _read_int(d / "memory.current")
         if current is None:
             continue
         return max(current - _stat_value(d / "memory.stat", ("inactive_file",)), 0)
-    for d in v1[:1]:
+    for d in v1:
         usage = _read_int(d / "memory.usage_in_bytes")
         if usage is None:
             continue
@@ -237,6 +244,27 @@ class Monitor:
         """The gc/pressure/critical thresholds in bytes."""
         names = ("gc", "pressure", "critical")
         return {name: int(frac * self.limit.bytes) for name, frac in zip(names, self.thresholds, strict=True)}
+
+    def stats(self) -> dict[str, Any]:
+        """The ``memory`` section of /stats: limit, usage, level, marks and the last 300 samples."""
+        latest = self.latest
+        history = list(self.history)[-300:]
+        return {
+            "limit_bytes": self.limit.bytes,
+            "limit_source": self.limit.source,
+            "limit_candidates": self.limit.candidates,
+            "rss_bytes": latest.rss_bytes if latest else None,
+            "anon_rss_bytes": latest.anon_rss_bytes if latest else None,
+            "cgroup_bytes": latest.cgroup_bytes if latest else None,
+            "used_bytes": latest.used_bytes if latest else None,
+            "level": self.level.label,
+            "marks_bytes": self.marks_bytes(),
+            "history": {
+                "time": [round(s.time, 3) for s in history],
+                "used_bytes": [s.used_bytes for s in history],
+                "rss_bytes": [s.rss_bytes for s in history],
+            },
+        }
 
     def level_for(self, used_bytes: int) -> PressureLevel:
         """Level for ``used_bytes`` given the current level (hysteresis on the way down)."""

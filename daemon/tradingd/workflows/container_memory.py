@@ -39,10 +39,11 @@ class WorkBudget(Protocol):
 class ContainerMemory:
     """One container's grant and measurements (used on the event loop only)."""
 
-    def __init__(self, work: WorkBudget | None, *, owner: str, kind: str) -> None:
+    def __init__(self, work: WorkBudget | None, run_id: str, phase: str, container_id: str, strategy: str) -> None:
         self.work = work
-        self.owner = owner
-        self.kind = kind
+        self.owner = f"{run_id}/{phase}/{container_id}"
+        # What estimate errors are grouped by: strategy and phase kind (``sma_crossover/backtest``).
+        self.kind = f"{strategy}/{phase.rsplit('-', 1)[-1]}"
         self.footprint: Footprint | None = None
         self.grant: WorkGrant | None = None
         self._chunks: list[int] = []
@@ -64,6 +65,11 @@ class ContainerMemory:
         chunk = self.footprint.chunk_bytes(self.grant.bytes)
         self._chunks.append(chunk)
         return chunk
+
+    def batch_budget(self) -> dict[str, int | None]:
+        """``chunk_bytes`` and ``grant_bytes`` for the next ``BatchTask`` (None without a grant)."""
+        chunk = self.chunk_bytes()
+        return {"chunk_bytes": chunk, "grant_bytes": self.grant.bytes if self.grant is not None else None}
 
     def peak(self) -> int | None:
         """Traced bytes above the start, at their highest (None unless tracemalloc traces)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -95,14 +96,34 @@ class DataPlane:
                 self._refs.popitem(last=False)
             return sent
 
+    def prune(self, idle: Callable[[], bool]) -> int:
+        """Delete every store in ``data_dir`` and forget every reference, if ``idle()`` still holds.
+
+        ``idle`` is checked under the lock :meth:`reference` takes, so no job can take a
+        reference to a store while it goes; data the daemon still maps from a deleted
+        store stays readable (and is stored again when next sent). Returns the stores removed.
+        """
+        if self.data_dir is None:
+            return 0
+        with self._lock:
+            if not idle():
+                return 0
+            self._refs.clear()
+            entries = list(self.data_dir.iterdir()) if self.data_dir.is_dir() else []
+            for entry in entries:
+                shutil.rmtree(entry, ignore_errors=True)
+        return len(entries)
+
     def outbound(self, args: Sequence[Any]) -> tuple[Any, ...]:
-        """``args`` with MarketData (top level, or a BatchTask's ``data``) replaced by references."""
+        """``args`` with MarketData (top level, or a BatchTask's ``data``/``history``) replaced by references."""
         out: list[Any] = []
         for arg in args:
             if isinstance(arg, MarketData):
                 out.append(self.reference(arg))
             elif isinstance(arg, BatchTask) and isinstance(arg.data, MarketData):
-                out.append(dataclasses.replace(arg, data=self.reference(arg.data)))
+                history = arg.history  # outcome_filter: the symbol's longer history goes by reference too
+                out.append(dataclasses.replace(arg, data=self.reference(arg.data), history=(
+                    self.reference(history) if isinstance(history, MarketData) else history)))
             else:
                 out.append(arg)
         return tuple(out)

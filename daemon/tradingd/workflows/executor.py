@@ -184,6 +184,13 @@ class Executor(ABC):
             self._closing = asyncio.ensure_future(self._release(join_timeout))
         await asyncio.shield(self._closing)
 
+    def prune_data(self) -> int:
+        """Delete data imported for the workers that no admitted job can still use; the count removed.
+
+        Blocking (disk): call from a worker thread. Executors that import nothing remove nothing.
+        """
+        return 0
+
     def stats(self) -> dict[str, Any]:
         """A JSON-safe snapshot: kind, max_workers, the job counters, closed, and the kind's own figures."""
         return {

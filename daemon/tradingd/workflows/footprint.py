@@ -22,8 +22,9 @@ from typing import Any
 
 from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
 from tradingd.trading.strategies import get_strategy
+from tradingd.workflows.spec import PhaseSettings
 
-__all__ = ["OVERHEAD_BYTES", "REPORT_BYTES", "Footprint", "estimate_container", "sweep_estimate"]
+__all__ = ["OVERHEAD_BYTES", "REPORT_BYTES", "Footprint", "container_footprint", "estimate_container", "sweep_estimate"]
 
 # A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
 OVERHEAD_BYTES = 512 * 1024
@@ -167,3 +168,19 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
         training += SKLEARN_IMPORT_BYTES
     return Footprint(held=held, transient=transient,
                      sweep=sweep, sweep_min=sweep_min, training=training, batch=int(batch_out))
+
+
+def container_footprint(settings: PhaseSettings, *, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int,
+                        batch_size: int, streams_events: bool, journals: bool, trained: bool) -> Footprint:
+    """:func:`estimate_container` for a container with these phase ``settings``.
+
+    ``journals``: closed trades go to the outcome journal; ``trained``: models
+    are attached (a trainable strategy without them fits one per combination).
+    """
+    traced = settings.event_tracing
+    events = 2 * ("FILL" in traced) + ("POSITION_OPEN" in traced) + ("POSITION_CLOSE" in traced)
+    keeps = events > 0 and settings.retention_policy == "trade_complete"
+    return estimate_container(
+        strategy=strategy, params=params, n_bars=n_bars, batch_size=batch_size, keeps_trades=keeps,
+        events_per_trade=events, streams_events=streams_events, track_equity=settings.track_equity,
+        journals_trades=keeps and journals, trains=not trained and get_strategy(strategy).trainable)

@@ -68,11 +68,7 @@ class WorkerLost(RuntimeError):
 
 
 def _grant_margin(grant_bytes: int) -> int:
-    """How far past its grant a worker may have grown before it is recycled: a quarter, at least 32 MiB.
-
-    Heap fragmentation and the allocator's free lists keep some of what a task
-    freed; recycling for less would restart workers after almost every task.
-    """
+    """How far past its grant a worker may grow (a quarter, at least 32 MiB: heaps keep some of what was freed)."""
     return max(grant_bytes // 4, 32 * 2**20)
 
 @dataclass(eq=False)
@@ -394,6 +390,10 @@ class ProcessExecutor(Executor):
         if reason is not None:
             log.info("worker slot %d recycled after %d tasks (%s; rss %.0f MB)", slot.index, slot.tasks, reason,
                      slot.rss_bytes / 2**20)
+
+    def prune_data(self) -> int:
+        """Delete the stores in ``data_dir`` while no job is admitted (they are rewritten on demand)."""
+        return self.plane.prune(lambda: self.jobs.pending == 0)
 
     def _remove_data_dir(self) -> None:
         if self._owns_data_dir:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from tradingd.storage.atomic import fsync_dir
 from tradingd.workflows.spec_sections import EVENT_TYPES, EventType, RetentionPolicy
 
 __all__ = [
+    "EventBudget",
+    "EventBudgets",
     "EventStream",
     "EventTracer",
     "empty_summary",
@@ -182,6 +185,50 @@ def encode_events(events: Iterable[Event]) -> bytes:
     return b"".join(json.dumps(e, separators=(",", ":"), allow_nan=False).encode() + b"\n" for e in events)
 
 
+class EventBudget:
+    """The bytes the event streams of one phase may still write (``retention.max_event_bytes_per_phase``)."""
+
+    def __init__(self, limit: int, used: int = 0) -> None:
+        self.limit = limit
+        self.used = used
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        """Claim ``nbytes``; False (nothing claimed) if that would pass the limit."""
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                return False
+            self.used += nbytes
+            return True
+
+
+class EventBudgets:
+    """One :class:`EventBudget` per phase events directory, for the phases in progress.
+
+    A budget starts from what the directory already holds (a resumed phase
+    does not get a fresh allowance). Only the most recent phases are
+    remembered, so the map does not grow with history.
+    """
+
+    _REMEMBERED = 64
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._budgets: OrderedDict[Path, EventBudget] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def for_phase(self, events_dir: Path) -> EventBudget:
+        with self._lock:
+            budget = self._budgets.get(events_dir)
+            if budget is None:
+                used = sum(p.stat().st_size for p in events_dir.glob("*.jsonl")) if events_dir.is_dir() else 0
+                budget = self._budgets[events_dir] = EventBudget(self.limit, used)
+                if len(self._budgets) > self._REMEMBERED:
+                    self._budgets.popitem(last=False)
+            self._budgets.move_to_end(events_dir)
+            return budget
+
+
 class EventStream:
     """Appends JSON Lines to ``<final>.part``; :meth:`close` makes it ``<final>`` atomically.
 
@@ -191,11 +238,16 @@ class EventStream:
     only a ``.part`` file, which the rerun truncates.
     """
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, budget: EventBudget | None = None) -> None:
         self.final = final
         self.partial = final.with_name(final.name + ".part")
         self.bytes_written = 0
+        # Past the phase's byte cap the stream stops (it stays a prefix of the events, never gappy).
+        self.budget = budget
+        self.dropped_bytes = 0
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        # A write still running in a worker thread when its container is cancelled finishes before close.
+        self._lock = threading.Lock()
         self._fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
     def __repr__(self) -> str:
@@ -203,17 +255,22 @@ class EventStream:
         return f"<EventStream {self.final.name} {self.bytes_written} bytes {state}>"
 
     def write(self, data: bytes) -> None:
-        if self._fd is None:
-            raise ValueError(f"event stream {self.final} is closed")
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.bytes_written += len(data)
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"event stream {self.final} is closed")
+            if self.dropped_bytes or (self.budget is not None and not self.budget.take(len(data))):
+                self.dropped_bytes += len(data)
+                return
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self.bytes_written += len(data)
 
     def close(self) -> None:
         """Publish the events under the final name (idempotent)."""
-        fd, self._fd = self._fd, None
+        with self._lock:
+            fd, self._fd = self._fd, None
         if fd is None:
             return
         try:
