@@ -195,6 +195,8 @@ class Supervisor:
                                           journal_markers=found.journal_markers)
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
+        # Before any run: what the built daemon holds is the baseline the work budget leaves out.
+        await asyncio.to_thread(self._memory.measure_baseline)
         self.stats.register("disk", self._workflows.disk_stats)
         self._monitor.sample()
         self.stats.refresh()

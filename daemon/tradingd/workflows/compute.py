@@ -19,7 +19,7 @@ import psutil
 
 from tradingd.storage.mmapstore import StoreError, is_store
 from tradingd.trading.data import DataError, MarketData
-from tradingd.trading.engine import run_sweep
+from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, run_sweep
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_market_data, load_sample_data
 from tradingd.trading.outcome_filter import FilterConfig, HistoryPositions
@@ -66,6 +66,10 @@ class BatchTask:
     backtest: Mapping[str, Any]
     trace: TraceConfig
     models: tuple[Any, ...] | None = None
+    # The sweep's byte budget: the container's memory grant less what it holds (None: the engine default).
+    chunk_bytes: int | None = None
+    # The container's whole grant when the batch was sent (a process worker over it by a margin is recycled).
+    grant_bytes: int | None = None
     # Testing with spec.outcome_filter: the symbol's bars up to the batch's last bar, and the section.
     history: MarketData | DataRef | None = None
     outcome_filter: Mapping[str, Any] | None = None
@@ -139,6 +143,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         keep_trades_for="all" if want_trades else None,
         keep_equity_for="all" if trace.track_equity else None,
         should_stop=should_stop,
+        chunk_bytes=task.chunk_bytes if task.chunk_bytes is not None else DEFAULT_CHUNK_BYTES,
     )
     rows = [
         {"index": index, "params": dict(params), "metrics": metrics}
