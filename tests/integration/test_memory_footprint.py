@@ -10,6 +10,7 @@ exceed it by more than the fixed overhead.
 from __future__ import annotations
 
 import asyncio
+import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,10 @@ from tradingd.workflows.footprint import OVERHEAD_BYTES
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import parse_spec_text
 from tradingd.workflows.thread_executor import ThreadExecutor
+
+# Too long for `make test` (about 6 min on this machine): `make test-long` runs it.
+pytestmark = pytest.mark.skipif(os.environ.get("TRADINGD_LONG_TESTS") != "1",
+                                reason="a long memory test: run with TRADINGD_LONG_TESTS=1 (make test-long)")
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = sorted((REPO / "config" / "workflows").glob("*.yaml"))

@@ -20,6 +20,10 @@ from types import ModuleType
 
 import pytest
 
+# Too long for `make test` (about 30 min on this machine): `make test-long` runs it.
+pytestmark = pytest.mark.skipif(os.environ.get("TRADINGD_LONG_TESTS") != "1",
+                                reason="a long memory test: run with TRADINGD_LONG_TESTS=1 (make test-long)")
+
 REPO = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
 
