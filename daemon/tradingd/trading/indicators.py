@@ -11,6 +11,7 @@ so sweeps over different parameter chunks of the same symbol reuse columns.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from tradingd.trading.data import MarketData
 
 __all__ = [
+    "EXACT_WINDOW",
     "INDICATORS",
     "IndicatorCache",
     "LocalIndicatorCache",
@@ -30,6 +32,7 @@ __all__ = [
     "hma",
     "indicator_matrix",
     "momentum",
+    "price_units",
     "rolling_std",
     "sma",
     "wma",
@@ -77,27 +80,83 @@ def _prepare(values: NDArray[Any], windows: Sequence[int]) -> tuple[Array, list[
     return x, ws
 
 
-def _sma_from_cumsum(cs: Array, n: int, w: int, out: Array) -> None:
-    # Same arithmetic as vectorbt's rolling_mean_nb: the first full window is
-    # cumsum / w, later ones (cumsum[i] - cumsum[i - w]) / w. Matching it bit for
-    # bit keeps crossover ties identical to the peer the bench compares with.
-    out[: w - 1] = np.nan
-    if w <= n:
-        out[w - 1] = cs[w - 1] / w
-        np.subtract(cs[w:], cs[: n - w], out=out[w:])
-        out[w:] /= w
+# Window sums must stay below 2**53 to convert to float exactly; windows up to
+# EXACT_WINDOW bars are exact (longer ones round once more, deterministically).
+_EXACT_BITS = 53
+EXACT_WINDOW = 1 << 16
+_MAX_DECIMALS = 8
 
 
-def sma(values: NDArray[Any], windows: Sequence[int]) -> Array:
-    """Simple moving averages, one column per window."""
+def price_units(values: NDArray[Any]) -> float | None:
+    """Integer units per price unit for exact window sums of ``values``, or None.
+
+    Prices quoted in decimals (``10**d`` units, d <= 8) whose round trip
+    ``rint(x * 10**d) / 10**d == x`` holds are represented losslessly; any
+    other finite series gets a power of two fine enough that window sums of
+    up to ``EXACT_WINDOW`` values keep 53 bits (a relative quantisation of
+    about 1e-11). None for series with NaN or infinity. The result does not
+    depend on the windows, so cached columns agree with fresh ones.
+    Compute it once on the whole series and pass it to every block, so blocks
+    quantise exactly like the whole.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return 1.0
+    top = float(np.max(np.abs(x)))
+    if not np.isfinite(top):
+        return None
+    headroom = 2.0 ** _EXACT_BITS / EXACT_WINDOW
+    for d in range(_MAX_DECIMALS + 1):
+        units = 10.0 ** d
+        if top * units >= headroom:
+            break
+        if np.array_equal(np.rint(x * units) / units, x):
+            return units
+    exponent = math.floor(math.log2(max(top, 2.0 ** -1000))) + 1
+    return 2.0 ** (_EXACT_BITS - EXACT_WINDOW.bit_length() - exponent)
+
+
+def _unit_cumsum(x: Array, units: float) -> NDArray[np.int64]:
+    """Cumulative sums of ``x`` quantised to ``1 / units``, in int64.
+
+    They may wrap on very long series; window differences are exact modulo
+    2**64 and the true window sums fit, so the differences come out right.
+    """
+    with np.errstate(over="ignore"):
+        return np.cumsum(np.rint(x * units).astype(np.int64))
+
+
+def sma(values: NDArray[Any], windows: Sequence[int], *, units: float | None = None) -> Array:
+    """Simple moving averages, one column per window, exact to one rounding.
+
+    Window sums are integer sums of the prices in ``units`` (see
+    ``price_units``; computed from ``values`` when None), divided once: a
+    constant series gives the same average for every window, equal windows
+    give equal averages, and the error does not grow with the series length.
+    Series with NaN or infinity fall back to cumulative float sums.
+    """
     x, ws = _prepare(values, windows)
     n = len(x)
-    cs = np.cumsum(x)
-    out = np.empty((n, len(ws)))
+    out = np.full((n, len(ws)), np.nan)
+    if units is None:
+        units = price_units(x)
+    if units is None:
+        cs = np.cumsum(x)
+        for j, w in enumerate(ws):
+            if w <= n:
+                out[w - 1, j] = cs[w - 1] / w
+                out[w:, j] = (cs[w:] - cs[: n - w]) / w
+        return out
+    cs = _unit_cumsum(x, units)
     column = np.empty(n)
     for j, w in enumerate(ws):
-        _sma_from_cumsum(cs, n, w, column)
-        out[:, j] = column
+        if w <= n:
+            # Integer differences, converted once: exact, every window sum is below 2**53.
+            with np.errstate(over="ignore"):
+                np.subtract(cs[w:], cs[: n - w], out=column[w:], dtype=np.int64, casting="unsafe")
+            column[w - 1] = cs[w - 1]
+            column[w - 1:] /= w * units
+            out[w - 1:, j] = column[w - 1:]
     return out
 
 
