@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -28,11 +29,12 @@ __all__ = [
     "INDICATORS",
     "IndicatorCache",
     "LocalIndicatorCache",
+    "PriceScale",
     "ema",
     "hma",
     "indicator_matrix",
     "momentum",
-    "price_units",
+    "price_scale",
     "rolling_std",
     "sma",
     "wma",
@@ -87,21 +89,29 @@ EXACT_WINDOW = 1 << 16
 _MAX_DECIMALS = 8
 
 
-def price_units(values: NDArray[Any]) -> float | None:
-    """Integer units per price unit for exact window sums of ``values``, or None.
+@dataclass(frozen=True)
+class PriceScale:
+    """Prices as integers: ``x = origin + q / units`` with integer ``q``."""
+
+    units: float
+    origin: float = 0.0
+
+
+def price_scale(values: NDArray[Any]) -> PriceScale | None:
+    """How to turn ``values`` into integers for exact window sums, or None.
 
     Prices quoted in decimals (``10**d`` units, d <= 8) whose round trip
-    ``rint(x * 10**d) / 10**d == x`` holds are represented losslessly; any
-    other finite series gets a power of two fine enough that window sums of
-    up to ``EXACT_WINDOW`` values keep 53 bits (a relative quantisation of
-    about 1e-11). None for series with NaN or infinity. The result does not
-    depend on the windows, so cached columns agree with fresh ones.
-    Compute it once on the whole series and pass it to every block, so blocks
-    quantise exactly like the whole.
+    ``rint(x * 10**d) / 10**d == x`` holds are represented losslessly. Any
+    other finite series is measured from its first value in a power-of-two
+    unit fine enough that window sums of up to ``EXACT_WINDOW`` values keep
+    53 bits (a quantisation of about 1e-11 of the series' range; a constant
+    series stays exact). None for series with NaN or infinity. The result
+    does not depend on the windows, so cached columns agree with fresh ones;
+    compute it once on the whole series and pass it to every time block.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
-        return 1.0
+        return PriceScale(1.0)
     top = float(np.max(np.abs(x)))
     if not np.isfinite(top):
         return None
@@ -111,26 +121,31 @@ def price_units(values: NDArray[Any]) -> float | None:
         if top * units >= headroom:
             break
         if np.array_equal(np.rint(x * units) / units, x):
-            return units
-    exponent = math.floor(math.log2(max(top, 2.0 ** -1000))) + 1
-    return 2.0 ** (_EXACT_BITS - EXACT_WINDOW.bit_length() - exponent)
+            return PriceScale(units)
+    origin = float(x[0])
+    spread = float(np.max(np.abs(x - origin)))
+    if spread == 0.0:
+        return PriceScale(1.0, origin)
+    exponent = max(math.floor(math.log2(spread)) + 1, -900)
+    return PriceScale(2.0 ** (_EXACT_BITS - EXACT_WINDOW.bit_length() - exponent), origin)
 
 
-def _unit_cumsum(x: Array, units: float) -> NDArray[np.int64]:
-    """Cumulative sums of ``x`` quantised to ``1 / units``, in int64.
+def _unit_cumsum(x: Array, scale: PriceScale) -> NDArray[np.int64]:
+    """Cumulative sums of ``x`` in integer units, int64.
 
     They may wrap on very long series; window differences are exact modulo
     2**64 and the true window sums fit, so the differences come out right.
     """
+    shifted = x - scale.origin if scale.origin else x
     with np.errstate(over="ignore"):
-        return np.cumsum(np.rint(x * units).astype(np.int64))
+        return np.cumsum(np.rint(shifted * scale.units).astype(np.int64))
 
 
-def sma(values: NDArray[Any], windows: Sequence[int], *, units: float | None = None) -> Array:
+def sma(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:
     """Simple moving averages, one column per window, exact to one rounding.
 
-    Window sums are integer sums of the prices in ``units`` (see
-    ``price_units``; computed from ``values`` when None), divided once: a
+    Window sums are integer sums of the prices in ``scale`` units (see
+    ``price_scale``; computed from ``values`` when None), divided once: a
     constant series gives the same average for every window, equal windows
     give equal averages, and the error does not grow with the series length.
     Series with NaN or infinity fall back to cumulative float sums.
@@ -138,16 +153,16 @@ def sma(values: NDArray[Any], windows: Sequence[int], *, units: float | None = N
     x, ws = _prepare(values, windows)
     n = len(x)
     out = np.full((n, len(ws)), np.nan)
-    if units is None:
-        units = price_units(x)
-    if units is None:
-        cs = np.cumsum(x)
+    if scale is None:
+        scale = price_scale(x)
+    if scale is None:
+        sums = np.cumsum(x)
         for j, w in enumerate(ws):
             if w <= n:
-                out[w - 1, j] = cs[w - 1] / w
-                out[w:, j] = (cs[w:] - cs[: n - w]) / w
+                out[w - 1, j] = sums[w - 1] / w
+                out[w:, j] = (sums[w:] - sums[: n - w]) / w
         return out
-    cs = _unit_cumsum(x, units)
+    cs = _unit_cumsum(x, scale)
     column = np.empty(n)
     for j, w in enumerate(ws):
         if w <= n:
@@ -155,7 +170,9 @@ def sma(values: NDArray[Any], windows: Sequence[int], *, units: float | None = N
             with np.errstate(over="ignore"):
                 np.subtract(cs[w:], cs[: n - w], out=column[w:], dtype=np.int64, casting="unsafe")
             column[w - 1] = cs[w - 1]
-            column[w - 1:] /= w * units
+            column[w - 1:] /= w * scale.units
+            if scale.origin:
+                column[w - 1:] += scale.origin
             out[w - 1:, j] = column[w - 1:]
     return out
 

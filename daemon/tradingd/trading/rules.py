@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tradingd.trading.data import MarketData
-from tradingd.trading.indicators import IndicatorCache, indicator_matrix
+from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma
 from tradingd.trading.strategy import Strategy, StrategyConstraintError
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Momentum",
     "SmaCrossover",
     "ZScoreMeanReversion",
+    "crossing_block",
     "crossing_state",
 ]
 
@@ -66,6 +67,34 @@ def crossing_state(diff: Array) -> Array:
     return out
 
 
+def crossing_block(diff: Array, carried: tuple[NDArray[np.int8], Array] | None
+                   ) -> tuple[Array, tuple[NDArray[np.int8], Array]]:
+    """``crossing_state`` of one time block, continuing from the carried state.
+
+    The state per column is (first known sign, position): 0 before the first
+    cross, then the sign of the last non-tied difference.
+    """
+    n, k = diff.shape
+    first_sign, position = carried if carried is not None else (np.zeros(k, np.int8), np.zeros(k))
+    sign = (diff > 0).view(np.int8) - (diff < 0).view(np.int8)
+    columns = np.arange(k)
+    seen = sign[np.argmax(sign != 0, axis=0), columns] if n else np.zeros(k, np.int8)
+    first = np.where(first_sign != 0, first_sign, seen).astype(np.int8)
+    opposite = sign == -first
+    cross = np.argmax(opposite, axis=0) if n else np.zeros(k, np.intp)
+    never = (~opposite[cross, columns] if n else np.ones(k, bool)) | (first == 0)
+    cross[never] = n
+    cross[position != 0] = 0  # crossed in an earlier block
+    out = np.empty((n + 1, k))
+    out[0] = position
+    out[1:] = sign
+    body = out[1:]
+    body[sign == 0] = np.nan  # ties and warm-up hold the previous position
+    body[np.arange(n)[:, None] < cross] = 0.0
+    out = _ffill_signals(out)[1:]
+    return out, (first, out[-1].copy() if n else position)
+
+
 class _Crossover(Strategy):
     param_names = ("fast", "slow")
     indicator: ClassVar[str]
@@ -97,6 +126,24 @@ class SmaCrossover(_Crossover):
 
     name = "sma_crossover"
     indicator = "sma"
+
+    def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        return max((int(p["slow"]) for p in grid), default=1) - 1
+
+    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
+                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+        checked = self.validate_grid(grid)
+        fast = [p["fast"] for p in checked]
+        slow = [p["slow"] for p in checked]
+        windows = sorted(set(fast) | set(slow))
+        begin = max(0, start - (max(slow) - 1))
+        # Integer window sums make every average a function of its own window
+        # only, so a block's averages equal the whole series' bit for bit.
+        lines = sma(data.close[begin:stop], windows, scale=scale)[start - begin:]
+        where = {w: j for j, w in enumerate(windows)}
+        diff = lines[:, [where[w] for w in fast]]
+        diff -= lines[:, [where[w] for w in slow]]
+        return crossing_block(diff, carried)
 
 
 class EmaCrossover(_Crossover):
@@ -131,6 +178,21 @@ class Momentum(Strategy):
         out = (mom > threshold).astype(np.float64)
         out -= mom < -threshold
         return out
+
+    def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        return max((int(p["lookback"]) for p in grid), default=0)
+
+    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
+                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+        checked = self.validate_grid(grid)
+        lookbacks = sorted({p["lookback"] for p in checked})
+        begin = max(0, start - lookbacks[-1])
+        where = {w: j for j, w in enumerate(lookbacks)}
+        mom = momentum(data.close[begin:stop], lookbacks)[start - begin:, [where[p["lookback"]] for p in checked]]
+        threshold = np.array([p["threshold"] for p in checked])
+        out = (mom > threshold).astype(np.float64)
+        out -= mom < -threshold
+        return out, None
 
 
 class ZScoreMeanReversion(Strategy):
