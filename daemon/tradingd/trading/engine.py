@@ -135,16 +135,16 @@ class _Sweep:
         return np.asarray(targets, dtype=np.float64) if self.config.allow_short else np.maximum(targets, 0.0)
 
     def _held(self, offset: int, start: int, targets: Array, last_target: Array) -> Array:
-        """The block's held targets (a new array): checked, clipped, shifted for next-open fills."""
+        """The block's held targets: checked, clipped, shifted for next-open fills."""
         t = np.asarray(targets, dtype=np.float64)
         lowest, highest = float(t.min()), float(t.max())  # NaN propagates
         if not (lowest >= -1.0 and highest <= 1.0):
             bar, col = np.argwhere(~(np.abs(t) <= 1.0))[0]
             raise ValueError(f"combination {offset + col}: target position {t[bar, col]} at bar "
                              f"{start + bar} is not in [-1, 1]")
-        clipped = self._clip(t)
+        clipped = t if lowest >= 0.0 or self.config.allow_short else np.maximum(t, 0.0)
         if self.config.fill == "close":
-            return clipped.copy() if clipped is t or clipped is targets else clipped
+            return clipped
         held = np.empty_like(clipped)
         held[0] = last_target
         held[1:] = clipped[:-1]

@@ -37,6 +37,7 @@ __all__ = [
     "price_scale",
     "rolling_std",
     "sma",
+    "sma_rows",
     "wma",
     "zscore",
 ]
@@ -141,6 +142,35 @@ def _unit_cumsum(x: Array, scale: PriceScale) -> NDArray[np.int64]:
         return np.cumsum(np.rint(shifted * scale.units).astype(np.int64))
 
 
+def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:
+    """``sma`` transposed: ``(len(windows), n)``, each window's averages contiguous."""
+    x, ws = _prepare(values, windows)
+    n = len(x)
+    out = np.full((len(ws), n), np.nan)
+    if scale is None:
+        scale = price_scale(x)
+    if scale is None:
+        sums = np.cumsum(x)
+        for j, w in enumerate(ws):
+            if w <= n:
+                out[j, w - 1] = sums[w - 1] / w
+                np.subtract(sums[w:], sums[: n - w], out=out[j, w:])
+                out[j, w:] /= w
+        return out
+    cs = _unit_cumsum(x, scale)
+    for j, w in enumerate(ws):
+        if w <= n:
+            row = out[j]
+            # Integer differences, converted once: exact, every window sum is below 2**53.
+            with np.errstate(over="ignore"):
+                np.subtract(cs[w:], cs[: n - w], out=row[w:], dtype=np.int64, casting="unsafe")
+            row[w - 1] = cs[w - 1]
+            row[w - 1:] /= w * scale.units
+            if scale.origin:
+                row[w - 1:] += scale.origin
+    return out
+
+
 def sma(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:
     """Simple moving averages, one column per window, exact to one rounding.
 
@@ -150,31 +180,7 @@ def sma(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | Non
     give equal averages, and the error does not grow with the series length.
     Series with NaN or infinity fall back to cumulative float sums.
     """
-    x, ws = _prepare(values, windows)
-    n = len(x)
-    out = np.full((n, len(ws)), np.nan)
-    if scale is None:
-        scale = price_scale(x)
-    if scale is None:
-        sums = np.cumsum(x)
-        for j, w in enumerate(ws):
-            if w <= n:
-                out[w - 1, j] = sums[w - 1] / w
-                out[w:, j] = (sums[w:] - sums[: n - w]) / w
-        return out
-    cs = _unit_cumsum(x, scale)
-    column = np.empty(n)
-    for j, w in enumerate(ws):
-        if w <= n:
-            # Integer differences, converted once: exact, every window sum is below 2**53.
-            with np.errstate(over="ignore"):
-                np.subtract(cs[w:], cs[: n - w], out=column[w:], dtype=np.int64, casting="unsafe")
-            column[w - 1] = cs[w - 1]
-            column[w - 1:] /= w * scale.units
-            if scale.origin:
-                column[w - 1:] += scale.origin
-            out[w - 1:, j] = column[w - 1:]
-    return out
+    return np.ascontiguousarray(sma_rows(values, windows, scale=scale).T)
 
 
 def _ema_1d(x: Array, w: int) -> Array:

@@ -103,6 +103,7 @@ class ChunkState:
         b, k = held.shape
         t0 = prices.start
         if self.ruined.any():
+            held = held.copy()  # the caller's array stays untouched
             held[:, self.ruined] = 0.0
         change = np.empty((b, k), dtype=bool)
         np.not_equal(held[0], self.held, out=change[0])

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tradingd.trading.data import MarketData
-from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma
+from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
 from tradingd.trading.strategy import Strategy, StrategyConstraintError
 
 __all__ = [
@@ -71,28 +71,40 @@ def crossing_block(diff: Array, carried: tuple[NDArray[np.int8], Array] | None
                    ) -> tuple[Array, tuple[NDArray[np.int8], Array]]:
     """``crossing_state`` of one time block, continuing from the carried state.
 
-    The state per column is (first known sign, position): 0 before the first
-    cross, then the sign of the last non-tied difference.
+    ``diff`` (fast - slow) is overwritten with the positions; NaN may only
+    lead a column (indicator warm-up). The state per
+    column is (first known sign, position): 0 before the first cross, then
+    the sign of the last non-tied difference.
     """
     n, k = diff.shape
     first_sign, position = carried if carried is not None else (np.zeros(k, np.int8), np.zeros(k))
-    sign = (diff > 0).view(np.int8) - (diff < 0).view(np.int8)
+    if n == 0:
+        return diff, (first_sign, position)
+    out = np.sign(diff, out=diff)
+    if np.isnan(out[0]).any():  # warm-up (a NaN prefix): no information
+        np.nan_to_num(out, copy=False)
     columns = np.arange(k)
-    seen = sign[np.argmax(sign != 0, axis=0), columns] if n else np.zeros(k, np.int8)
+    seen = out[np.argmax(out != 0.0, axis=0), columns].astype(np.int8)
     first = np.where(first_sign != 0, first_sign, seen).astype(np.int8)
-    opposite = sign == -first
-    cross = np.argmax(opposite, axis=0) if n else np.zeros(k, np.intp)
-    never = (~opposite[cross, columns] if n else np.ones(k, bool)) | (first == 0)
-    cross[never] = n
+    opposite = out == -first.astype(np.float64)
+    cross = np.argmax(opposite, axis=0)
+    cross[~opposite[cross, columns] | (first == 0)] = n
+    del opposite
     cross[position != 0] = 0  # crossed in an earlier block
-    out = np.empty((n + 1, k))
-    out[0] = position
-    out[1:] = sign
-    body = out[1:]
-    body[sign == 0] = np.nan  # ties and warm-up hold the previous position
-    body[np.arange(n)[:, None] < cross] = 0.0
-    out = _ffill_signals(out)[1:]
-    return out, (first, out[-1].copy() if n else position)
+    for j in np.flatnonzero(cross > 0):  # a loop over columns, never over bars
+        out[: cross[j], j] = 0.0
+    # Exact ties (and a block starting mid-tie) hold the previous position: rare, so
+    # only the columns that have them are forward-filled.
+    zeros = n - np.count_nonzero(out, axis=0) - np.minimum(cross, n)
+    tied = np.flatnonzero(zeros > 0)
+    if tied.size:
+        sub = np.empty((n + 1, tied.size))
+        sub[0] = position[tied]
+        sub[1:] = out[:, tied]
+        after = np.arange(n)[:, None] >= cross[tied]
+        sub[1:][(sub[1:] == 0.0) & after] = np.nan
+        out[:, tied] = _ffill_signals(sub)[1:]
+    return out, (first, out[-1].copy())
 
 
 class _Crossover(Strategy):
@@ -139,10 +151,10 @@ class SmaCrossover(_Crossover):
         begin = max(0, start - (max(slow) - 1))
         # Integer window sums make every average a function of its own window
         # only, so a block's averages equal the whole series' bit for bit.
-        lines = sma(data.close[begin:stop], windows, scale=scale)[start - begin:]
+        rows = sma_rows(data.close[begin:stop], windows, scale=scale)[:, start - begin:]
         where = {w: j for j, w in enumerate(windows)}
-        diff = lines[:, [where[w] for w in fast]]
-        diff -= lines[:, [where[w] for w in slow]]
+        # Gathering whole rows (one window each) is contiguous; one transpose at the end.
+        diff = np.ascontiguousarray(np.subtract(rows[[where[w] for w in fast]], rows[[where[w] for w in slow]]).T)
         return crossing_block(diff, carried)
 
 

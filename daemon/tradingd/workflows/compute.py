@@ -19,7 +19,7 @@ import psutil
 
 from tradingd.storage.mmapstore import StoreError, is_store
 from tradingd.trading.data import DataError, MarketData
-from tradingd.trading.engine import run_sweep
+from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, run_sweep
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_market_data, load_sample_data
 from tradingd.trading.simulation import BacktestConfig
@@ -63,6 +63,9 @@ class BatchTask:
     backtest: Mapping[str, Any]
     trace: TraceConfig
     models: tuple[Any, ...] | None = None
+    # The sweep's byte budget (e.g. the container's memory grant; see
+    # trading.sweep_plan.estimate_sweep_bytes); None: the engine default.
+    chunk_bytes: int | None = None
 
 
 @dataclass
@@ -122,6 +125,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         models=list(task.models) if task.models is not None else None,
         keep_trades_for="all" if want_trades else None,
         keep_equity_for="all" if trace.track_equity else None,
+        chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES,
         should_stop=should_stop,
     )
     rows = [
