@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tradingd.trading.data import DataError, MarketData
-from tradingd.trading.engine import run_sweep
+from tradingd.trading.engine import SweepCancelled, run_sweep
 from tradingd.trading.indicators import sma
 from tradingd.trading.metrics import METRIC_NAMES
 from tradingd.trading.results import BacktestResult
@@ -124,3 +124,16 @@ def test_plan_counts_everything_and_honours_small_budgets() -> None:
     assert not whole.blocked and whole.width == 10
     # a strategy that needs the whole series is never blocked: its minimum holds a full column
     assert plan_sweep(1_000_000, 4, 2**20, blockable=False).block_bars == 1_000_000
+
+
+def test_parallel_chunks_give_the_same_results_and_cancel_cleanly() -> None:
+    data = _walk(2000, 9)
+    grid = [{"fast": f, "slow": s} for f in range(2, 20) for s in range(21, 60, 3)]
+    cfg = BacktestConfig(commission=0.001)
+    one = run_sweep(data, "sma_crossover", grid, cfg, chunk_bytes=2**20, workers=1, keep_trades_for=[5, 200])
+    two = run_sweep(data, "sma_crossover", grid, cfg, chunk_bytes=2**20, workers=2, keep_trades_for=[5, 200])
+    assert_identical(one, two)
+    calls = iter(range(10_000))
+    with pytest.raises(SweepCancelled, match="stopped after"):
+        run_sweep(data, "sma_crossover", grid, cfg, chunk_bytes=2**20, workers=2,
+                  should_stop=lambda: next(calls) >= 3)

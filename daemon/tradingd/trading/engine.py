@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -105,7 +108,7 @@ class _Sweep:
         lookback = self.strategy.block_lookback(grid)
         kept_equity = {j - offset: np.empty(n) for j in self.keep_equity if offset <= j < offset + width}
         state = ChunkState(width, commission=cfg.commission, slip=cfg.slippage_bps / 10_000.0,
-                           initial_equity=cfg.initial_equity, dense=self.dense,
+                           initial_equity=cfg.initial_equity, dense=DENSE_METRICS & frozenset(self.names),
                            may_ruin=cfg.allow_short,
                            keep_trades=frozenset(j - offset for j in self.keep_trades if offset <= j < offset + width),
                            keep_equity=kept_equity)
@@ -211,7 +214,7 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
               models: Sequence[Any] | None = None, metrics: Collection[str] | None = None,
               keep_trades_for: KeepSpec = None, keep_equity_for: KeepSpec = None,
               chunk_bytes: int = DEFAULT_CHUNK_BYTES, block_bars: int | None = None,
-              should_stop: Callable[[], bool] | None = None) -> BacktestResult:
+              workers: int | None = None, should_stop: Callable[[], bool] | None = None) -> BacktestResult:
     """Backtest ``strategy`` over every combination of ``grid`` on ``data``.
 
     The grid is validated up front (StrategyError), the prices once (DataError
@@ -223,7 +226,10 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     one model per grid entry. ``cache`` (a cross-run indicator cache with its
     own byte budget) serves full-length indicator columns to unblocked sweeps.
     ``block_bars`` overrides the planned time block (tests and tuning; the
-    budget is then not enforced).
+    budget is then not enforced). ``workers`` threads simulate chunks in
+    parallel (numpy releases the GIL), each within its share of the budget;
+    None: two when the sweep has enough work and the machine two cores.
+    Results do not depend on either.
     """
     config = config or BacktestConfig()
     strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
@@ -234,7 +240,11 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     if models is not None and len(models) != k:
         raise ValueError(f"{len(models)} models for {k} grid entries")
     sweep = _Sweep(data, strat, params, config, metrics, keep_trades_for, keep_equity_for)
-    plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names)
+    threads = _workers(workers, k, data.n_bars, models is not None)
+    plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads)
+    if threads > 1 and workers is None and (not plan.fits or plan.width * threads > k):
+        threads = 1  # the budget (or the grid) is too small to split: one thread
+        plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names)
     if not plan.fits:
         log.warning("sweep of %s on %s needs %d bytes at least; budget %d", strat.name, data.symbol,
                     plan.peak_bytes, chunk_bytes)
@@ -243,20 +253,61 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
             raise ValueError(f"block_bars must be positive, got {block_bars}")
         plan = dataclasses.replace(plan, block_bars=block_bars)
     step = plan.width
-    for start in range(0, k, step):
-        if should_stop is not None and should_stop():
-            raise SweepCancelled(f"stopped after {start} of {k} combinations")
+    starts = range(0, k, step)
+
+    def chunk(start: int) -> None:
         chunk_models = None if models is None else models[start:start + step]
         sweep.run_chunk(start, min(step, k - start), plan, cache, chunk_models)
+
+    if threads == 1 or len(starts) == 1:
+        for start in starts:
+            if should_stop is not None and should_stop():
+                raise SweepCancelled(f"stopped after {start} of {k} combinations")
+            chunk(start)
+    else:
+        _run_parallel(chunk, starts, threads, k, should_stop)
     log.debug("swept %s on %s: %d combinations x %d bars in chunks of %d x %d bars", strat.name, data.symbol,
               k, data.n_bars, plan.width, plan.block_bars)
     return sweep.result()
 
 
+# Below this many bar-combinations a second thread costs more than it saves.
+_PARALLEL_CELLS = 4_000_000
+
+
+def _workers(requested: int | None, k: int, n_bars: int, trained: bool) -> int:
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"workers must be positive, got {requested}")
+        return requested
+    if trained or (os.cpu_count() or 1) < 2 or k * n_bars < _PARALLEL_CELLS:
+        return 1
+    return 2
+
+
+def _run_parallel(chunk: Callable[[int], None], starts: range, threads: int, k: int,
+                  should_stop: Callable[[], bool] | None) -> None:
+    """``chunk(start)`` for every start on ``threads`` threads, at most ``threads`` in flight."""
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="sweep") as pool:
+        try:
+            for start in starts:
+                while len(pending) >= threads:
+                    pending.popleft().result()
+                if should_stop is not None and should_stop():
+                    raise SweepCancelled(f"stopped after {start} of {k} combinations")
+                pending.append(pool.submit(chunk, start))
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_bars: int, chunk_bytes: int, *,
-                   metrics: Collection[str] | None = None) -> SweepPlan:
+                   metrics: Collection[str] | None = None, workers: int = 1) -> SweepPlan:
     """The plan ``run_sweep`` follows for ``strategy`` over ``params`` (validated)."""
     lookback = strategy.block_lookback(params)
     windows = {int(v) for p in params for key in ("fast", "slow") if isinstance(v := p.get(key), int)}
     return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0,
-                      n_windows=len(windows) or None, blockable=lookback is not None)
+                      n_windows=len(windows) or None, blockable=lookback is not None, workers=workers)

@@ -34,29 +34,31 @@ class BlockPrices:
     close: Array
 
 
-def _sequential_sum(carried: Array, rows: Array) -> Array:
-    """``carried + rows[0] + rows[1] + ...`` per column, strictly in that order.
+def _column_sum(rows: Array) -> Array:
+    """``rows[0] + rows[1] + ...`` per column, strictly in that order.
 
     numpy reduces axis 0 of a C-contiguous ``(n, k >= 2)`` array row by row;
     one column goes through a cumulative sum, which is sequential too.
     """
-    stacked = np.empty((rows.shape[0] + 1, rows.shape[1]))
-    stacked[0] = carried
-    stacked[1:] = rows
-    if stacked.shape[1] > 1:
-        return np.asarray(stacked.sum(axis=0), dtype=np.float64)
-    return np.asarray(np.cumsum(stacked, axis=0)[-1], dtype=np.float64)
+    if rows.shape[1] > 1:
+        return np.asarray(rows.sum(axis=0), dtype=np.float64)
+    return np.asarray(np.cumsum(rows, axis=0)[-1], dtype=np.float64)
 
 
 class ChunkState:
     """The carried state of ``width`` combinations between time blocks."""
 
     def __init__(self, width: int, *, commission: float, slip: float, initial_equity: float,
-                 dense: bool, may_ruin: bool, keep_trades: frozenset[int], keep_equity: dict[int, Array]
+                 dense: frozenset[str], may_ruin: bool, keep_trades: frozenset[int], keep_equity: dict[int, Array]
                  ) -> None:
         k = width
         self.c, self.slip, self.e0 = commission, slip, initial_equity
-        self.dense, self.may_ruin = dense, may_ruin
+        # Which equity-curve sums to keep: only those the requested metrics need.
+        self.dense, self.may_ruin = bool(dense), may_ruin
+        self.want_moments = bool(dense & {"volatility", "sharpe", "sortino"})
+        self.want_downside = "sortino" in dense
+        self.want_drawdown = bool(dense & {"max_drawdown", "max_drawdown_duration"})
+        self.want_duration = "max_drawdown_duration" in dense
         self.held = np.zeros(k)
         self.price_in = np.ones(k)
         self.seg_equity = np.full(k, initial_equity)
@@ -279,37 +281,51 @@ class ChunkState:
         self.entry_bar[j] = int(bar[e]) + prices.start
 
     def _accumulate(self, equity: Array, t0: int) -> None:
-        """Fold the block's equity into the return sums and the drawdown records."""
+        """Fold the block's equity into the return sums and the drawdown records.
+
+        Every sum starts from the carried value in row 0 of its buffer, so the
+        additions happen in the same order however the bars are blocked.
+        """
         b, k = equity.shape
-        returns = np.empty_like(equity)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(equity[1:], equity[:-1], out=returns[1:])
-            np.divide(equity[0], self.last_equity, out=returns[0])
-        returns -= 1.0
-        dead = equity[:-1] <= 0.0
-        if dead.any():  # after a ruin: 0 / 0, the return is 0
-            returns[1:][dead] = 0.0
-        returns[0][self.last_equity <= 0.0] = 0.0
-        self.sum_r = _sequential_sum(self.sum_r, returns)
-        down = np.minimum(returns, 0.0)
-        np.square(down, out=down)
-        self.sum_down2 = _sequential_sum(self.sum_down2, down)
-        np.square(returns, out=returns)
-        self.sum_r2 = _sequential_sum(self.sum_r2, returns)
-        del returns, down
-        peak = np.empty((b + 1, k))
-        peak[0] = self.peak
-        peak[1:] = equity
-        np.maximum.accumulate(peak, axis=0, out=peak)
-        ratio = np.divide(equity, peak[1:])
-        self.min_ratio = np.minimum(self.min_ratio, ratio.min(axis=0))
-        rows = np.arange(t0, t0 + b, dtype=np.int64)[:, None]
-        last_peak = np.where(equity >= peak[1:], rows, np.int64(-1))
-        np.maximum(last_peak[0], self.last_peak, out=last_peak[0])
-        np.maximum.accumulate(last_peak, axis=0, out=last_peak)
-        self.max_under = np.maximum(self.max_under, (rows - last_peak).max(axis=0))
-        self.peak = peak[-1].copy()
-        self.last_peak = last_peak[-1].copy()
+        buffer = np.empty((b + 1, k))
+        returns = buffer[1:]
+        if self.want_moments:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.divide(equity[1:], equity[:-1], out=returns[1:])
+                np.divide(equity[0], self.last_equity, out=returns[0])
+            returns -= 1.0
+            dead = equity[:-1] <= 0.0
+            if dead.any():  # after a ruin: 0 / 0, the return is 0
+                returns[1:][dead] = 0.0
+            returns[0][self.last_equity <= 0.0] = 0.0
+            buffer[0] = self.sum_r
+            sum_r = _column_sum(buffer)
+            if self.want_downside:
+                down = np.empty((b + 1, k))
+                down[0] = self.sum_down2
+                np.minimum(returns, 0.0, out=down[1:])
+                np.square(down[1:], out=down[1:])
+                self.sum_down2 = _column_sum(down)
+                del down
+            np.square(returns, out=returns)
+            buffer[0] = self.sum_r2
+            self.sum_r2 = _column_sum(buffer)
+            self.sum_r = sum_r
+        if self.want_drawdown:
+            peak = np.empty((b + 1, k))
+            peak[0] = self.peak
+            peak[1:] = equity
+            np.maximum.accumulate(peak, axis=0, out=peak)
+            np.divide(equity, peak[1:], out=returns)
+            self.min_ratio = np.minimum(self.min_ratio, returns.min(axis=0))
+            if self.want_duration:
+                rows = np.arange(t0, t0 + b, dtype=np.int64)[:, None]
+                last_peak = np.where(equity >= peak[1:], rows, np.int64(-1))
+                np.maximum(last_peak[0], self.last_peak, out=last_peak[0])
+                np.maximum.accumulate(last_peak, axis=0, out=last_peak)
+                self.max_under = np.maximum(self.max_under, (rows - last_peak).max(axis=0))
+                self.last_peak = last_peak[-1].copy()
+            self.peak = peak[-1].copy()
         self.last_equity = equity[-1].copy()
 
     # --- the end ----------------------------------------------------------------------

@@ -76,23 +76,25 @@ def _windows(width: int, n_windows: int | None) -> int:
 
 
 def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, dense: bool,
-           n_windows: int | None) -> int:
+           n_windows: int | None, workers: int) -> int:
     cell = CELL_BYTES_DENSE if dense else CELL_BYTES_SPARSE
     windows = _windows(width, n_windows)
-    return (OVERHEAD_BYTES + METRIC_BYTES * n_metrics * n_combinations + CARRY_BYTES * width
-            + block * (cell * width + BAR_BYTES) + (block + lookback) * WINDOW_BYTES * windows)
+    per_worker = (CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
+                  + (block + lookback) * WINDOW_BYTES * windows)
+    return OVERHEAD_BYTES + METRIC_BYTES * n_metrics * n_combinations + workers * per_worker
 
 
 def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: Collection[str] | None = None,
                lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
-               dense: bool | None = None) -> SweepPlan:
+               dense: bool | None = None, workers: int = 1) -> SweepPlan:
     """The fastest plan whose working bytes stay within ``chunk_bytes``.
 
     ``lookback`` is how many bars before a block its indicators read;
     ``n_windows`` the number of distinct indicator columns of the whole grid
     (None: two per combination); ``blockable`` False means the strategy needs
     the whole series at once (then one full-length column is the minimum).
-    ``dense`` defaults to "a metric needs the equity curve".
+    ``dense`` defaults to "a metric needs the equity curve"; ``workers``
+    chunks run at the same time, each with its own working set.
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
@@ -102,9 +104,9 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     m = len(names)
 
     def cost(width: int, block: int) -> int:
-        return _bytes(k, m, width, block, lookback, is_dense, n_windows)
+        return _bytes(k, m, width, block, lookback, is_dense, n_windows, max(1, workers))
 
-    target = min(chunk_bytes, FAST_WORKING_BYTES)
+    target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
 
     def widest(block: int) -> int:
         if cost(1, block) > target:
@@ -133,7 +135,7 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
 
 def estimate_sweep_bytes(n_bars: int, n_combinations: int, metrics: Collection[str] | None = None, *,
                          lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
-                         ) -> tuple[int, int]:
+                         workers: int = 1) -> tuple[int, int]:
     """``(estimate, minimum)`` working bytes of a sweep, from its shape alone.
 
     ``estimate`` is the peak the engine reaches when its budget is not the
@@ -143,11 +145,13 @@ def estimate_sweep_bytes(n_bars: int, n_combinations: int, metrics: Collection[s
     time block (or one full-length column when ``blockable`` is False), plus
     the per-combination results. Give the sweep any ``chunk_bytes`` between
     the two and its peak stays within it. Arguments as for ``plan_sweep``;
-    ``metrics`` None means all metrics.
+    ``metrics`` None means all metrics. ``run_sweep`` uses two worker threads
+    for sweeps above 4M bar-combinations on a 2-core machine: pass
+    ``workers=2`` for those (the minimum is then one combination per thread).
     """
     names = validate_metric_names(metrics)
-    fast = plan_sweep(n_bars, n_combinations, FAST_WORKING_BYTES, metrics=names, lookback=lookback,
-                      n_windows=n_windows, blockable=blockable)
+    fast = plan_sweep(n_bars, n_combinations, FAST_WORKING_BYTES * workers, metrics=names, lookback=lookback,
+                      n_windows=n_windows, blockable=blockable, workers=workers)
     smallest = plan_sweep(n_bars, n_combinations, 1, metrics=names, lookback=lookback,
-                          n_windows=n_windows, blockable=blockable)
+                          n_windows=n_windows, blockable=blockable, workers=workers)
     return max(fast.peak_bytes, smallest.peak_bytes), smallest.peak_bytes
