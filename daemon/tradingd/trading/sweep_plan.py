@@ -42,13 +42,13 @@ OVERHEAD_BYTES = 256 * 1024
 MIN_BLOCK_BARS = 256
 # Blocks and chunks larger than this stop paying off (temporaries fall out of
 # cache), so a budget above it buys nothing: the plan never asks for more.
-FAST_WORKING_BYTES = 24 * 2**20
+FAST_WORKING_BYTES = 8 * 2**20
 # Blocks are at most this long, so the cost per bar-combination does not rise
 # with the series length.
 FAST_BLOCK_BARS = 1 << 15
 # Chunks narrower than this are slow (per-call overhead), so blocks get
 # shorter (down to FAST_MIN_BLOCK_BARS) before chunks get narrower.
-FAST_MIN_WIDTH = 64
+FAST_MIN_WIDTH = 32
 FAST_MIN_BLOCK_BARS = 1 << 11
 
 
