@@ -137,3 +137,37 @@ def test_parallel_chunks_give_the_same_results_and_cancel_cleanly() -> None:
     with pytest.raises(SweepCancelled, match="stopped after"):
         run_sweep(data, "sma_crossover", grid, cfg, chunk_bytes=2**20, workers=2,
                   should_stop=lambda: next(calls) >= 3)
+
+
+def test_traced_allocations_stay_within_the_plan() -> None:
+    """A cheap accounting check: what the sweep allocates (tracemalloc) <= the budget it was given."""
+    import tracemalloc
+
+    data = _walk(30_000, 11)
+    grid = [{"fast": f, "slow": s} for f in (3, 8, 13) for s in range(20, 120, 10)]
+    for budget, metrics in ((2 * 2**20, None), (2**20, ["total_return", "n_trades"])):
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            run_sweep(data, "sma_crossover", grid, BacktestConfig(commission=0.001), metrics=metrics,
+                      chunk_bytes=budget, workers=1)
+            peak = tracemalloc.get_traced_memory()[1] - start
+        finally:
+            tracemalloc.stop()
+        assert peak <= budget, (budget, peak)
+
+
+def test_tied_series_trades_equal_backtesting_py() -> None:
+    """backtesting.py is not in the test venv: these are its counts (0.6.6, bench section D).
+
+    Long-only SMA cross, fills at the close; trades entered before the last bar
+    (backtesting.py cannot fill an order placed on the last bar).
+    """
+    n = 600
+    close = np.where(np.arange(n) % 2 == 0, 100.0, 100.01)
+    pairs = [(f, s) for f in (2, 3, 5) for s in (4, 5, 9, 20) if f < s]
+    result = run_sweep(make_data(close, close.copy()), "sma_crossover", [{"fast": f, "slow": s} for f, s in pairs],
+                       keep_trades_for="all", block_bars=128)
+    ours = [int((result.trades[j].entry_bar < n - 1).sum()) for j in range(len(pairs))]
+    assert ours == [0, 297, 295, 0, 297, 297, 295, 289, 295, 289]
