@@ -30,9 +30,9 @@ from tradingd.trading.results import BacktestResult, TradeRecords
 from tradingd.trading.simulation import BacktestConfig, TradeTable
 from tradingd.trading.strategies import get_strategy
 from tradingd.trading.strategy import Strategy
-from tradingd.trading.sweep_plan import SweepPlan, plan_sweep
+from tradingd.trading.sweep_plan import SweepPlan, estimate_sweep_bytes, plan_sweep
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "KeepSpec", "SweepCancelled", "run_sweep"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "KeepSpec", "SweepCancelled", "estimate_sweep", "run_sweep", "sweep_plan_for"]
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,27 @@ def _run_parallel(chunk: Callable[[int], None], starts: range, threads: int, k: 
         finally:
             for future in pending:
                 future.cancel()
+
+
+def estimate_sweep(strategy: str | Strategy, grid: Sequence[Mapping[str, Any]], n_bars: int,
+                   metrics: Collection[str] | None = None) -> tuple[int, int]:
+    """``(estimate, minimum)`` bytes of ``run_sweep(strategy, grid)`` on ``n_bars`` bars.
+
+    ``sweep_plan.estimate_sweep_bytes`` with the look-back, distinct windows,
+    block support and worker threads ``run_sweep`` would use: give the sweep
+    any ``chunk_bytes`` from ``minimum`` up and its working set stays within
+    it; more than ``estimate`` buys nothing.
+    """
+    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    params = strat.validate_grid(grid)
+    lookback = strat.block_lookback(params)
+    windows = {int(v) for p in params for key in ("fast", "slow") if isinstance(v := p.get(key), int)}
+    threads = _workers(None, len(params), n_bars, trained=False)
+    estimate, minimum = (estimate_sweep_bytes(n_bars, len(params), metrics, lookback=lookback or 0,
+                                              n_windows=len(windows) or None, blockable=lookback is not None,
+                                              workers=workers) for workers in (threads, 1))
+    # The minimum is one thread's: run_sweep drops to one thread when two do not fit.
+    return max(estimate[0], minimum[1]), minimum[1]
 
 
 def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_bars: int, chunk_bytes: int, *,
