@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tradingd.trading.data import DataError, MarketData
-from tradingd.trading.engine import SweepCancelled, run_sweep
+from tradingd.trading.engine import SweepCancelled, estimate_sweep, run_sweep
 from tradingd.trading.indicators import sma
 from tradingd.trading.metrics import METRIC_NAMES
 from tradingd.trading.results import BacktestResult
@@ -171,3 +171,12 @@ def test_tied_series_trades_equal_backtesting_py() -> None:
                        keep_trades_for="all", block_bars=128)
     ours = [int((result.trades[j].entry_bar < n - 1).sum()) for j in range(len(pairs))]
     assert ours == [0, 297, 295, 0, 297, 297, 295, 289, 295, 289]
+
+
+def test_estimate_for_a_strategy_brackets_its_plans() -> None:
+    grid = [{"fast": f, "slow": s} for f in range(5, 25) for s in range(30, 230, 10)]
+    estimate, minimum = estimate_sweep("sma_crossover", grid, 1_000_000)
+    assert minimum < 1024 * 1024 < 8 * 2**20 <= estimate < 32 * 2**20
+    # a strategy that needs the whole series: one full-length column at least
+    _, whole = estimate_sweep("ema_crossover", grid, 1_000_000)
+    assert whole > 1_000_000 * 8
