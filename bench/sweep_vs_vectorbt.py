@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -43,6 +44,7 @@ BIG_PAIRS = [(f, s) for f in range(5, 25) for s in range(30, 230, 10)]  # 400 co
 WIDE_PAIRS = [(f, f + 200) for f in range(2, 202)]                       # 400 distinct windows
 SCALE_PAIRS = [(f, s) for f in (5, 10, 15, 20) for s in range(30, 130, 10)]  # 40 combinations
 LEVELS = {"tr": ("total_return",), "full4": w.FULL, "all11": None}
+GOOG_NPZ = str(Path(tempfile.gettempdir()) / f"sweep-bench-goog-{os.getpid()}.npz")
 
 
 def spread(values: list[float], fmt: str = "{:.3f}") -> str:
@@ -94,7 +96,7 @@ def goog(reps: int) -> tuple[list[list[str]], dict[str, Any]]:
                       f"{np.abs(np.delete(o['sharpe'] - v['sharpe'], off)).max():.1e} and max |max-drawdown diff| "
                       f"{np.abs(np.delete(o['max_drawdown'] - v['max_drawdown'], off)).max():.1e} outside the tied "
                       "combinations.")
-    cold = [w.run_child(Path(__file__), {"mode": "cold"}) for _ in range(reps)]
+    cold = [w.run_child(Path(__file__), {"mode": "cold", "goog": GOOG_NPZ}) for _ in range(reps)]
     firsts = [c["first_seconds"] for c in cold]
     rows.append(["A. first (cold) GOOG sweep in a fresh process, total return",
                  f"{spread(firsts)} s (second sweep {spread([c['second_seconds'] for c in cold])} s)",
@@ -177,8 +179,9 @@ def scaling(reps: int, quick: bool) -> list[list[str]]:
 
 
 def rss_vs_vectorbt() -> list[list[str]]:
-    ours = w.run_child(Path(__file__), {"mode": "ours", "pairs": w.grid_pairs(w.WINDOWS), "metrics": list(w.FULL)})
-    theirs = w.run_child(Path(__file__), {"mode": "vectorbt"})
+    ours = w.run_child(Path(__file__), {"mode": "ours", "pairs": w.grid_pairs(w.WINDOWS), "metrics": list(w.FULL),
+                                        "goog": GOOG_NPZ})
+    theirs = w.run_child(Path(__file__), {"mode": "vectorbt", "goog": GOOG_NPZ})
     return [["F. peak RSS, GOOG full4 sweep (own child each)",
              f"ours {ours['peak_mb']:.0f} MB vs vectorbt {theirs['peak_mb']:.0f} MB (after imports: "
              f"{ours['baseline_mb']:.0f} / {theirs['baseline_mb']:.0f} MB)",
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     import vectorbt as vbt
     from tradingd.storage.atomic import atomic_write_text
 
+    np.savez(GOOG_NPZ, **w.goog_arrays())
     load_before = os.getloadavg()
     started = time.perf_counter()
     rows: list[list[str]] = []
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if "F" in args.sections:
         rows += rss_vs_vectorbt()
     load_after = os.getloadavg()
+    os.unlink(GOOG_NPZ)
     table = ["| check | measured (median [min-max]) | ratio / target | verdict |", "| --- | --- | --- | --- |"]
     table += [f"| {' | '.join(row)} |" for row in rows]
     notes += [

@@ -42,7 +42,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def goog_arrays() -> dict[str, np.ndarray]:
+def goog_arrays(path: str | None = None) -> dict[str, np.ndarray]:
+    """backtesting.py's GOOG series; from ``path`` (an .npz) in children, so they import neither peer."""
+    if path is not None:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in npz.files}
     from backtesting.test import GOOG
 
     return {
@@ -122,7 +126,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     mode = spec["mode"]
     started = time.perf_counter()
     if mode == "cold":  # the first sweep of a fresh process, imports included
-        arrays = goog_arrays()
+        arrays = goog_arrays(spec["goog"])
         t0 = time.perf_counter()
         data = ours_data(arrays)
         ours_sweep(data, grid_pairs(WINDOWS), ("total_return",))
@@ -131,14 +135,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         ours_sweep(data, grid_pairs(WINDOWS), ("total_return",))
         return {"first_seconds": first, "second_seconds": time.perf_counter() - t1}
     if mode == "vectorbt":
-        arrays = goog_arrays()
+        arrays = goog_arrays(spec["goog"])
         small = {k: v[:300] for k, v in arrays.items()}
         vbt_sweep(vbt_close(small), range(2, 12), "full4")
         baseline = rss_mb()
         t0 = time.perf_counter()
         vbt_sweep(vbt_close(arrays), WINDOWS, "full4")
         return {"baseline_mb": baseline, "peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - t0}
-    arrays = goog_arrays() if spec.get("n_bars") is None else synthetic(int(spec["n_bars"]))
+    arrays = goog_arrays(spec["goog"]) if spec.get("n_bars") is None else synthetic(int(spec["n_bars"]))
     data = ours_data(arrays, "GOOG" if spec.get("n_bars") is None else "SYN")
     pairs = [tuple(p) for p in spec["pairs"]]
     metrics = tuple(spec["metrics"]) if spec.get("metrics") else None
