@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tradingd.trading.data import DataError, MarketData
 from tradingd.trading.engine import SweepCancelled, estimate_sweep, run_sweep
-from tradingd.trading.indicators import sma
+from tradingd.trading.indicators import IndicatorCache, sma
 from tradingd.trading.metrics import METRIC_NAMES
 from tradingd.trading.results import BacktestResult
 from tradingd.trading.rules import SmaCrossover
@@ -180,3 +183,20 @@ def test_estimate_for_a_strategy_brackets_its_plans() -> None:
     # a strategy that needs the whole series: one full-length column at least
     _, whole = estimate_sweep("ema_crossover", grid, 1_000_000)
     assert whole > 1_000_000 * 8
+
+
+def test_a_subclass_that_replaces_positions_is_not_run_in_blocks() -> None:
+    calls: list[int] = []
+
+    class Counting(SmaCrossover):
+        name = "test_counting_sma"
+
+        def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                      cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> np.ndarray:
+            calls.append(len(grid))
+            return super().positions(data, grid, cache=cache, models=models)
+
+    assert Counting().block_lookback([{"fast": 2, "slow": 5}]) is None
+    assert SmaCrossover().block_lookback([{"fast": 2, "slow": 5}]) == 4
+    run_sweep(_walk(300, 2), Counting(), [{"fast": 2, "slow": 5}, {"fast": 3, "slow": 9}])
+    assert calls == [2]

@@ -140,6 +140,8 @@ class SmaCrossover(_Crossover):
     indicator = "sma"
 
     def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        if not self._blocks_match_positions(SmaCrossover):
+            return None
         return max((int(p["slow"]) for p in grid), default=1) - 1
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
@@ -192,6 +194,8 @@ class Momentum(Strategy):
         return out
 
     def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        if not self._blocks_match_positions(Momentum):
+            return None
         return max((int(p["lookback"]) for p in grid), default=0)
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,

@@ -134,6 +134,10 @@ class Strategy(ABC):
         """
         raise self._error("cannot run in time blocks")
 
+    def _blocks_match_positions(self, owner: type[Strategy]) -> bool:
+        """True unless a subclass of ``owner`` replaced ``positions`` (its blocks would not follow)."""
+        return type(self).positions is owner.positions
+
     def train(self, data: MarketData, params: Mapping[str, Any]) -> Any:
         """Fit a model for one parameter set (trainable strategies only)."""
         raise self._error("is not trainable")
