@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,13 +21,24 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from tradingd.api_input import REPORT_TYPES, clip, finite_json, is_run_id, parse_similar_query, report_file
 from tradingd.auth import token_matches
 from tradingd.memory.cleanup import parse_level
 from tradingd.memory.monitor import PressureLevel
 from tradingd.prometheus import build_registry
 from tradingd.storage.outcomes import OutcomeJournal
-from tradingd.workflows.runs import DuplicateRun, QueueClosed, RunFinished, RunNotFound, RunQueue, WorkflowRun
-from tradingd.workflows.spec import SAFE_NAME, SpecError, parse_spec, parse_spec_text
+from tradingd.workflows.data_roots import check_data_source
+from tradingd.workflows.runs import (
+    DuplicateRun,
+    QueueClosed,
+    RunActive,
+    RunFinished,
+    RunNotFound,
+    RunQueue,
+    WorkflowRun,
+)
+from tradingd.workflows.spec import SpecError, WorkflowSpec, parse_spec, parse_spec_text
+from tradingd.workflows.spec_limits import DocumentTooComplex, load_json
 
 __all__ = ["DAEMON", "Daemon", "build_app", "json_error", "parse_similar_query", "read_json_body", "require_token"]
 
@@ -65,6 +75,8 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 DASHBOARD = web.AppKey("dashboard", str)
+DATA_ROOTS: web.AppKey[tuple[Path, ...]] = web.AppKey("data_roots")
+_DECODE_ON_LOOP_BYTES = 65_536  # larger JSON bodies are decoded in a thread
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,7 +86,10 @@ def json_error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, allow_nan=False, default=str)
+    try:
+        return json.dumps(obj, allow_nan=False, default=str)
+    except ValueError:  # NaN or infinity somewhere (a distance, a metric): JSON has null for them
+        return json.dumps(finite_json(obj), allow_nan=False, default=str)
 
 
 def ok(obj: Any, status: int = 200) -> web.Response:
@@ -130,11 +145,20 @@ def require_token(request: web.Request) -> None:
 
 
 async def read_json_body(request: web.Request) -> Any:
-    """Parse a JSON body or answer 400 with what is wrong with it."""
+    """Parse a JSON body (within the spec document limits) or answer 400 with what is wrong with it."""
+    text = await _read_text(request)
     try:
-        return await request.json(loads=json.loads)
+        return load_json(text) if len(text) < _DECODE_ON_LOOP_BYTES else await asyncio.to_thread(load_json, text)
     except json.JSONDecodeError as exc:
         raise _malformed_json(exc) from None
+    except DocumentTooComplex as exc:
+        raise web.HTTPBadRequest(text=f"JSON body refused: {exc}") from None
+
+
+async def _read_text(request: web.Request) -> str:
+    body = await request.read()  # over http.max_body_bytes: 413 from aiohttp
+    try:
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise web.HTTPBadRequest(text="body is not UTF-8") from None
 
@@ -200,7 +224,7 @@ def _run_or_404(request: web.Request) -> WorkflowRun:
     try:
         return request.app[DAEMON].runs.get(run_id)
     except RunNotFound:
-        raise web.HTTPNotFound(text=f"no run {run_id!r}") from None
+        raise web.HTTPNotFound(text=f"no run {clip(run_id)!r}") from None
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -224,20 +248,13 @@ async def submit_run(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(
             text=f"not accepting runs: {reason if not is_ready else 'stopping'}", headers={"Retry-After": "5"}
         )
-    body = await request.read()  # over http.max_body_bytes: 413 from aiohttp
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise web.HTTPBadRequest(text="body is not UTF-8") from None
+    text = await _read_text(request)
     if not text.strip():
         raise web.HTTPBadRequest(text="empty body: send a workflow spec (JSON or YAML)")
     try:
-        if request.content_type == "application/json":
-            raw = json.loads(text)
-            # Grid validation may take a moment on a large grid: off the loop.
-            spec = await asyncio.to_thread(parse_spec, raw, source="spec")
-        else:
-            spec = await asyncio.to_thread(parse_spec_text, text, source="spec")
+        # Decoding a large body and validating a large grid take a moment: off the loop.
+        roots = request.app[DATA_ROOTS]
+        spec = await asyncio.to_thread(_parse_submitted, text, request.content_type == "application/json", roots)
     except json.JSONDecodeError as exc:
         raise _malformed_json(exc) from None
     except SpecError as exc:
@@ -255,6 +272,19 @@ async def submit_run(request: web.Request) -> web.Response:
     return response
 
 
+def _parse_submitted(text: str, is_json: bool, data_roots: Sequence[Path]) -> WorkflowSpec:
+    if is_json:
+        try:
+            raw = load_json(text)
+        except DocumentTooComplex as exc:
+            raise SpecError([f"spec: {exc}"]) from None
+        spec = parse_spec(raw, source="spec")
+    else:
+        spec = parse_spec_text(text, source="spec")
+    check_data_source(spec, data_roots)
+    return spec
+
+
 async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run; answers once its containers have torn down."""
     require_token(request)
@@ -266,20 +296,33 @@ async def cancel_run(request: web.Request) -> web.Response:
     return ok(run.describe())
 
 
-_REPORT_TYPES = {".html": "text/html", ".png": "image/png", ".json": "application/json"}
+async def resume_run(request: web.Request) -> web.Response:
+    """Run again a failed, cancelled or interrupted run (e.g. once a full disk has space again)."""
+    require_token(request)
+    run = _run_or_404(request)
+    try:
+        request.app[DAEMON].runs.resume_run(run.id)
+    except RunActive as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    except QueueClosed as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "5"}) from None
+    return ok(run.describe(), status=202)
 
 
 async def run_report(request: web.Request) -> web.StreamResponse:
     """The run's report.html and what it links to (phase reports, plots, JSON results)."""
     run_id = request.match_info["run_id"]
     relative = request.match_info["path"] or "report.html"
-    if not SAFE_NAME.fullmatch(run_id):
-        raise web.HTTPNotFound(text=f"no run {run_id!r}")
-    root = (request.app[DAEMON].results_dir / run_id).resolve()
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root) or target.suffix not in _REPORT_TYPES or not target.is_file():
-        raise web.HTTPNotFound(text=f"no report {relative!r} for run {run_id!r} (reports appear as phases finish)")
-    return web.FileResponse(target, headers={"Content-Type": _REPORT_TYPES[target.suffix]})
+    if not is_run_id(run_id):
+        raise web.HTTPNotFound(text="no such run")
+    missing = web.HTTPNotFound(
+        text=f"no report {clip(relative)!r} for run {run_id!r} (reports appear as phases finish)"
+    )
+    root = request.app[DAEMON].results_dir / run_id
+    target = await asyncio.to_thread(report_file, root, relative)
+    if target is None:
+        raise missing
+    return web.FileResponse(target, headers={"Content-Type": REPORT_TYPES[target.suffix]})
 
 
 async def run_report_redirect(request: web.Request) -> web.StreamResponse:
@@ -313,37 +356,18 @@ async def outcomes_similar(request: web.Request) -> web.Response:
     return ok({"k": k, "features": features, "outcomes": await asyncio.to_thread(journal.similar, features, k)})
 
 
-def parse_similar_query(query: Mapping[str, str], *, max_k: int = 1000) -> tuple[list[float], int]:
-    """Parse ``features=0.1,0.2,...&k=10`` (the query of ``GET /outcomes/similar``).
+def build_app(daemon: Daemon, *, max_body_bytes: int, data_roots: Sequence[Path]) -> web.Application:
+    """The aiohttp application serving ``daemon``; bodies over ``max_body_bytes`` get 413.
 
-    Raises ValueError with a message fit for a 400 answer.
+    A submitted spec must read its data from inside ``data_roots`` (400 otherwise).
     """
-    raw = query.get("features", "").strip()
-    if not raw:
-        raise ValueError("query parameter 'features' is required: comma-separated numbers")
-    try:
-        features = [float(x) for x in raw.split(",")]
-    except ValueError:
-        raise ValueError(f"'features' must be comma-separated numbers, got {raw!r}") from None
-    if not all(math.isfinite(x) for x in features):
-        raise ValueError("'features' must be finite numbers")
-    try:
-        k = int(query.get("k", "10"))
-    except ValueError:
-        raise ValueError(f"'k' must be an integer, got {query.get('k')!r}") from None
-    if not 1 <= k <= max_k:
-        raise ValueError(f"'k' must be between 1 and {max_k}")
-    return features, k
-
-
-def build_app(daemon: Daemon, *, max_body_bytes: int) -> web.Application:
-    """The aiohttp application serving ``daemon``; bodies over ``max_body_bytes`` get 413."""
     app = web.Application(
         middlewares=[error_middleware, presented_token_middleware],
         client_max_size=max_body_bytes,
     )
     app[DAEMON] = daemon
     app[MAX_BODY_BYTES] = max_body_bytes
+    app[DATA_ROOTS] = tuple(data_roots)
     app[REGISTRY] = build_registry(daemon.stats_snapshot)
     app[DASHBOARD] = resources.files("tradingd").joinpath("web/index.html").read_text(encoding="utf-8")
     app.router.add_get("/", index)
@@ -356,6 +380,7 @@ def build_app(daemon: Daemon, *, max_body_bytes: int) -> web.Application:
     app.router.add_post("/runs", submit_run)
     app.router.add_get("/runs/{run_id}", get_run)
     app.router.add_delete("/runs/{run_id}", cancel_run)
+    app.router.add_post("/runs/{run_id}/resume", resume_run)
     app.router.add_get("/runs/{run_id}/report", run_report_redirect)
     app.router.add_get("/runs/{run_id}/report/{path:.*}", run_report)
     app.router.add_get("/outcomes/summary", outcomes_summary)

@@ -9,6 +9,7 @@ the file and the key path, which the CLI prints before exiting with code 2.
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaskConfig",
+    "DataConfig",
     "ExecutorConfig",
     "HttpConfig",
     "LoggingConfig",
@@ -58,6 +60,10 @@ class HttpConfig(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     loop_lag_threshold: float = Field(default=1.0, gt=0, description="seconds of loop lag before /health turns 503")
     shutdown_timeout: float = Field(default=2.0, ge=0)
+    header_timeout: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="seconds a connection may take to send a request's headers, and may then stay idle",
+    )
     token_file: Path | None = None
 
 
@@ -178,6 +184,12 @@ class OutcomesConfig(_Section):
     max_outcomes: int = Field(default=100_000, ge=1)
 
 
+class DataConfig(_Section):
+    """Where specs may read market data; None: the bundled sample, <state_dir>/stores, data/ beside the config."""
+
+    allowed_roots: list[Path] | None = None
+
+
 class LoggingConfig(_Section):
     format: Literal["json", "text"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -195,6 +207,7 @@ class Config(_Section):
     executor: ExecutorConfig = ExecutorConfig()
     storage: StorageConfig = StorageConfig()
     outcomes: OutcomesConfig = OutcomesConfig()
+    data: DataConfig = DataConfig()
     logging: LoggingConfig = LoggingConfig()
     startup_workflows: list[str] = Field(default_factory=list)
     graceful_timeout: float = Field(default=5.0, ge=0, le=600)
@@ -351,8 +364,18 @@ def _message(err: Any) -> str:
     return f"{err['msg']} (got {shown})"
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring = 2, 4, 4, 57
+
+
 def _short(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """~60 characters of ``value`` without stringifying it whole (an alias bomb's ``str()`` is gigabytes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 190:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = _SHORT.repr(value) if isinstance(value, str | dict | list | tuple | set) else str(value)
+    except ValueError:  # a huge int nested in a list
+        return "a value too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -9,9 +9,11 @@ a request served right after a stall still sees it).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from tradingd.periodic import poll
 
@@ -20,13 +22,19 @@ __all__ = ["LoopLagMeter"]
 log = logging.getLogger(__name__)
 
 
+#: Upper bounds (seconds) of the cumulative lag histogram; the last bucket is everything above.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
 class LoopLagMeter:
     """Measures how late the event loop runs a periodic wake-up."""
 
     def __init__(self, *, interval: float = 0.25, window: int = 240) -> None:
         self.interval = interval
         self.last_lag = 0.0
+        self.max_lag_ever = 0.0
         self._recent: deque[float] = deque(maxlen=window)
+        self._counts = [0] * (len(LAG_BUCKETS) + 1)  # since start: what benchmarks take percentiles from
         self._last_tick = time.monotonic()
 
     def __repr__(self) -> str:
@@ -45,13 +53,15 @@ class LoopLagMeter:
     def healthy(self, threshold: float) -> bool:
         return self.current_lag() <= threshold
 
-    def stats(self, threshold: float) -> dict[str, float | bool]:
+    def stats(self, threshold: float) -> dict[str, Any]:
         """The ``loop`` stats section, judged against ``threshold`` seconds."""
         return {
             "lag_seconds": round(self.current_lag(), 6),
             "max_lag_seconds": round(self.max_lag, 6),
             "lag_threshold_seconds": threshold,
             "healthy": self.healthy(threshold),
+            "max_lag_since_start_seconds": round(self.max_lag_ever, 6),
+            "lag_histogram": {"le_seconds": [*LAG_BUCKETS, None], "counts": list(self._counts)},
         }
 
     def reset(self) -> None:
@@ -70,5 +80,7 @@ class LoopLagMeter:
             self._last_tick = now
             self.last_lag = lag
             self._recent.append(lag)
+            self.max_lag_ever = max(self.max_lag_ever, lag)
+            self._counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
             if lag > 1.0:
                 log.warning("event loop was blocked for %.2f s", lag)

@@ -34,12 +34,13 @@ from tradingd.memory.monitor import Monitor, PressureLevel, discover_limit
 from tradingd.notify import Notifier, run_watchdog, status_line
 from tradingd.periodic import poll
 from tradingd.stats import StatsBoard, gc_stats
-from tradingd.storage.outcomes import JOURNAL_FILE, OutcomeJournal
-from tradingd.storage.statedir import StateDirLock, StateDirLocked
+from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.storage.statedir import StateDirLock, StateDirLocked, secure_state_files
 from tradingd.tasks import Step, TaskScheduler, run_steps, wait_any
-from tradingd.workflows.outcome_sink import journal_sink
+from tradingd.workflows.data_roots import allowed_data_roots
+from tradingd.workflows.recovery import open_journal, recover_files
 from tradingd.workflows.runs import RunQueue
-from tradingd.workflows.service import WorkflowService, load_startup_specs
+from tradingd.workflows.service import WRITES_FLUSH_TIMEOUT, WorkflowService, load_startup_specs
 from tradingd.workflows.spec import WorkflowSpec
 
 __all__ = ["Lifecycle", "StateDirLocked", "Supervisor", "main"]
@@ -181,17 +182,17 @@ class Supervisor:
         self.stats.register("memory", self._memory_stats)
         self._memory.register_stats(self.stats)
         await asyncio.to_thread(self._memory.load_persisted)
-        # 4. Results: the outcome journal, the executor and the run queue.
+        # 4. Results: recovery (temp files; the journal checked, rebuilt if damaged), the journal, the run queue.
         await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)
+        state, results = self.state_dir, self.results_dir
+        found = await asyncio.to_thread(recover_files, state, results)
         if config.outcomes.enabled:
-            self.outcomes = await asyncio.to_thread(
-                OutcomeJournal, self.state_dir / JOURNAL_FILE, max_outcomes=config.outcomes.max_outcomes
-            )
+            self.outcomes = await asyncio.to_thread(open_journal, state, results, config.outcomes.max_outcomes)
             self._outcome_count = await asyncio.to_thread(self.outcomes.count)
+            await asyncio.to_thread(secure_state_files, self.state_dir)  # SQLite created it with the umask's mode
         self.stats.register("outcomes", self._outcome_stats)
-        self._workflows = WorkflowService(
-            config, memory=self._memory, on_trades=journal_sink(self.outcomes) if self.outcomes is not None else None
-        )
+        self._workflows = WorkflowService(config, memory=self._memory, journal=self.outcomes,
+                                          journal_markers=found.journal_markers)
         self._workflows.open()
         self.stats.register("runs", self._workflows.stats)
         self._monitor.sample()
@@ -205,6 +206,7 @@ class Supervisor:
         self.tasks.spawn(self.lag.run(self.stop_event), name="loop-lag")
         self.tasks.spawn(self._monitor_loop(), name="monitor")
         self.tasks.spawn(self._memory.run(self.stop_event), name="cleanup")
+        self.tasks.spawn(self._workflows.retry_writes(self.stop_event), name="retry-writes")
         # 7. READY=1 only now: HTTP listens and state is loaded. The watchdog starts after it so
         #    systemd sees READY first; it pings from this loop, only while the loop is healthy.
         self.state = Lifecycle.RUNNING
@@ -218,13 +220,15 @@ class Supervisor:
         # 8. Work: resumed runs first, then the startup workflows.
         where = ", ".join(f"http://{host}:{port}" for host, port in self.addresses) or "no HTTP"
         if self.serve:
-            self._workflows.start(self.startup_specs)
+            await self._workflows.start(self.startup_specs)
         log.info("tradingd %s ready on %s (state %s, memory limit %.0f MB from %s)", __version__, where,
                  self.state_dir, limit.bytes / 2**20, limit.source)
 
     async def _start_http(self) -> None:
-        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout)
+        app = build_app(self, max_body_bytes=self.config.http.max_body_bytes,
+                        data_roots=allowed_data_roots(self.config))
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.http.shutdown_timeout,
+                                     keepalive_timeout=self.config.http.header_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
@@ -259,7 +263,7 @@ class Supervisor:
         steps: list[Step] = [
             # 1. Runs: no new ones; in-flight containers get graceful_timeout, the rest are
             #    cancelled (their teardown still writes a result, with status cancelled).
-            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + 1.0),
+            ("runs", self._drain_runs, graceful + RUN_CANCEL_TIMEOUT + WRITES_FLUSH_TIMEOUT + 1.0),
             # 2. Background tasks saw the stop event; the drain cancels any that did not end.
             ("background tasks", self._drain_tasks, graceful + 3.0),
             # 3. Caches, once nothing fills them any more (a no-op if they were never loaded).
@@ -371,6 +375,7 @@ class Supervisor:
             "enabled": self.outcomes is not None,
             "outcomes": self._outcome_count,
             "max_outcomes": self.config.outcomes.max_outcomes,
+            **(self._workflows.journal_stats() if self._workflows is not None else {}),
         }
 
 

@@ -119,11 +119,18 @@ async def test_results_from_the_results_dir(tmp_path: Path) -> None:
     assert "\x1b[" not in out
     assert "status  completed" in out and "type    train_test" in out
     lines = out.splitlines()
-    for phase in ("training", "testing"):
-        best = json.loads((run_dir / phase / "aggregate_results.json").read_text())["by_params"][0]["params"]
-        row = next(line for line in lines if line.startswith(f"{phase} "))
-        assert "completed" in row and "sharpe" in row
-        assert f"fast={best['fast']}, slow={best['slow']}" in row, row
+    best = json.loads((run_dir / "training" / "aggregate_results.json").read_text())["by_params"][0]["params"]
+    row = next(line for line in lines if line.startswith("training "))
+    assert "completed" in row and "sharpe" in row
+    assert f"fast={best['fast']}, slow={best['slow']}" in row, row
+    # Testing leads with the method's result (each symbol's training selection), not the best test cell.
+    oos = json.loads((run_dir / "testing" / "phase_summary.json").read_text())["out_of_sample"]
+    headline = next(line for line in lines if line.startswith("out of sample (testing): "))
+    assert f"mean sharpe {oos['mean']:.4g} over {oos['n_symbols']} symbols" in headline
+    assert lines.index(headline) < lines.index("Phases")
+    row = next(line for line in lines if line.startswith("testing "))
+    assert f"{oos['mean']:.4g} (mean of {oos['n_symbols']})" in row, row
+    assert any(line.startswith("overfitting (training): PSR ") for line in lines)
 
 
 async def test_results_of_a_failed_run_name_the_failure(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def outcome(i: int, *, strategy: str, regime: str, ret: float) -> TradeOutcome:
         pnl=1000.0 * ret,
         ret=ret,
         regime=regime,
-        features=(float(i), float(i % 3)),
+        features=(float(i), float(i % 3), 0.0, 0.0, 0.0, 0.0),
     )
 
 
@@ -65,13 +65,14 @@ async def test_outcomes_endpoints(make_config: Callable[..., Config], http: aioh
             if section["outcomes"] == 6 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        assert section == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000}
-        async with http.get(f"{url}/outcomes/similar", params={"features": "4,1", "k": "2"}) as resp:
+        assert section == {"enabled": True, "outcomes": 6, "max_outcomes": 100_000, "pending_containers": 0,
+                           "write_failures": 0, "last_error": None, "appended": 0}
+        async with http.get(f"{url}/outcomes/similar", params={"features": "4,1,0,0,0,0", "k": "2"}) as resp:
             assert resp.status == 200
             similar = await resp.json()
         assert similar["outcomes"][0]["params"]["fast"] == 4
         assert len(similar["outcomes"]) == 2
-        for bad in ({"features": "a,b"}, {}, {"features": "1,2", "k": "0"}):
+        for bad in ({"features": "a,b"}, {}, {"features": "1,2,0,0,0,0", "k": "0"}, {"features": "1,2"}):
             async with http.get(f"{url}/outcomes/similar", params=bad) as resp:
                 assert resp.status == 400
                 assert "error" in await resp.json()
@@ -93,7 +94,7 @@ async def test_journal_survives_restart_and_cli_reads_it(
     assert main(["outcomes", "--config", str(cfg), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["by_regime"]["ranging"]["trades"] == 3
-    assert main(["outcomes", "--config", str(cfg), "--similar", "1,1", "--k", "1"]) == 0
+    assert main(["outcomes", "--config", str(cfg), "--similar", "1,1,0,0,0,0", "--k", "1"]) == 0
     out = capsys.readouterr().out
     assert "momentum" in out and "ranging" in out
 
@@ -168,14 +169,18 @@ def test_keyed_outcomes_are_recorded_once(tmp_path: Path) -> None:
 
 
 def test_similar_query_parsing() -> None:
-    assert parse_similar_query({"features": "0.5, -1,2e-3", "k": "3"}) == ([0.5, -1.0, 0.002], 3)
-    assert parse_similar_query({"features": "1"}) == ([1.0], 10)
+    assert parse_similar_query({"features": "0.5, -1,2e-3,0,0,0", "k": "3"}) == ([0.5, -1.0, 0.002, 0, 0, 0], 3)
+    assert parse_similar_query({"features": "1,0,0,0,0,0"}) == ([1.0, 0, 0, 0, 0, 0], 10)
+    six = "1,0,0,0,0,0"
     for bad, message in (
         ({}, "required"),
-        ({"features": "a,b"}, "numbers"),
-        ({"features": "nan"}, "finite"),
-        ({"features": "1", "k": "x"}, "integer"),
-        ({"features": "1", "k": "0"}, "between"),
+        ({"features": "a,b,c,d,e,f"}, "numbers"),
+        ({"features": "1,2"}, "must hold 6 numbers"),
+        ({"features": "nan,0,0,0,0,0"}, "finite"),
+        ({"features": "1e154,0,0,0,0,0"}, "no larger than"),
+        ({"features": six, "k": "x"}, "integer"),
+        ({"features": six, "k": "0"}, "between"),
+        ({"features": six, "k": "9" * 5000}, "between"),
     ):
         with pytest.raises(ValueError, match=message):
             parse_similar_query(bad)

@@ -86,6 +86,11 @@ async def test_submit_json_and_yaml_then_follow_them(supervisor: Supervisor, htt
         assert done["progress"]["done"] == done["progress"]["total"] == 4
         assert [p["name"] for p in done["phases"]] == ["training", "testing"]
         assert "testing" in phase_files(Path(done["results_dir"]), "aggregate_results.json")
+        # The method's out-of-sample result and the training's overfitting figures (issue 13).
+        oos = json.loads((Path(done["results_dir"]) / "testing" / "phase_summary.json").read_text())["out_of_sample"]
+        assert done["phases"][1]["results"]["out_of_sample"]["mean"] == oos["mean"]
+        assert done["results"]["out_of_sample"]["mean"] == oos["mean"]
+        assert set(done["results"]["overfitting"]) >= {"psr", "dsr", "pbo", "n_trials"}
     status, listing = await get(http, supervisor, "/runs")
     assert status == 200 and [r["id"] for r in listing["runs"]][:2] == ["from-yaml", created["id"]]
     status, only = await get(http, supervisor, "/runs?status=failed")

@@ -137,7 +137,20 @@ async def test_memory_storage_keeps_trades_and_equity_and_feeds_the_sink(
     make_container: Callable[..., Container], services: RunServices
 ) -> None:
     received: list[ClosedTrades] = []
-    services.on_trades = received.append
+
+    class Recorder:
+        def prepare(self, batch: ClosedTrades) -> list[dict[str, Any]]:
+            received.append(batch)
+            return [{"key": str(i)} for i in range(len(batch.trades))]
+
+        def stage(self, marker: Path) -> None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_bytes(b"")
+
+        def commit(self, marker: Path, batch: ClosedTrades, entries: list[dict[str, Any]]) -> None:
+            marker.unlink()
+
+    services.journal = Recorder()
     container = make_container("test_exploding", [{"n": 5}, {"n": 8}], settings=MEMORY)
     async with container:
         await container.run()
@@ -148,6 +161,9 @@ async def test_memory_storage_keeps_trades_and_equity_and_feeds_the_sink(
     assert not container.layout.events("SYM01-0000").exists()  # memory storage: no stream
     assert len(received) == 1 and received[0].container_id == "SYM01-0000"
     assert len(received[0].trades) == len(trades) and received[0].trades[0]["params"] == {"n": 5}
+    # The result file carries one journal entry per trade (what a journal rebuild reads); the marker is gone.
+    assert len(doc["journal"]) == len(trades)
+    assert not container.layout.journal_marker("SYM01-0000").exists()
 
 
 async def test_strategy_exception_writes_failed_with_the_error(make_container: Callable[..., Container]) -> None:

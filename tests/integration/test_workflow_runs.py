@@ -20,7 +20,7 @@ from tradingd.trading.ml import MLClassifier
 from tradingd.trading.regime import FEATURE_NAMES
 from tradingd.trading.strategy import Strategy
 from tradingd.workflows.container import RunServices
-from tradingd.workflows.outcome_sink import journal_sink
+from tradingd.workflows.outcome_sink import JournalOutbox
 from tradingd.workflows.runs import DuplicateRun, RunFinished, RunQueue, WorkflowRun
 from tradingd.workflows.spec import WorkflowSpec, parse_spec
 from tradingd.workflows.thread_executor import ThreadExecutor
@@ -161,7 +161,7 @@ async def test_interrupted_run_resumes_and_matches_a_clean_run(queue_for: Callab
     assert load(tmp_path / "interrupted" / "r" / "manifest.json")["status"] == "interrupted"
 
     second = queue_for("interrupted")
-    second.start()
+    await second.start()
     resumed = await finish(second.get("r"))
     assert resumed.status == "completed" and resumed.attempts == 2
     assert resumed.progress.skipped >= 2
@@ -181,9 +181,23 @@ async def test_cancel_tears_running_containers_down_and_is_final(queue_for: Call
     assert run.status == "cancelled"
     statuses = [load(p)["status"] for p in (tmp_path / "results" / "c" / "backtest" / "containers").glob("*.json")]
     assert "cancelled" in statuses
+    # The phase ends too: cancelled, with its finish time, its files and a report that says so.
+    manifest = load(tmp_path / "results" / "c" / "manifest.json")
+    assert manifest["status"] == "cancelled" and manifest["finished_at"] is not None
+    [phase] = manifest["phases"]
+    assert phase["status"] == "cancelled" and phase["finished_at"] is not None
+    phase_dir = tmp_path / "results" / "c" / "backtest"
+    assert load(phase_dir / "phase_summary.json")["status"] == "cancelled"
+    assert (phase_dir / "aggregate_results.json").is_file()
+    assert "cancelled" in (phase_dir / "report.html").read_text()
+    assert "cancelled" in (tmp_path / "results" / "c" / "report.html").read_text()
     with pytest.raises(RunFinished):
         await queue.cancel("c")
     assert queue_for().scan() == []  # cancelled runs are not resumed
+    # ...until asked: a cancelled run resumes on request and keeps what it completed.
+    resumed = queue.resume_run("c")
+    await finish(resumed)
+    assert resumed.status == "completed" and resumed.attempts == 2
 
 
 async def test_drain_lets_in_flight_containers_finish(queue_for: Callable[..., RunQueue], tmp_path: Path) -> None:
@@ -196,6 +210,7 @@ async def test_drain_lets_in_flight_containers_finish(queue_for: Callable[..., R
     assert statuses and set(statuses) == {"completed"}
     assert run.progress.done < run.progress.total
     assert [r.id for r in queue_for().scan()] == ["d"]
+    assert load(tmp_path / "results" / "d" / "manifest.json")["phases"][0]["status"] == "interrupted"
 
 
 @pytest.mark.slow
@@ -281,7 +296,8 @@ async def test_cancel_stops_a_running_batch_in_its_thread(queue_for: Callable[..
 async def test_closed_trades_reach_the_outcome_journal(queue_for: Callable[..., RunQueue], tmp_path: Path) -> None:
     journal = OutcomeJournal(tmp_path / "outcomes.sqlite3")
     try:
-        run = await finish(queue_for(on_trades=journal_sink(journal)).submit(study(type="backtest"), run_id="j"))
+        queue = queue_for(journal=JournalOutbox(journal))
+        run = await finish(queue.submit(study(type="backtest"), run_id="j"))
         assert run.status == "completed"
         closes = sum(load(p)["events"]["counts"]["POSITION_CLOSE"]
                      for p in (tmp_path / "results" / "j" / "backtest" / "containers").glob("*.json"))
@@ -289,5 +305,11 @@ async def test_closed_trades_reach_the_outcome_journal(queue_for: Callable[..., 
         nearest = journal.similar([0.0] * len(FEATURE_NAMES), k=1)[0]
         assert nearest["run_id"] == "j" and nearest["strategy"] == "sma_crossover"
         assert set(nearest["params"]) == {"fast", "slow"} and nearest["regime"]
+        # The same spec again (another run id): the trades are the same trades, journaled once.
+        again = await finish(queue.submit(study(type="backtest"), run_id="j2"))
+        assert again.status == "completed" and journal.count() == closes
+        # Other costs are other trades.
+        costly = await finish(queue.submit(study(type="backtest", backtest={"commission": 0.002}), run_id="j3"))
+        assert costly.status == "completed" and journal.count() == 2 * closes
     finally:
         journal.close()

@@ -36,7 +36,7 @@ ROOMS = (
     #    room          layer  modules                                                  may also import
     Room("cli",        1, ("cli", "__main__"),                                          BELOW),
     Room("supervisor", 2, ("supervisor",),                                              BELOW),
-    Room("edge",       3, ("api", "prometheus", "notify", "health", "auth", "logs"),    BELOW),
+    Room("edge",       3, ("api", "api_input", "prometheus", "notify", "health", "auth", "logs"),    BELOW),
     Room("workflows",  4, ("workflows",),                                               BELOW),
     Room("reports",    5, ("reports",),                                                 ("trading", "storage", "base")),
     Room("memory",     5, ("memory",),                                                  ("storage", "base")),

@@ -90,16 +90,41 @@ async def test_training_phase_report_and_heatmap_cells(tmp_path: Path) -> None:
         assert cell == pytest.approx(sum(values) / len(values))
 
 
-async def test_testing_phase_report_has_the_selection_equity(tmp_path: Path) -> None:
-    run_dir = await run_workflow(tmp_path, "study")
+async def test_testing_phase_report_leads_with_the_methods_out_of_sample_result(tmp_path: Path) -> None:
+    run_dir = await run_workflow(tmp_path, "study", selection={"top": 2, "scope": "per_symbol"})
     report = write_phase_report(run_dir / "testing")
-    assert "equity" in report.plots
+    assert {"equity", "oos_strip"} <= set(report.plots)
     assert_png(report.plots["equity"])
-    aggregate = json.loads((run_dir / "testing" / "aggregate_results.json").read_text())
-    best = aggregate["by_params"][0]["params"]
+    assert_png(report.plots["oos_strip"])
+    training = json.loads((run_dir / "training" / "aggregate_results.json").read_text())
+    testing = json.loads((run_dir / "testing" / "aggregate_results.json").read_text())
+    # The selection is the one training handed over, in training's order.
+    assert testing["selection"]["by_symbol"] == training["selection"]["by_symbol"]
+    oos = json.loads((run_dir / "testing" / "phase_summary.json").read_text())["out_of_sample"]
+    assert [r["index"] for r in oos["per_symbol"]] == [training["selection"]["by_symbol"][s][0] for s in SYMBOLS]
     html = report.html.read_text()
-    assert f"<tr><th>fast</th><td class=\"n\">{best['fast']}</td></tr>" in html
-    assert f"<tr><th>slow</th><td class=\"n\">{best['slow']}</td></tr>" in html
+    # The headline comes first; the best single cell is labelled and comes after it.
+    assert html.index('id="oos-headline"') < html.index('id="best-cell"') < html.index("Ranking of single cells")
+    assert f"over {len(SYMBOLS)} symbols" in html
+    assert "not the method&#x27;s result" in html
+    assert "buy_and_hold.json" not in html and (run_dir / "testing" / "buy_and_hold.json").is_file()
+
+
+async def test_training_phase_report_shows_overfitting_statistics(tmp_path: Path) -> None:
+    run_dir = await run_workflow(tmp_path, "study", overfitting={"blocks": 8})
+    summary = json.loads((run_dir / "training" / "phase_summary.json").read_text())
+    stats = summary["overfitting"]
+    assert stats["n_trials"] == 12 and stats["blocks"] == 8 and stats["splits"] == 70
+    assert 0.0 <= stats["pbo"] <= 1.0 and 0.0 <= stats["psr"] <= 1.0 and 0.0 <= stats["dsr"] <= stats["psr"]
+    assert set(stats["per_symbol"]) == set(SYMBOLS)
+    assert summary["results"]["overfitting"]["pbo"] == stats["pbo"]
+    report = write_phase_report(run_dir / "training")
+    assert_png(report.plots["pbo_logits"])
+    html = report.html.read_text()
+    assert 'id="overfitting-headline"' in html and "12 trials" in html
+    assert report.heatmap is not None and len(report.heatmap.selected) >= 1
+    run_html = write_run_report(run_dir).html.read_text()
+    assert run_html.index('id="oos-headline"') < run_html.index('id="overfitting"') < run_html.index("<h2>Phases")
 
 
 def test_heatmap_folds_a_third_parameter() -> None:

@@ -24,6 +24,7 @@ from tradingd.cli.status import add_status_commands
 from tradingd.cli.workflows import add_workflow_commands
 from tradingd.config import Config, ConfigError, load_config
 from tradingd.logs import configure_logging
+from tradingd.storage.codec import SecretError
 from tradingd.supervisor import StateDirLocked
 from tradingd.supervisor import main as supervisor_main
 from tradingd.workflows.service import load_startup_specs
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_USAGE
-    except (StateDirLocked, TokenError) as exc:
+    except (StateDirLocked, TokenError, SecretError) as exc:  # one line naming the file and the problem
         print(f"tradingd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ClientError, CommandFailed) as exc:

@@ -20,7 +20,9 @@ from tradingd.cli.errors import EXIT_OK, EXIT_USAGE, CommandFailed
 from tradingd.cli.tables import Style, render_kv, render_table
 from tradingd.config import load_config
 from tradingd.formatting import fmt_bytes, fmt_duration, fmt_number, fmt_percent, fmt_time
-from tradingd.reports.phase_data import load_run
+from tradingd.reports.html import overfitting_mean
+from tradingd.reports.phase_data import RunData, load_run
+from tradingd.reports.sections import oos_headline, overfitting_headline
 from tradingd.workflows.spec import SAFE_NAME
 
 __all__ = ["add_status_commands", "render_results", "render_runs", "render_status"]
@@ -160,12 +162,40 @@ def render_status(stats: Mapping[str, Any], runs: Any, style: Style) -> str:
 # --- results -----------------------------------------------------------------------
 
 
+def _honest_lines(run: RunData) -> list[str]:
+    """The method's out-of-sample result first (never the best single test cell), then the luck statistics."""
+    lines = []
+    stitched = run.out_of_sample
+    if stitched:
+        pooled = _map(stitched.get("pooled"))
+        strategy, hold = _map(pooled.get("strategy")), _map(pooled.get("buy_and_hold"))
+        across = _map(stitched.get("sharpe_across_symbols"))
+        share = fmt_percent(across.get("share_positive"), digits=0)
+        lines.append(f"out of sample, stitched over {stitched.get('windows')} windows: sharpe mean "
+                     f"{fmt_number(across.get('mean'))} over {across.get('n')} symbols, median "
+                     f"{fmt_number(across.get('median'))}, positive {share}")
+        lines.append(f"  pooled: total return {fmt_percent(strategy.get('total_return'))}, sharpe "
+                     f"{fmt_number(strategy.get('sharpe'))}, max drawdown {fmt_percent(strategy.get('max_drawdown'))}"
+                     f" (buy and hold: {fmt_percent(hold.get('total_return'))}, "
+                     f"sharpe {fmt_number(hold.get('sharpe'))})")
+    elif tests := [p for p in run.phases if p.out_of_sample]:
+        lines.extend(f"out of sample ({p.name}): {oos_headline(p.out_of_sample)}" for p in tests)
+    sweeps = [p for p in run.phases if p.overfitting and not p.overfitting.get("error")]
+    if 0 < len(sweeps) <= 3:
+        lines.extend(f"overfitting ({p.name}): {overfitting_headline(p.overfitting)}" for p in sweeps)
+    elif sweeps:
+        lines.append(f"overfitting: {overfitting_mean(sweeps)}")
+    return lines
+
+
 def render_results(run_dir: Path, style: Style) -> str:
-    """Best parameters and metrics per phase of the run stored in ``run_dir``."""
+    """The method's out-of-sample result, then the selection and metrics per phase of the run in ``run_dir``."""
     run = load_run(run_dir)
     m = style.missing
     lines = [render_kv({"run": run.run_id, "status": run.status, "type": run.workflow_type, "path": str(run_dir)},
                        style=style, title="Run")]
+    if honest := _honest_lines(run):
+        lines.append(style.bold("Result") + "\n" + "\n".join(honest))
     rows = []
     metric_names: list[str] = []
     for phase in run.phases:
@@ -175,11 +205,19 @@ def render_results(run_dir: Path, style: Style) -> str:
     shown = [n for n in ("total_return", "sharpe", "max_drawdown", "n_trades", "win_rate") if n in metric_names]
     for phase in run.phases:
         metrics = phase.best_metrics or {}
-        objective_value = metrics.get(phase.objective or "")
+        objective_value = fmt_number(metrics.get(phase.objective or ""), m)
         params = ", ".join(f"{k}={fmt_number(v)}" for k, v in (phase.best_params or {}).items()) or m
-        rows.append([phase.name, phase.status, phase.objective, fmt_number(objective_value, m), params,
-                     *[fmt_number(metrics.get(n), m) for n in shown]])
-    headers = ["phase", "status", "objective", "value", "best parameters", *shown]
+        if phase.out_of_sample:  # the method's mean, not the best single cell
+            oos = phase.out_of_sample
+            objective_value = f"{fmt_number(oos.get('mean'), m)} (mean of {oos.get('n_symbols')})"
+            params, metrics = "training's selection, as handed", {}
+        luck = m
+        if phase.overfitting and not phase.overfitting.get("error"):
+            o = phase.overfitting
+            luck = f"{fmt_number(o.get('dsr'), m, digits=2)} / {fmt_percent(o.get('pbo'), m, digits=0)}"
+        rows.append([phase.name, phase.status, phase.objective, objective_value, params,
+                     *[fmt_number(metrics.get(n), m) for n in shown], luck])
+    headers = ["phase", "status", "objective", "value", "best parameters", *shown, "DSR / PBO"]
     lines.append(render_table(headers, rows, style=style, title="Phases", empty="(no phases written yet)"))
     problems = []
     if run.manifest.get("error"):

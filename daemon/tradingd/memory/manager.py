@@ -133,7 +133,13 @@ class MemoryManager:
         return self.cache_dir / f"{name}.cache"
 
     def load_persisted(self) -> dict[str, int]:
-        """Load every persistent cache's file (expired entries skipped); entries loaded per cache."""
+        """Load every persistent cache's file (expired entries skipped); entries loaded per cache.
+
+        Reads the state secret first, whether or not a cache file exists, so a
+        damaged ``secret.key`` stops start-up (:class:`SecretError`) rather than
+        the first save.
+        """
+        self._load_secret()
         loaded: dict[str, int] = {}
         for name, cache in self.caches.items():
             if not cache.persistent:

@@ -86,18 +86,31 @@ def _draw(directory: Path, name: str, draw: Callable[..., bytes], *args: object)
     return path
 
 
+def _equity_plot(phase: PhaseData) -> tuple[str, EquityCurve, EquityCurve | None] | None:
+    """The equity worth showing: the selection's (several symbols equally weighted), else one recorded curve."""
+    method = phase.method_equity()
+    if method is not None and len(method[0].values) >= 2:
+        mixed, benchmark = method
+        symbols = sum(1 for indices in phase.selection_by_symbol.values() if indices)
+        who = f"on {mixed.symbol}" if mixed.symbol else f"{symbols} symbols equally weighted"
+        return f"{phase.name}: equity of each symbol's top-ranked selection ({who})", mixed, benchmark
+    curve = phase.selected_equity()
+    if curve is None or len(curve.values) < 2:
+        return None
+    params = ", ".join(f"{k}={v}" for k, v in (phase.best_params or {}).items())
+    title = f"{phase.name}: equity of combination {curve.index}" + (f" ({params})" if params else "")
+    title += f" on {curve.symbol}" if curve.symbol else ""
+    hold = phase.buy_and_hold.get(curve.symbol or "")
+    return title, curve, EquityCurve(hold, curve.times, curve.symbol) if hold else None
+
+
 def _phase_plots(phase: PhaseData, heatmap: Heatmap | None) -> dict[str, Path]:
     out: dict[str, Path] = {}
     directory = phase.path
-    curve = phase.selected_equity()
-    if curve is not None and len(curve.values) >= 2:
-        params = ", ".join(f"{k}={v}" for k, v in (phase.best_params or {}).items())
-        if curve.index == phase.best_index:
-            title = f"{phase.name}: equity of the selection" + (f" ({params})" if params else "")
-        else:
-            title = f"{phase.name}: equity of combination {curve.index}"
-        title += f" on {curve.symbol}" if curve.symbol else ""
-        if (p := _draw(directory, "equity.png", _plots.equity_drawdown_png, curve, title)) is not None:
+    found = _equity_plot(phase)
+    if found is not None:
+        title, curve, benchmark = found
+        if (p := _draw(directory, "equity.png", _plots.equity_drawdown_png, curve, title, benchmark)) is not None:
             out["equity"] = p
     if heatmap is not None and heatmap.filled:
         p = _draw(directory, "heatmap.png", _plots.heatmap_png, heatmap)
@@ -109,6 +122,24 @@ def _phase_plots(phase: PhaseData, heatmap: Heatmap | None) -> dict[str, Path]:
         p = _draw(directory, "trade_returns.png", _plots.returns_histogram_png, returns, title)
         if p is not None:
             out["returns"] = p
+    strip = [(str(r.get("symbol")), float(r["objective"])) for r in phase.out_of_sample.get("per_symbol") or []
+             if isinstance(r, dict) and isinstance(r.get("objective"), int | float)]
+    if strip:
+        title = f"{phase.name}: {phase.objective} of each symbol's training selection, out of sample"
+        p = _draw(directory, "oos_strip.png", _plots.strip_png, strip, phase.objective or "objective", title)
+        if p is not None:
+            out["oos_strip"] = p
+    histogram = phase.overfitting.get("logit_histogram") or {}
+    if isinstance(histogram, dict) and histogram.get("counts"):
+        pbo = phase.overfitting.get("pbo")
+        title = f"{phase.name}: CSCV, {phase.overfitting.get('splits')} splits"
+        groups = histogram.get("groups")
+        if isinstance(groups, int) and groups > 1:
+            title += f" x {groups} symbols"
+        p = _draw(directory, "pbo_logits.png", _plots.logit_histogram_png, histogram["edges"], histogram["counts"],
+                  pbo if isinstance(pbo, int | float) else None, title)
+        if p is not None:
+            out["pbo_logits"] = p
     return out
 
 
@@ -125,7 +156,7 @@ def write_phase_report(
     call :func:`publish_phase_report` from the event loop.
     """
     phase = load_phase(Path(phase_dir), status=status, error=error)
-    heatmap = build_heatmap(phase.combinations, phase.objective)
+    heatmap = build_heatmap(phase.combinations, phase.objective, phase.selected_cells())
     enabled = _plots_enabled()
     written = _phase_plots(phase, heatmap) if enabled else {}
     names: dict[str, str | None] = {key: path.name for key, path in written.items()}
@@ -176,7 +207,7 @@ def out_of_sample_segments(run: RunData) -> list[tuple[str, EquityCurve]]:
     return segments
 
 
-def write_run_report(run_dir: Path | str) -> RunReport:
+def write_run_report(run_dir: Path | str, *, status: str | None = None) -> RunReport:
     """Write ``<run_dir>/report.html``: phases with their selections and links to their reports.
 
     A walk-forward run (phases with a ``window`` in their summary) also gets
@@ -184,11 +215,21 @@ def write_run_report(run_dir: Path | str) -> RunReport:
     chained so each window starts where the previous one ended.
     """
     run = load_run(Path(run_dir))
+    if status is not None:  # the run's final status, written to the manifest after the report
+        run.manifest["status"] = status
     segments = out_of_sample_segments(run)
     windows = len({p.window for p in run.phases if p.window is not None})
     written: dict[str, Path] = {}
     enabled = _plots_enabled()
-    if enabled and segments:
+    curves = run.out_of_sample.get("pooled_curves") or {}
+    if enabled and isinstance(curves, dict) and curves.get("strategy"):
+        title = (f"run {run.run_id}: out-of-sample equity across {run.out_of_sample.get('windows')} windows, "
+                 f"{(run.out_of_sample.get('pooled') or {}).get('symbols')} symbols equally weighted")
+        p = _draw(run.path, "oos_equity.png", _plots.oos_curves_png, curves["strategy"], curves.get("buy_and_hold"),
+                  run.out_of_sample.get("window_bars") or [], title)
+        if p is not None:
+            written["oos_equity"] = p
+    elif enabled and segments:
         title = f"run {run.run_id}: out-of-sample equity across {len(segments)} windows"
         if (p := _draw(run.path, "oos_equity.png", _plots.stitched_equity_png, segments, title)) is not None:
             written["oos_equity"] = p
@@ -215,10 +256,10 @@ async def publish_phase_report(
         return None
 
 
-async def publish_run_report(run_dir: Path | str) -> RunReport | None:
+async def publish_run_report(run_dir: Path | str, *, status: str | None = None) -> RunReport | None:
     """:func:`write_run_report` in a worker thread; logs and returns ``None`` on failure."""
     try:
-        return await asyncio.to_thread(write_run_report, run_dir)
+        return await asyncio.to_thread(write_run_report, run_dir, status=status)
     except Exception:
         log.exception("could not write the report for run %s", run_dir)
         return None

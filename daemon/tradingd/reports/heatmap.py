@@ -7,7 +7,7 @@ plain data the report can also print as a table and tests can check.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tradingd.formatting import finite_number
@@ -27,6 +27,7 @@ class Heatmap:
     y_values: list[Any]
     cells: list[list[float | None]]
     folded: list[str]  # other swept parameters (best value kept) and symbols (averaged)
+    selected: list[tuple[int, int]] = field(default_factory=list)  # (row, col) of selected combinations
 
     @property
     def filled(self) -> int:
@@ -53,12 +54,14 @@ def swept_parameters(combinations: Sequence[Combination]) -> list[str]:
     return [name for name, values in seen.items() if len(values) > 1]
 
 
-def build_heatmap(combinations: Sequence[Combination], objective: str | None) -> Heatmap | None:
+def build_heatmap(combinations: Sequence[Combination], objective: str | None,
+                  selected: Sequence[Combination] = ()) -> Heatmap | None:
     """The objective over the first two swept parameters, or ``None`` if fewer than two are swept.
 
     Several symbols are averaged per parameter combination (the objective a
     portfolio of them would rank by); further swept parameters are folded by
     keeping their best value, so each cell shows the best the phase found there.
+    The cells of the ``selected`` combinations are listed in ``selected``.
     """
     if not objective:
         return None
@@ -88,5 +91,13 @@ def build_heatmap(combinations: Sequence[Combination], objective: str | None) ->
     cells = [[cell_values.get((x, y)) for x in xs] for y in ys]
     folded = [f"{name} (best)" for name in swept[2:]]
     if len({c.symbol for c in combinations}) > 1:
-        folded.append("symbols (mean)")
-    return Heatmap(objective, x_name, y_name, xs, ys, cells, folded)
+        counts = {len(values) for values in per_combo.values()}
+        if counts == {1}:  # a testing phase: each combination was tested where it was selected
+            folded.append("one symbol per combination")
+        elif len(counts) > 1:
+            folded.append(f"symbols (mean of {min(counts)}–{max(counts)} per combination)")
+        else:
+            folded.append("symbols (mean)")
+    marks = {(_hashable(c.params.get(x_name)), _hashable(c.params.get(y_name))) for c in selected}
+    chosen = sorted((ys.index(y), xs.index(x)) for x, y in marks if x in xs and y in ys)
+    return Heatmap(objective, x_name, y_name, xs, ys, cells, folded, chosen)

@@ -7,6 +7,8 @@ Reports depend only on the results layout (DESIGN §4), never on live objects:
     <run>/<phase>/aggregate_results.json   selection (by_params), ranking, best_by_symbol
     <run>/<phase>/containers/<id>.json     metrics rows, equity curves, trade records, errors
     <run>/<phase>/events/<id>.jsonl        POSITION_CLOSE events (trade returns, disk storage)
+    <run>/<phase>/buy_and_hold.json        the symbols' buy-and-hold growth over the phase's bars
+    <run>/out_of_sample.json               walk-forward: the stitched out-of-sample summary
 
 The readers are tolerant: a missing or unreadable file, or a field not there,
 leaves that part empty and the report says so. docs/dashboard.md lists the
@@ -129,6 +131,11 @@ class PhaseData:
     containers: dict[str, int] = field(default_factory=dict)
     container_errors: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    selection_scope: str | None = None
+    report_top: int | None = None
+    out_of_sample: dict[str, Any] = field(default_factory=dict)  # testing: the method's result
+    overfitting: dict[str, Any] = field(default_factory=dict)  # sweeps: PSR, DSR, PBO
+    buy_and_hold: dict[str, list[float]] = field(default_factory=dict)  # symbol -> growth of 1 per bar
 
     @property
     def failed(self) -> bool:
@@ -143,6 +150,40 @@ class PhaseData:
             if self._is_selected(curve.symbol, curve.index):
                 return curve
         return self.equity[0] if self.equity else None
+
+    def selected_cells(self) -> list[Combination]:
+        """Each symbol's top-ranked selection (what the next phase tests first, or was handed)."""
+        lookup = {(c.symbol, c.index): c for c in self.combinations}
+        found = (lookup.get((symbol, indices[0])) for symbol, indices in sorted(self.selection_by_symbol.items())
+                 if indices)
+        return [c for c in found if c is not None]
+
+    def method_equity(self) -> tuple[EquityCurve, EquityCurve | None] | None:
+        """Equal-weight equity of every symbol's top-ranked selection, and buy-and-hold of the same symbols.
+
+        Each curve is scaled to start at 1 before averaging (a portfolio that
+        splits its capital equally and does not rebalance). Only the selection
+        counts: picking by this phase's own results would look ahead.
+        """
+        curves: list[EquityCurve] = []
+        holds: list[list[float]] = []
+        for symbol, indices in sorted(self.selection_by_symbol.items()):
+            found = next((c for c in self.equity if indices and c.symbol == symbol and c.index == indices[0]), None)
+            if found is not None and found.values and found.values[0] > 0:
+                curves.append(found)
+                hold = self.buy_and_hold.get(symbol)
+                if hold and len(hold) == len(found.values):
+                    holds.append(hold)
+        if not curves:
+            return None
+        length = min(len(c.values) for c in curves)
+        mean = [sum(c.values[i] / c.values[0] for c in curves) / len(curves) for i in range(length)]
+        times = curves[0].times[:length] if curves[0].times else None
+        only = curves[0].symbol if len(curves) == 1 else None
+        benchmark = None
+        if len(holds) == len(curves):
+            benchmark = EquityCurve([sum(h[i] for h in holds) / len(holds) for i in range(length)], times, only)
+        return EquityCurve(mean, times, only, None), benchmark
 
     def selected_trade_returns(self) -> tuple[list[float], bool]:
         """Trade returns of the selection if any were recorded, else of every combination; and which."""
@@ -160,6 +201,7 @@ class RunData:
     path: Path
     manifest: dict[str, Any]
     phases: list[PhaseData]
+    out_of_sample: dict[str, Any] = field(default_factory=dict)  # walk-forward: out_of_sample.json
 
     @property
     def status(self) -> str:
@@ -272,6 +314,14 @@ def load_phase(phase_dir: Path, *, status: str | None = None, error: str | None 
     phase.window = _int(summary.get("window"))
     phase.objective = str(summary.get("objective") or aggregate.get("objective") or "") or None
     phase.source_phase = str(summary.get("source_phase") or "") or None
+    phase.report_top = _int(summary.get("report_top"))
+    phase.out_of_sample = _dict(summary.get("out_of_sample"))
+    phase.overfitting = _dict(summary.get("overfitting"))
+    phase.selection_scope = str(_dict(aggregate.get("selection")).get("scope") or "") or None
+    for symbol, curve in _dict(_dict(read_json(phase_dir / "buy_and_hold.json")).get("curves")).items():
+        numbers = [finite_number(v) for v in _list(curve)]
+        if numbers and all(v is not None for v in numbers):
+            phase.buy_and_hold[str(symbol)] = [v for v in numbers if v is not None]
     for symbol, indices in _dict(_dict(aggregate.get("selection")).get("by_symbol")).items():
         phase.selection_by_symbol[str(symbol)] = [i for i in map(_int, _list(indices)) if i is not None]
     containers_dir = phase_dir / "containers"
@@ -315,4 +365,4 @@ def load_run(run_dir: Path) -> RunData:
     manifest = _dict(read_json(run_dir / "manifest.json"))
     phases = [load_phase(p) for p in _phase_order(run_dir, manifest)] if run_dir.is_dir() else []
     return RunData(run_id=str(manifest.get("run_id") or manifest.get("id") or run_dir.name), path=run_dir,
-                   manifest=manifest, phases=phases)
+                   manifest=manifest, phases=phases, out_of_sample=_dict(read_json(run_dir / "out_of_sample.json")))

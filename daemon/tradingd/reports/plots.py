@@ -9,10 +9,12 @@ function returns PNG bytes; the caller writes them atomically.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from statistics import median
 from typing import Any
 
 from tradingd.reports.heatmap import Heatmap
@@ -21,9 +23,12 @@ from tradingd.reports.phase_data import EquityCurve
 __all__ = [
     "equity_drawdown_png",
     "heatmap_png",
+    "logit_histogram_png",
     "matplotlib_available",
+    "oos_curves_png",
     "returns_histogram_png",
     "stitched_equity_png",
+    "strip_png",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,11 +89,18 @@ def _drawdown(values: Sequence[float]) -> list[float]:
     return out
 
 
-def equity_drawdown_png(curve: EquityCurve, title: str) -> bytes:
-    """Equity on top, drawdown (as a fraction below the running peak) below."""
+_HOLD = {"color": "#6b7480", "linewidth": 1.1, "linestyle": "--", "label": "buy and hold"}
+
+
+def equity_drawdown_png(curve: EquityCurve, title: str, benchmark: EquityCurve | None = None) -> bytes:
+    """Equity on top (with buy-and-hold of the same bars, scaled to the same start), drawdown below."""
     fig, (top, bottom) = _figure(9, 5, rows=2, ratios=[3, 1])
     x = _x_axis(curve)
-    top.plot(x, curve.values, color="#2563eb", linewidth=1.4)
+    top.plot(x, curve.values, color="#2563eb", linewidth=1.4, label="strategy")
+    if benchmark is not None and len(benchmark.values) == len(curve.values) and benchmark.values[0]:
+        scale = curve.values[0] / benchmark.values[0]
+        top.plot(x, [v * scale for v in benchmark.values], **_HOLD)
+        top.legend(loc="upper left", fontsize=9)
     top.set_title(title, fontsize=11)
     top.set_ylabel("equity")
     top.grid(alpha=0.3)
@@ -108,7 +120,7 @@ def _percent_formatter() -> Any:
 
 
 def heatmap_png(heatmap: Heatmap) -> bytes:
-    """One coloured cell per swept combination, value written in cells when they fit."""
+    """One coloured cell per swept combination, value written in cells when they fit; selected cells boxed."""
     import numpy as np
 
     n_rows, n_cols = len(heatmap.y_values), len(heatmap.x_values)
@@ -134,14 +146,25 @@ def heatmap_png(heatmap: Heatmap) -> bytes:
                     colour = "black" if grid[row, col] > middle else "white"
                     ax.text(col + 0.5, row + 0.5, f"{grid[row, col]:.2g}", ha="center", va="center",
                             fontsize=7, color=colour)
+    from matplotlib.patches import Rectangle
+
+    for row, col in heatmap.selected:
+        ax.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor="#dc2626", linewidth=2.2))
+    if heatmap.selected:
+        ax.plot([], [], marker="s", linestyle="", markerfacecolor="none", markeredgecolor="#dc2626",
+                label=f"selected ({len(heatmap.selected)} cell{'s' if len(heatmap.selected) > 1 else ''})")
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize=8, frameon=False)
     return _png(fig)
 
 
 def returns_histogram_png(returns: Sequence[float], title: str) -> bytes:
     """Histogram of per-trade returns with the mean marked."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax,) = _figure(8, 3.6)
     bins = max(10, min(60, int(math.sqrt(len(returns))) * 2))
-    ax.hist(returns, bins=bins, color="#6366f1", alpha=0.85)
+    ax.hist(returns, bins=bins, color="#6366f1", alpha=0.85, edgecolor="white", linewidth=0.6)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of trades are whole numbers
     mean = sum(returns) / len(returns)
     ax.axvline(0.0, color="#111827", linewidth=0.8)
     ax.axvline(mean, color="#d97706", linewidth=1.5, linestyle="--", label=f"mean {mean:.2%}")
@@ -178,6 +201,69 @@ def stitched_equity_png(segments: Sequence[tuple[str, EquityCurve]], title: str)
         top.legend(fontsize=8, ncols=min(4, len(segments)))
     bottom.fill_between(all_x, _drawdown(all_values), 0, color="#dc2626", alpha=0.35, linewidth=0)
     bottom.set_ylabel("drawdown")
+    bottom.yaxis.set_major_formatter(_percent_formatter())
+    bottom.grid(alpha=0.3)
+    return _png(fig)
+
+
+def strip_png(values: Sequence[tuple[str, float]], objective: str, title: str) -> bytes:
+    """One dot per symbol on the objective's axis, with the mean and median marked."""
+    fig, (ax,) = _figure(8, 2.0 + 0.28 * len(values))
+    ordered = sorted(values, key=lambda item: item[1])
+    ys = list(range(len(ordered)))
+    colours = ["#16a34a" if v > 0 else "#dc2626" for _, v in ordered]
+    ax.scatter([v for _, v in ordered], ys, c=colours, s=36, zorder=3)
+    ax.set_yticks(ys, [name for name, _ in ordered], fontsize=8)
+    numbers = [v for _, v in ordered]
+    mean = sum(numbers) / len(numbers)
+    middle = median(numbers)
+    ax.axvline(0.0, color="#111827", linewidth=0.8)
+    ax.axvline(mean, color="#d97706", linewidth=1.5, linestyle="--", label=f"mean {mean:.3g}")
+    ax.axvline(middle, color="#2563eb", linewidth=1.2, linestyle=":", label=f"median {middle:.3g}")
+    ax.set_xlabel(objective)
+    ax.set_title(title, fontsize=11)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+def logit_histogram_png(edges: Sequence[float], counts: Sequence[int], pbo: float | None, title: str) -> bytes:
+    """The CSCV logit distribution; bars at or below 0 (overfit splits) in red."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax,) = _figure(8, 3.4)
+    lefts, widths = list(edges[:-1]), [b - a for a, b in itertools.pairwise(edges)]
+    colours = ["#dc2626" if left + width / 2 <= 0 else "#16a34a" for left, width in zip(lefts, widths, strict=True)]
+    ax.bar(lefts, counts, width=widths, align="edge", color=colours, alpha=0.85, edgecolor="white", linewidth=0.6)
+    ax.axvline(0.0, color="#111827", linewidth=1.0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("logit of the in-sample winner's out-of-sample rank (≤ 0: no better than the median)")
+    ax.set_ylabel("splits")
+    ax.set_title(title + (f" — PBO {pbo:.0%}" if pbo is not None else ""), fontsize=11)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def oos_curves_png(strategy: Sequence[float], hold: Sequence[float] | None, window_bars: Sequence[int],
+                   title: str) -> bytes:
+    """The pooled stitched out-of-sample growth of 1 beside buy-and-hold, windows marked."""
+    fig, (top, bottom) = _figure(10, 5, rows=2, ratios=[3, 1])
+    x = list(range(1, len(strategy) + 1))
+    top.plot(x, strategy, color="#2563eb", linewidth=1.4, label="strategy (out of sample)")
+    if hold is not None and len(hold) == len(strategy):
+        top.plot(x, hold, **_HOLD)
+    boundary = 0
+    for bars in window_bars[:-1]:
+        boundary += bars
+        for ax in (top, bottom):
+            ax.axvline(boundary + 0.5, color="#9ca3af", linewidth=0.6, linestyle=":")
+    top.set_title(title, fontsize=11)
+    top.set_ylabel("growth of 1")
+    top.legend(loc="upper left", fontsize=9)
+    top.grid(alpha=0.3)
+    bottom.fill_between(x, _drawdown(list(strategy)), 0, color="#dc2626", alpha=0.35, linewidth=0)
+    bottom.set_ylabel("drawdown")
+    bottom.set_xlabel("out-of-sample bar")
     bottom.yaxis.set_major_formatter(_percent_formatter())
     bottom.grid(alpha=0.3)
     return _png(fig)

@@ -30,7 +30,6 @@ import hmac
 import json
 import logging
 import os
-import pickle
 import shutil
 import struct
 import time
@@ -43,6 +42,7 @@ import blosc2
 
 from .atomic import atomic_create_bytes, atomic_write_bytes, fsync_dir
 from .chunks import BloscParams
+from .legacy import load_legacy_pickle
 from .payloads import decode_payload, encode_payload
 
 __all__ = [
@@ -258,7 +258,8 @@ def read_state(
     fails its magic, version, length, HMAC or decompression: such a file is
     moved into ``quarantine_dir`` with a warning, so the next start does not
     trip over it again. A legacy plain-pickle file (no magic, written by an
-    older version) is loaded and, with ``migrate``, rewritten in this format.
+    older version) is loaded through the restricted unpickler of
+    :mod:`tradingd.storage.legacy` and, with ``migrate``, rewritten in this format.
     Note that a stored ``None`` is indistinguishable from a failure.
     """
     path = Path(path)
@@ -292,12 +293,12 @@ def _read_legacy(
     migrate: bool,
     settings: CodecSettings | None,
 ) -> object | None:
-    # Legacy files predate authentication; the state dir (0700, owned by the
-    # daemon's user) is what vouches for them, once, before they are rewritten.
+    # Legacy files predate authentication: nothing vouches for them, so only
+    # numpy, pandas and builtin containers are rebuilt (never a callable).
     try:
-        obj: object = pickle.loads(data)
+        obj: object = load_legacy_pickle(data)
     except Exception as exc:
-        quarantine(path, quarantine_dir, reason=f"legacy pickle does not load: {type(exc).__name__}: {exc}")
+        quarantine(path, quarantine_dir, reason=f"legacy pickle refused: {type(exc).__name__}: {exc}")
         return None
     if migrate:
         try:
@@ -312,7 +313,7 @@ def quarantine(path: Path, quarantine_dir: Path, *, reason: str) -> Path | None:
     """Move ``path`` into ``quarantine_dir`` (never overwriting) and log why."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     try:
-        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = quarantine_dir / f"{path.name}.{stamp}"
         n = 1
         while target.exists():
@@ -345,10 +346,10 @@ def load_or_create_secret(state_dir: Path) -> bytes:
         secret = path.read_bytes()
         mode = path.stat().st_mode & 0o777
     except OSError as exc:
-        raise SecretError(f"cannot read the state secret {path}: {exc}") from exc
+        raise SecretError(f"state secret {path}: cannot read: {exc.strerror or exc}") from None
     if len(secret) != SECRET_BYTES:
         raise SecretError(
-            f"state secret {path} is {len(secret)} bytes, expected {SECRET_BYTES}; "
+            f"state secret {path}: is {len(secret)} bytes, expected {SECRET_BYTES}; "
             "restore it, or delete it to start over (existing state files will then be quarantined)"
         )
     if mode & 0o077:

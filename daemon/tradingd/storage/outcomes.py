@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["JOURNAL_FILE", "OutcomeJournal", "TradeOutcome"]
+__all__ = ["JOURNAL_FILE", "OutcomeJournal", "TradeOutcome", "salvage_outcomes"]
 
 log = logging.getLogger(__name__)
 
@@ -314,3 +314,23 @@ class OutcomeJournal:
                 conn.close()
             except sqlite3.Error as exc:
                 log.warning("closing an outcome journal connection failed: %s", exc)
+
+
+def salvage_outcomes(path: Path) -> list[TradeOutcome]:
+    """Every outcome still readable from a (damaged) journal file, best effort; never raises."""
+    out: list[TradeOutcome] = []
+    try:
+        conn = sqlite3.connect(path)
+    except sqlite3.Error:
+        return out
+    try:
+        rows = conn.execute(f"SELECT {_COLUMNS}, trade_key FROM outcomes ORDER BY id")
+        for row in rows:
+            run_id, strategy, symbol, params, side, entry, exit_, ep, xp, pnl, ret, regime, blob, key = row
+            out.append(TradeOutcome(run_id, strategy, symbol, json.loads(params), side, entry, exit_, ep, xp, pnl,
+                                    ret, regime, tuple(np.frombuffer(blob, dtype="<f8").tolist()), key))
+    except (sqlite3.Error, ValueError, TypeError):
+        pass  # what was read before the damage is kept
+    finally:
+        conn.close()
+    return out

@@ -20,6 +20,7 @@ __all__ = [
     "PROFIT_FACTOR_CAP",
     "TRADE_METRICS",
     "cagr",
+    "equity_metrics",
     "ratio",
     "trade_metrics",
     "validate_metric_names",
@@ -71,6 +72,64 @@ def cagr(total_return: Array, n_bars: int, periods_per_year: float) -> Array:
     log_growth = np.log(growth[alive]) * (periods_per_year / max(n_bars, 1))
     out[alive] = np.expm1(np.minimum(log_growth, _MAX_LOG_GROWTH))
     return out
+
+
+def equity_metrics(equity: Array, initial_equity: float, periods_per_year: float,
+                   names: Collection[str]) -> dict[str, Array]:
+    """Dense metrics of ``equity`` (bars x combinations, currency, >= 0).
+
+    Bar returns are ``E[t] / E[t-1] - 1`` with ``E[-1] = initial_equity``, so
+    the first bar's entry costs count; after a ruin (equity 0) returns are 0.
+    """
+    n, k = equity.shape
+    out: dict[str, Array] = {}
+    wanted = set(names)
+    if wanted & {"volatility", "sharpe", "sortino"}:
+        returns = np.empty_like(equity)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(equity[1:], equity[:-1], out=returns[1:])
+        returns[0] = equity[0] / initial_equity
+        returns -= 1.0
+        if not equity.min() > 0:  # a ruined combination: 0/0 after the ruin bar
+            returns[1:][equity[:-1] <= 0] = 0.0
+        mean = _column_sum(returns) / n
+        annual = np.sqrt(periods_per_year)
+        std = np.sqrt(_column_sum(np.square(returns - mean)) / (n - 1)) if n > 1 else np.zeros(k)
+        if "volatility" in wanted:
+            out["volatility"] = std * annual
+        if "sharpe" in wanted:
+            out["sharpe"] = ratio(mean, std) * annual
+        if "sortino" in wanted:
+            np.minimum(returns, 0.0, out=returns)
+            np.square(returns, out=returns)
+            downside = np.sqrt(_column_sum(returns) / n)
+            out["sortino"] = ratio(mean, downside) * annual
+    if wanted & {"max_drawdown", "max_drawdown_duration"}:
+        peak = np.maximum.accumulate(equity, axis=0)
+        np.maximum(peak, initial_equity, out=peak)
+        if "max_drawdown" in wanted:
+            drawdown = np.divide(equity, peak)
+            out["max_drawdown"] = 1.0 - drawdown.min(axis=0)
+        if "max_drawdown_duration" in wanted:
+            # Bars since the last bar at a peak (the initial equity is a peak at bar -1).
+            at_peak = equity >= peak
+            last_peak = np.where(at_peak, np.arange(n, dtype=np.int32)[:, None], np.int32(-1))
+            np.maximum.accumulate(last_peak, axis=0, out=last_peak)
+            underwater = np.arange(n, dtype=np.int32)[:, None] - last_peak
+            out["max_drawdown_duration"] = underwater.max(axis=0).astype(np.float64)
+    return out
+
+
+def _column_sum(values: Array) -> Array:
+    """Per-column sums that do not depend on how many columns the chunk has.
+
+    numpy sums axis 0 of a C-contiguous (n, k >= 2) array row by row
+    (sequentially), but a single column pairwise; a cumulative sum is
+    sequential in every case, so results are bit-identical for any chunking.
+    """
+    if values.shape[1] > 1:
+        return np.asarray(values.sum(axis=0), dtype=np.float64)
+    return np.asarray(np.cumsum(values, axis=0)[-1], dtype=np.float64)
 
 
 # Bar-return dispersion below this is floating-point noise, not risk: a flat equity

@@ -22,6 +22,7 @@ __all__ = [
     "EmaCrossover",
     "Momentum",
     "SmaCrossover",
+    "SmaTrendStops",
     "ZScoreMeanReversion",
     "crossing_block",
     "crossing_state",
@@ -278,4 +279,58 @@ class AdaptiveTrend(Strategy):
         votes = np.array([p["min_votes"] for p in checked], dtype=np.float64)
         out = ((up >= votes) & (up > down) & warm).astype(np.float64)
         out -= (down >= votes) & (down > up) & warm
+        return out
+
+
+class SmaTrendStops(Strategy):
+    """Long while SMA(fast) > SMA(slow) and close > SMA(trend); a stop-loss and a take-profit end a trade early.
+
+    A trade opens on the first bar of such a regime, at that bar's close
+    (the entry reference); it ends when the regime ends, or at the first bar
+    whose close is ``stop_loss`` below or ``take_profit`` above the entry close
+    (0 turns either off). After a stop or a target, the strategy stays flat
+    until the regime ends and begins again: exits are close-based decisions,
+    like every other target position, not intrabar orders.
+    """
+
+    name = "sma_trend_stops"
+    param_names = ("fast", "slow", "trend", "stop_loss", "take_profit")
+    defaults: ClassVar[Mapping[str, Any]] = {"trend": 100, "stop_loss": 0.05, "take_profit": 0.10}
+
+    def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        fast, slow = self._int(params, "fast", 1), self._int(params, "slow", 2)
+        if fast >= slow:
+            raise StrategyConstraintError(f"strategy {self.name!r}: fast ({fast}) must be < slow ({slow})")
+        return {"fast": fast, "slow": slow, "trend": self._int(params, "trend", 2),
+                "stop_loss": self._float(params, "stop_loss", 0.0, 1.0, hi_open=True),
+                "take_profit": self._float(params, "take_profit", 0.0)}
+
+    def warmup(self, params: Mapping[str, Any]) -> int:
+        return max(int(params["slow"]), int(params["trend"]))
+
+    def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+        checked = self.validate_grid(grid)
+        windows = sorted({p[key] for p in checked for key in ("fast", "slow", "trend")})
+        lines = indicator_matrix(data, "sma", windows, cache=cache)
+        where = {w: j for j, w in enumerate(windows)}
+
+        def line(key: str) -> Array:
+            return lines[:, [where[p[key]] for p in checked]]
+
+        close = np.asarray(data.close, dtype=np.float64)
+        # NaN (warm-up) compares False: no regime before every average exists.
+        regime = (line("fast") > line("slow")) & (close[:, None] > line("trend"))
+        start = regime.copy()
+        start[1:] &= ~regime[:-1]
+        rows = np.arange(data.n_bars)[:, None]
+        start_row = np.maximum.accumulate(np.where(start, rows, 0), axis=0)
+        ratio = close[:, None] / close[start_row]
+        stop = np.array([p["stop_loss"] for p in checked])
+        target = np.array([p["take_profit"] for p in checked])
+        hit = regime & (((stop > 0) & (ratio <= 1.0 - stop)) | ((target > 0) & (ratio >= 1.0 + target)))
+        # Hits since the regime began: the count now minus the count before its first bar.
+        hits = np.cumsum(hit, axis=0, dtype=np.int32)
+        before = np.take_along_axis(hits - hit, start_row, axis=0)
+        out: Array = (regime & (hits == before)).astype(np.float64)
         return out

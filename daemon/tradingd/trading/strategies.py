@@ -13,11 +13,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tradingd.trading.ml import MLClassifier
-from tradingd.trading.rules import AdaptiveTrend, EmaCrossover, Momentum, SmaCrossover, ZScoreMeanReversion
+from tradingd.trading.rules import (
+    AdaptiveTrend,
+    EmaCrossover,
+    Momentum,
+    SmaCrossover,
+    SmaTrendStops,
+    ZScoreMeanReversion,
+)
 from tradingd.trading.strategy import Strategy, StrategyConstraintError, StrategyError
 
 __all__ = [
     "MAX_GRID",
+    "check_search_space",
     "expand_grid",
     "expand_valid_grid",
     "get_strategy",
@@ -30,7 +38,7 @@ MAX_GRID = 1_000_000
 _REGISTRY: dict[str, Strategy] = {
     strategy.name: strategy
     for strategy in (SmaCrossover(), EmaCrossover(), Momentum(), ZScoreMeanReversion(), AdaptiveTrend(),
-                     MLClassifier())
+                     SmaTrendStops(), MLClassifier())
 }
 
 
@@ -112,3 +120,24 @@ def expand_valid_grid(strategy: str, grid: Mapping[str, Sequence[Any]], *,
     if not valid:
         raise StrategyError(f"no valid parameter combination in the grid ({dropped} dropped as inconsistent)")
     return valid, dropped
+
+
+def check_search_space(strategy: str, grid: Mapping[str, Sequence[Any]]) -> None:
+    """Check every value of a search space without expanding it (StrategyError names the bad one).
+
+    Each axis is varied alone from the first value of every other axis (the
+    strategy's error names the parameter and value); combinations that merely
+    do not fit together (StrategyConstraintError) are fine here, since a
+    search skips them.
+    """
+    impl = get_strategy(strategy)
+    for key, values in grid.items():
+        if not values:
+            raise StrategyError(f"parameter {key!r} has no values")
+    base = {key: values[0] for key, values in grid.items()}
+    for key, values in grid.items():
+        for value in values:
+            try:
+                impl.validate_params({**base, key: value})
+            except StrategyConstraintError:
+                continue

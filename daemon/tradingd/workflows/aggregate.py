@@ -10,12 +10,13 @@ to an uninterrupted one. Timings and other per-attempt facts go to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tradingd.trading.metrics import HIGHER_IS_BETTER
 from tradingd.workflows.layout import PhaseLayout, read_json
+from tradingd.workflows.out_of_sample import method_result
 from tradingd.workflows.spec import SelectionSpec
 
 __all__ = ["AGGREGATE_FORMAT", "PhaseFacts", "aggregate_phase"]
@@ -49,8 +50,15 @@ def aggregate_phase(
     objective: str,
     selection: SelectionSpec,
     report_top: int,
+    handed: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[dict[str, Any], PhaseFacts]:
-    """Read the phase's container files; return the aggregate document and the facts."""
+    """Read the phase's container files; return the aggregate document and the facts.
+
+    ``handed`` is the selection a testing phase was given by its training
+    phase: it is kept as the phase's ``selection`` in the order given (never
+    re-ranked by test results) and the ``out_of_sample`` section reports
+    what it achieved (:func:`~tradingd.workflows.out_of_sample.method_result`).
+    """
     facts = PhaseFacts()
     rows: list[dict[str, Any]] = []
     for container_id in sorted(container_ids):
@@ -92,8 +100,11 @@ def aggregate_phase(
         "ranking": [_ranked(i, row, objective) for i, row in enumerate(ranked[:report_top], start=1)],
         "best_by_symbol": {symbol: _ranked(1, found[0], objective) for symbol, found in sorted(by_symbol.items())},
         "by_params": by_params[:report_top],
-        "selection": _select(by_symbol, by_params, selection),
+        "selection": _select(by_symbol, by_params, selection) if handed is None
+        else _as_handed(handed, rows, selection),
     }
+    if handed is not None:
+        aggregate["out_of_sample"] = method_result(rows, handed, objective, ranked[0] if ranked else None)
     return aggregate, facts
 
 
@@ -152,6 +163,21 @@ def _select(by_symbol: dict[str, list[dict[str, Any]]], by_params: list[dict[str
         "top": selection.top,
         "by_symbol": chosen,
         "params": {str(i): params[i] for i in sorted({i for ids in chosen.values() for i in ids})},
+    }
+
+
+def _as_handed(handed: Mapping[str, Sequence[int]], rows: list[dict[str, Any]],
+               selection: SelectionSpec) -> dict[str, Any]:
+    """The selection a testing phase was handed, in the order training ranked it."""
+    chosen = {symbol: [int(i) for i in indices] for symbol, indices in sorted(handed.items())}
+    params = {r["index"]: r["params"] for r in rows}
+    wanted = sorted({i for ids in chosen.values() for i in ids})
+    return {
+        "scope": selection.scope,
+        "top": selection.top,
+        "by_symbol": chosen,
+        "params": {str(i): params[i] for i in wanted if i in params},
+        "as_handed_by": "training",
     }
 
 

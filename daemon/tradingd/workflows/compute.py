@@ -22,8 +22,10 @@ from tradingd.trading.data import DataError, MarketData
 from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, run_sweep
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_market_data, load_sample_data
+from tradingd.trading.outcome_filter import FilterConfig, HistoryPositions
 from tradingd.trading.simulation import BacktestConfig
 from tradingd.trading.strategies import get_strategy
+from tradingd.trading.strategy import Strategy
 from tradingd.workflows.datastore import DataRef, load_store, resolve_market_data
 from tradingd.workflows.spec import SAFE_NAME, EventType, RetentionPolicy
 from tradingd.workflows.tracing import EventTracer, encode_events, trade_events
@@ -32,6 +34,7 @@ __all__ = [
     "BatchOutput",
     "BatchTask",
     "TraceConfig",
+    "backtest_config",
     "data_range",
     "load_data",
     "run_batch",
@@ -63,8 +66,11 @@ class BatchTask:
     backtest: Mapping[str, Any]
     trace: TraceConfig
     models: tuple[Any, ...] | None = None
+    # Testing with spec.outcome_filter: the symbol's bars up to the batch's last bar, and the section.
+    history: MarketData | DataRef | None = None
+    outcome_filter: Mapping[str, Any] | None = None
     # The sweep's byte budget (e.g. the container's memory grant; see
-    # trading.sweep_plan.estimate_sweep_bytes); None: the engine default.
+    # trading.engine.estimate_sweep); None: the engine default.
     chunk_bytes: int | None = None
 
 
@@ -91,7 +97,7 @@ def data_range(data: MarketData) -> dict[str, Any]:
     }
 
 
-def _backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
+def backtest_config(spec: Mapping[str, Any], periods_per_year: float | None = None) -> BacktestConfig:
     """The engine config for a spec's ``backtest`` section."""
     return BacktestConfig(
         fill=spec.get("fill", "close"),
@@ -116,11 +122,22 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
     data = resolve_market_data(task.data)
     trace = task.trace
     want_trades = bool(_TRADE_EVENTS.intersection(trace.types))
+    strategy: str | Strategy = task.strategy
+    unfiltered: list[dict[str, float]] | None = None
+    if task.outcome_filter is not None and task.history is not None:
+        # The same targets without the filter, on the same warm history: the side-by-side baseline.
+        history = resolve_market_data(task.history)
+        base = get_strategy(task.strategy)
+        unfiltered = run_sweep(data, HistoryPositions(base, history), list(task.params),
+                               backtest_config(task.backtest), cache=cache, should_stop=should_stop,
+                               models=list(task.models) if task.models is not None else None,
+                               chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES).metric_rows()
+        strategy = HistoryPositions(base, history, FilterConfig.from_spec(task.outcome_filter, task.backtest))
     result = run_sweep(
         data,
-        task.strategy,
+        strategy,
         list(task.params),
-        _backtest_config(task.backtest),
+        backtest_config(task.backtest),
         cache=cache,
         models=list(task.models) if task.models is not None else None,
         keep_trades_for="all" if want_trades else None,
@@ -132,6 +149,10 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         {"index": index, "params": dict(params), "metrics": metrics}
         for index, params, metrics in zip(task.indices, result.params, result.metric_rows(), strict=True)
     ]
+    if unfiltered is not None and isinstance(strategy, HistoryPositions):
+        for row, baseline, tally in zip(rows, unfiltered, strategy.tallies, strict=True):
+            row["unfiltered_metrics"] = baseline
+            row["outcome_filter"] = tally.as_dict()
     tracer = EventTracer(trace.types, trace.policy, trace.window)
     equity_times: list[str] = []
     if trace.track_equity:

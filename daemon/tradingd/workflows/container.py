@@ -8,7 +8,16 @@ An async context manager::
 
 Teardown runs on success, on an exception (status ``failed``, with the error)
 and on cancellation (status ``cancelled``); it never swallows the exception.
-It is synchronous, so a second cancellation cannot interrupt the write.
+Every durable write (closing the event stream, the result file, the journal)
+is one job for the run's :class:`~tradingd.workflows.writer.DurableWriter`:
+the loop only waits, and the wait is shielded, so a second cancellation cannot
+interrupt the write. Stream appends happen in a worker thread as batches end.
+
+A completed container with closed trades and a :class:`TradeJournal` is not
+``completed`` on disk until its trades are safe: the journal marker is staged
+first, then the result file (which holds every trade and its journal entry)
+is written, then the journal is appended and the marker removed. A journal
+that cannot be written leaves the marker, and the outbox retries it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +41,12 @@ from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
 from tradingd.workflows.executor import Executor
+from tradingd.workflows.file_worker import FileWorker
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.spec import PhaseSettings
 from tradingd.workflows.tracing import EventStream, empty_summary, merge_summaries
+from tradingd.workflows.trades import ClosedTrades, TradeJournal
+from tradingd.workflows.writer import DurableWriter
 
 __all__ = [
     "CONTAINER_FORMAT",
@@ -44,7 +56,7 @@ __all__ = [
     "ContainerStatus",
     "ModelStore",
     "RunServices",
-    "TradeSink",
+    "TradeJournal",
     "load_completed",
 ]
 
@@ -75,29 +87,6 @@ class ModelStore(Protocol):
     def __contains__(self, key: str) -> bool: ...
 
 
-@dataclass(frozen=True)
-class ClosedTrades:
-    """The closed trades of one completed container, for the outcome journal.
-
-    Each trade is a folded ``trade_complete`` record (see tracing.py) plus the
-    combination's parameters; ``(run_id, phase, container_id, trade)`` is unique.
-    ``data`` is the bars the container ran on (``entry_bar``/``exit_bar`` index
-    it), for sinks that record market features at entry.
-    """
-
-    run_id: str
-    phase: str
-    container_id: str
-    symbol: str
-    strategy: str
-    trades: list[dict[str, Any]]
-    data: MarketData
-
-
-# Called from a worker thread (it may do blocking I/O such as SQLite); must be thread-safe.
-TradeSink = Callable[[ClosedTrades], None]
-
-
 @dataclass
 class RunServices:
     """What containers may use besides the executor; every piece is optional."""
@@ -106,9 +95,15 @@ class RunServices:
     indicator_cache: IndicatorCache | None = None
     models: ModelStore | None = None
     admission: AdmissionGate | None = None
-    on_trades: TradeSink | None = None
+    journal: TradeJournal | None = None
+    # The one writer of durable files (its thread starts with the first write).
+    writer: DurableWriter = field(default_factory=DurableWriter)
+    # Aggregation and reports (whole-file JSON parses); the daemon's runs them in a helper process.
+    files: FileWorker = field(default_factory=lambda: FileWorker(use_process=False))
     # Models trained in this process, for when there is no registry (one-shot runs).
     local_models: dict[str, Any] = field(default_factory=dict)
+    # Where smart searches keep their Optuna studies (default: the run's results dir).
+    search_dir: Path | None = None
 
 
 def load_completed(path: Path, *, container_id: str, fingerprint: str) -> dict[str, Any] | None:
@@ -146,6 +141,8 @@ class Container:
         fingerprint: str,
         services: RunServices,
         batch_size: int,
+        history: MarketData | None = None,
+        outcome_filter: Mapping[str, Any] | None = None,
     ) -> None:
         self.id = container_id
         self.run_id = run_id
@@ -166,6 +163,8 @@ class Container:
         self._services = services
         self._batch_size = max(1, batch_size)
         self._models: list[Any] | None = None
+        self._history = history  # outcome_filter: the bars up to this container's last one
+        self._outcome_filter = dict(outcome_filter) if outcome_filter is not None else None
         self._trace = TraceConfig(
             types=settings.event_tracing,
             policy=settings.retention_policy,
@@ -178,6 +177,8 @@ class Container:
         self._equity: dict[str, list[float]] = {}
         self._equity_times: list[str] = []
         self._stream: EventStream | None = None
+        self._writer = services.writer
+        self._trades: tuple[ClosedTrades, list[dict[str, Any]]] | None = None  # waiting for the journal
         self._stop = threading.Event()  # tells a running batch (thread executor) to give up
         self._started_at = 0.0
         self._started = 0.0
@@ -212,16 +213,18 @@ class Container:
         self._peak_rss = psutil.Process().memory_info().rss
         try:
             if self._trace.stream:
-                self._stream = EventStream(self.layout.events(self.id))
+                # Opening and appending to the stream are not the durable part (its close is, on the
+                # writer): a worker thread, so a container never waits behind another's result file.
+                self._stream = await asyncio.to_thread(EventStream, self.layout.events(self.id))
         except BaseException as exc:
-            self._teardown(exc)
+            await self._teardown(exc)
             raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> Literal[False]:
-        self._teardown(exc)
+        await self._teardown(exc)
         return False
 
     async def run(self) -> None:
@@ -241,10 +244,14 @@ class Container:
                 backtest=self._backtest,
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
+                history=self._history,
+                outcome_filter=self._outcome_filter,
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
-        await self._send_trades()
+            if self._stream is not None and output.events:
+                await asyncio.to_thread(self._stream.write, output.events)
+        await self._prepare_trades()
 
     def _absorb(self, output: BatchOutput) -> None:
         self._rows.extend(output.rows)
@@ -254,13 +261,12 @@ class Container:
         self._compute_seconds += output.compute_seconds
         self._peak_rss = max(self._peak_rss, output.rss_bytes)
         self._batches_done += 1
-        if self._stream is not None and output.events:
-            self._stream.write(output.events)
 
-    async def _send_trades(self) -> None:
-        sink = self._services.on_trades
+    async def _prepare_trades(self) -> None:
+        """Compute the trades' journal entries (market features at entry: CPU, so off the loop)."""
+        journal = self._services.journal
         trades = self._summary.get("trades")
-        if sink is None or not trades or self._data is None:
+        if journal is None or not trades or self._data is None:
             return
         by_index = {row["index"]: row["params"] for row in self._rows}
         batch = ClosedTrades(
@@ -271,14 +277,11 @@ class Container:
             strategy=self.strategy,
             trades=[{**trade, "params": by_index.get(trade["combo"], {})} for trade in trades],
             data=self._data,
+            backtest=self._backtest,
         )
-        try:
-            await asyncio.to_thread(sink, batch)
-        except Exception:
-            # The journal is a by-product; a failing sink must not fail the backtest.
-            log.exception("trade sink failed for container %s/%s", self.phase, self.id)
+        self._trades = (batch, await asyncio.to_thread(journal.prepare, batch))
 
-    def _teardown(self, exc: BaseException | None) -> None:
+    async def _teardown(self, exc: BaseException | None) -> None:
         if exc is None:
             self.status = "completed"
         elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
@@ -287,21 +290,21 @@ class Container:
         else:
             self.status = "failed"
             self.error = exc
-        finished_at = time.time()
-        stream_error: BaseException | None = None
-        if self._stream is not None:
-            try:
-                self._stream.close()
-            except OSError as err:
-                stream_error = err
-                log.error("container %s/%s: closing the event stream failed: %s", self.phase, self.id, err)
-        doc = self._document(finished_at, exc, stream_error)
         try:
-            atomic_write_json(self.path, doc)
+            # Shielded: a second cancellation abandons this wait, never the write.
+            await self._writer.call(self._write_result, exc, time.time())
+        except OSError as err:
+            # No result file (a full disk...): whatever it computed, the container did not complete.
+            self.status, self.error = "failed", err
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc from err  # a cancellation stays a cancellation
+            raise
         finally:
             # Drop what the result held; the file is the record from now on.
             self._data = None
+            self._history = None
             self._models = None
+            self._trades = None
             self._rows = []
             self._equity = {}
             self._equity_times = []
@@ -309,8 +312,32 @@ class Container:
                                           self.settings.retention_window)
         log.debug("container %s/%s %s", self.phase, self.id, self.status)
 
-    def _document(self, finished_at: float, exc: BaseException | None,
-                  stream_error: BaseException | None) -> dict[str, Any]:
+    def _write_result(self, exc: BaseException | None, finished_at: float) -> None:
+        """On the writer thread: close the stream, stage the trades, write the result, journal them."""
+        stream_error: BaseException | None = None
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except OSError as err:
+                stream_error = err
+                log.error("container %s/%s: closing the event stream failed: %s", self.phase, self.id, err)
+        journal = self._services.journal
+        pending = self._trades if self.status == "completed" and journal is not None else None
+        marker = self.layout.journal_marker(self.id)
+        if pending is not None and journal is not None:
+            try:
+                journal.stage(marker)
+            except OSError as err:
+                # Without the marker nothing would retry the journal: not completed.
+                self.status, self.error, exc, pending = "failed", err, err, None
+                log.error("container %s/%s: cannot stage its trades for the journal: %s", self.phase, self.id, err)
+        doc = self._document(finished_at, exc, stream_error, pending[1] if pending is not None else None)
+        atomic_write_json(self.path, doc)
+        if pending is not None and journal is not None:
+            journal.commit(marker, *pending)
+
+    def _document(self, finished_at: float, exc: BaseException | None, stream_error: BaseException | None,
+                  journal: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         events: dict[str, Any] = dict(self._summary)
         events["storage"] = self.settings.results_storage
         if self._stream is not None:
@@ -342,6 +369,8 @@ class Container:
         }
         if self._equity:
             doc["equity"] = {"timestamps": self._equity_times, "curves": self._equity}
+        if journal is not None:
+            doc["journal"] = journal  # one entry per events.trades item: rebuilds the outcome journal
         if exc is not None and self.status == "failed":
             doc["error"] = {
                 "type": type(exc).__name__,

@@ -96,13 +96,15 @@ class DataPlane:
             return sent
 
     def outbound(self, args: Sequence[Any]) -> tuple[Any, ...]:
-        """``args`` with MarketData (top level, or a BatchTask's ``data``) replaced by references."""
+        """``args`` with MarketData (top level, or a BatchTask's ``data``/``history``) replaced by references."""
         out: list[Any] = []
         for arg in args:
             if isinstance(arg, MarketData):
                 out.append(self.reference(arg))
             elif isinstance(arg, BatchTask) and isinstance(arg.data, MarketData):
-                out.append(dataclasses.replace(arg, data=self.reference(arg.data)))
+                history = arg.history  # outcome_filter: the symbol's longer history goes by reference too
+                out.append(dataclasses.replace(arg, data=self.reference(arg.data), history=(
+                    self.reference(history) if isinstance(history, MarketData) else history)))
             else:
                 out.append(arg)
         return tuple(out)

@@ -4,6 +4,7 @@
 
     <results>/<run-id>/manifest.json
     <results>/<run-id>/<phase>/containers/<container-id>.json
+    <results>/<run-id>/<phase>/containers/<container-id>.journal-pending   (trades not yet journaled)
     <results>/<run-id>/<phase>/events/<container-id>.jsonl
     <results>/<run-id>/<phase>/aggregate_results.json
     <results>/<run-id>/<phase>/phase_summary.json
@@ -21,11 +22,12 @@ from typing import Any
 
 from tradingd.workflows.spec import check_safe_name
 
-__all__ = ["PhaseLayout", "RunLayout", "read_json"]
+__all__ = ["JOURNAL_PENDING", "PhaseLayout", "RunLayout", "read_json"]
 
 MANIFEST = "manifest.json"
 AGGREGATE = "aggregate_results.json"
 PHASE_SUMMARY = "phase_summary.json"
+JOURNAL_PENDING = ".journal-pending"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class PhaseLayout:
     def container(self, container_id: str) -> Path:
         check_safe_name(container_id, "container id")
         return self.containers_dir / f"{container_id}.json"
+
+    def journal_marker(self, container_id: str) -> Path:
+        """Present while the container's trades are in its result file but not yet in the journal."""
+        check_safe_name(container_id, "container id")
+        return self.containers_dir / f"{container_id}{JOURNAL_PENDING}"
 
     def events(self, container_id: str) -> Path:
         check_safe_name(container_id, "container id")

@@ -40,6 +40,8 @@ class PhasePlan:
     finished_at: float | None = None
     container_ids: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # The phase's headline figures once it finished (out_of_sample.phase_headline): manifest and /runs/{id}.
+    results: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class PhasePlan:
             "finished_at": self.finished_at,
             "containers": {"total": len(self.container_ids), **self.counts},
             "container_ids": list(self.container_ids),
+            "results": dict(self.results),
         }
 
 

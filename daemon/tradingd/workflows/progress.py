@@ -29,6 +29,7 @@ class Progress:
         self.units_total = 0
         self.units_done = 0
         self.units_skipped = 0
+        self.search: dict[str, Any] | None = None  # the running search's status (spec.search)
         self._started: float | None = None
         self._active_seconds = 0.0
 
@@ -92,4 +93,5 @@ class Progress:
             "percent": round(100.0 * self.done / self.total, 1) if self.total else 0.0,
             "elapsed_seconds": round(self.elapsed(), 3),
             "eta_seconds": self.eta_seconds(),
+            **({"search": self.search} if self.search is not None else {}),
         }

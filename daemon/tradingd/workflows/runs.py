@@ -12,6 +12,9 @@ finish, and drains on shutdown — no new containers, in-flight ones get
 Run statuses: ``queued`` → ``running`` → ``completed`` | ``failed`` |
 ``cancelled`` (by a user) | ``interrupted`` (by a shutdown; resumed at the
 next start, like ``queued`` and ``running`` left behind by a crash).
+A ``failed``, ``cancelled`` or ``interrupted`` run can be resumed on request
+(:meth:`RunQueue.resume_run`, ``POST /runs/{id}/resume``): once a full disk
+has space again, its completed containers are kept and the rest run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tradingd.reports import write_phase_report, write_run_report
 from tradingd.tasks import TaskScheduler
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout, read_json
@@ -36,6 +40,7 @@ __all__ = [
     "RESUMABLE",
     "DuplicateRun",
     "QueueClosed",
+    "RunActive",
     "RunFinished",
     "RunNotFound",
     "RunQueue",
@@ -61,6 +66,10 @@ class RunFinished(Exception):
 
 class QueueClosed(RuntimeError):
     """The daemon is stopping and accepts no new runs."""
+
+
+class RunActive(Exception):
+    """The run is queued or running (or completed): there is nothing to resume."""
 
 
 def new_run_id(name: str, now: float | None = None) -> str:
@@ -108,7 +117,7 @@ class RunQueue:
             if doc is None or doc.get("format") != MANIFEST_FORMAT or doc.get("run_id") != entry.name:
                 continue
             try:
-                run = WorkflowRun.from_manifest(doc, self.results_dir)
+                run = WorkflowRun.from_manifest(doc, self.results_dir, writer=self.services.writer)
             except (SpecError, ValueError) as exc:
                 log.warning("ignoring run %s: its manifest cannot be used (%s)", entry.name, exc)
                 continue
@@ -117,11 +126,18 @@ class RunQueue:
                 to_resume.append(run)
         return to_resume
 
-    def start(self, startup: Sequence[WorkflowSpec] = ()) -> None:
-        """Resume unfinished runs, then submit the startup workflows not already run."""
-        for run in self.scan():
+    async def start(self, startup: Sequence[WorkflowSpec] = ()) -> None:
+        """Resume unfinished runs, then submit the startup workflows not already run.
+
+        Manifests are read, and reports a crash lost are drawn again, off the loop.
+        """
+        for run in await asyncio.to_thread(self.scan):
             log.info("resuming run %s (left %s)", run.id, run.status)
             self.resume(run)
+        completed = [(run.layout.root, [run.layout.phase(str(r.get("name"))).root for r in run.phase_records()])
+                     for run in self.runs.values() if run.status == "completed"]
+        if completed:
+            await self.services.files.call(restore_reports, completed)
         for spec in startup:
             run_id = startup_run_id(spec)
             if run_id in self.runs:
@@ -138,8 +154,8 @@ class RunQueue:
         run_id = check_safe_name(run_id or spec.run_id or new_run_id(spec.name), "run id")
         if run_id in self.runs or (self.results_dir / run_id).exists():
             raise DuplicateRun(f"run {run_id!r} already exists")
-        run = WorkflowRun(spec, run_id, self.results_dir, source=source)
-        run.write_manifest()  # claims the id on disk
+        run = WorkflowRun(spec, run_id, self.results_dir, source=source, writer=self.services.writer)
+        run.post_manifest()  # claims the id on disk (the writer runs it before anything else of this run)
         self.runs[run_id] = run
         self._launch(run)
         log.info("queued run %s (%s, %s)", run_id, spec.type, source)
@@ -162,7 +178,7 @@ class RunQueue:
             layout = RunLayout(self.results_dir, check_safe_name(run_id, "run id"))
             doc = read_json(layout.manifest)
             if doc is not None and doc.get("format") == MANIFEST_FORMAT:
-                run = WorkflowRun.from_manifest(doc, self.results_dir)
+                run = WorkflowRun.from_manifest(doc, self.results_dir, writer=self.services.writer)
                 if run.spec.fingerprint() != spec.fingerprint():
                     raise SpecError([f"run {run_id} was started from a different spec; choose another --run-id"])
                 if run.finished:
@@ -185,7 +201,24 @@ class RunQueue:
 
     def _settle(self, run: WorkflowRun) -> None:
         if run.status == "queued" and run.task is not None and run.task.cancelled():
-            run.finish(run.cancel_reason or "interrupted")  # cancelled while it waited for a slot
+            run.mark_finished(run.cancel_reason or "interrupted")  # cancelled while it waited for a slot
+            run.post_manifest()
+
+    def resume_run(self, run_id: str) -> WorkflowRun:
+        """Run again a ``failed``, ``cancelled`` or ``interrupted`` run (raises RunNotFound, RunActive, QueueClosed)."""
+        run = self.get(run_id)
+        if run.status not in ("failed", "cancelled", "interrupted") or (run.task is not None and not run.task.done()):
+            raise RunActive(f"run {run_id!r} is {run.status}; only failed, cancelled or interrupted runs resume")
+        run.cancel_reason = None
+        self.resume(run)
+        log.info("resuming run %s (was %s) on request", run.id, run.status)
+        return run
+
+    async def retry_manifests(self) -> None:
+        """Write again the manifests whose last write failed (a full disk that has space again)."""
+        for run in list(self.runs.values()):
+            if run.manifest_error is not None and (run.task is None or run.task.done()):
+                await run.save_manifest()
 
     def get(self, run_id: str) -> WorkflowRun:
         try:
@@ -221,7 +254,7 @@ class RunQueue:
             run.cancel_reason = run.cancel_reason or "interrupted"
         if active:
             log.info("waiting up to %.1f s for %d run(s) to reach a safe point", graceful_timeout, len(active))
-        # Teardown writes are synchronous, so cancelled runs end quickly; the bound guards against the unexpected.
+        # Cancelled runs end quickly (their writes are queued on the writer, which the stop drains next).
         await self._scheduler.close(graceful_timeout, cancel_timeout=5.0, hurry=hurry)
 
     # --- stats -------------------------------------------------------------------
@@ -240,3 +273,26 @@ class RunQueue:
             "accepting": self.accepting,
             "executor": self.services.executor.stats(),
         }
+
+
+def restore_reports(runs: Sequence[tuple[Path, Sequence[Path]]]) -> list[str]:
+    """Draw the reports of completed runs (and their phases) that have none; returns the runs' ids.
+
+    A run is marked completed only after its report is written, so a missing
+    report means the file was lost (or the run completed under an older version).
+    """
+    drawn: list[str] = []
+    for root, phases in runs:
+        if (root / "report.html").exists():
+            continue
+        try:
+            for phase in phases:
+                if (phase / "phase_summary.json").exists() and not (phase / "report.html").exists():
+                    write_phase_report(phase)
+            write_run_report(root)
+        except Exception as exc:
+            log.warning("run %s: could not restore its report: %s", root.name, exc)
+            continue
+        log.warning("run %s: its report was missing; written again", root.name)
+        drawn.append(root.name)
+    return drawn

@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
-from tradingd.workflows.container import RunServices, TradeSink
+from tradingd.periodic import poll
+from tradingd.storage.outcomes import OutcomeJournal
+from tradingd.workflows.container import RunServices
+from tradingd.workflows.data_roots import allowed_data_roots, check_data_source
 from tradingd.workflows.executor import Executor, ExecutorUnavailable
 from tradingd.workflows.executor_kinds import create_executor
+from tradingd.workflows.file_worker import FileWorker
+from tradingd.workflows.outcome_sink import JournalOutbox
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import SpecError, WorkflowSpec, load_spec_file, parse_spec_text
+from tradingd.workflows.writer import DurableWriter
 
 if TYPE_CHECKING:
     from tradingd.memory.manager import MemoryManager
@@ -37,6 +44,13 @@ __all__ = ["BUNDLED_PREFIX", "WorkflowService", "bundled_spec_names", "load_star
 log = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
+RETRY_INTERVAL = 5.0  # journal writes that failed (a full disk) and manifests that did not land
+# How long a thread may hold the GIL while another asks for it (CPython's default is 5 ms). Compute,
+# the writer and to_thread work are Python threads; the event loop is one more, and each time it
+# wakes it waits for the GIL. 1 ms keeps /health prompt under a full executor, at a small cost in
+# compute throughput.
+GIL_SWITCH_INTERVAL = 0.001
+WRITES_FLUSH_TIMEOUT = 5.0  # queued result files and manifests, after the runs ended
 
 
 def bundled_spec_names() -> list[str]:
@@ -64,9 +78,12 @@ def load_startup_specs(config: Config) -> list[WorkflowSpec]:
     """Every startup workflow of ``config``; problems become one ConfigError naming each entry."""
     specs: list[WorkflowSpec] = []
     problems: list[str] = []
+    roots = allowed_data_roots(config)
     for number, ref in enumerate(config.startup_workflows):
         try:
-            specs.append(resolve_spec_ref(ref, config))
+            spec = resolve_spec_ref(ref, config)
+            check_data_source(spec, roots, source=ref)
+            specs.append(spec)
         except SpecError as exc:
             problems.extend(f"{config.source}: startup_workflows.{number}: {line}" for line in exc.lines)
     if problems:
@@ -77,14 +94,20 @@ def load_startup_specs(config: Config) -> list[WorkflowSpec]:
 class WorkflowService:
     """Owns the executor and the run queue for the supervisor; see the module docstring."""
 
-    def __init__(self, config: Config, *, memory: MemoryManager | None = None, on_trades: TradeSink | None = None,
-                 max_concurrent_runs: int = 2) -> None:
+    def __init__(self, config: Config, *, memory: MemoryManager | None = None, journal: OutcomeJournal | None = None,
+                 journal_markers: Sequence[Path] = (), max_concurrent_runs: int = 2) -> None:
         self.config = config
         self.memory = memory
-        self.on_trades = on_trades
+        # Closed trades reach the journal through a durable outbox (markers left by a crash included).
+        self.outbox = JournalOutbox(journal) if journal is not None else None
+        if self.outbox is not None:
+            self.outbox.adopt(list(journal_markers))
         self.max_concurrent_runs = max_concurrent_runs
         self.executor: Executor | None = None
+        self.writer = DurableWriter()  # its thread starts with the first write
+        self.files = FileWorker()  # its process starts with the first aggregation or report
         self._queue: RunQueue | None = None
+        self._switch_interval: float | None = None
 
     def __repr__(self) -> str:
         return f"<WorkflowService {self._queue!r} {self.executor!r}>"
@@ -97,8 +120,13 @@ class WorkflowService:
         return self._queue
 
     def open(self) -> None:
-        """Create the executor and the run queue (raises ConfigError for an unavailable executor kind)."""
+        """Create the executor and the run queue (raises ConfigError for an unavailable executor kind).
+
+        Also shortens the GIL switch interval (:data:`GIL_SWITCH_INTERVAL`) until :meth:`flush_writes`.
+        """
         config = self.config
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL))
         try:
             self.executor = create_executor(config.executor, data_dir=config.state_dir / "executor-data")
         except ExecutorUnavailable as exc:
@@ -109,23 +137,49 @@ class WorkflowService:
             indicator_cache=memory.cache("indicators") if memory is not None else None,
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
-            on_trades=self.on_trades,
+            journal=self.outbox,
+            writer=self.writer,
+            files=self.files,
+            search_dir=config.state_dir / "search",
         )
         self._queue = RunQueue(config.results_dir, services, max_concurrent_runs=self.max_concurrent_runs)
 
-    def start(self, startup_specs: Sequence[WorkflowSpec]) -> None:
+    async def start(self, startup_specs: Sequence[WorkflowSpec]) -> None:
         """Resume unfinished runs and submit the startup workflows (call once the daemon is ready)."""
-        self.queue.start(startup_specs)
+        await self.queue.start(startup_specs)
 
     async def drain(self, graceful_timeout: float, *, hurry: asyncio.Event | None = None) -> None:
-        """Refuse new runs; in-flight containers get ``graceful_timeout``, the rest are cancelled."""
+        """Refuse new runs; in-flight containers get ``graceful_timeout``, the rest are cancelled; flush the writes."""
         if self._queue is not None:
             await self._queue.close(graceful_timeout, hurry=hurry)
+        # Then their queued writes (cancelled containers' results, final manifests) land.
+        await self.flush_writes(0.0 if hurry is not None and hurry.is_set() else WRITES_FLUSH_TIMEOUT)
 
+    async def retry_writes(self, stop: asyncio.Event, *, interval: float = RETRY_INTERVAL) -> None:
+        """Until ``stop``: drain the journal outbox and write again manifests that did not land."""
+        async for _ in poll(stop, interval, first_delay=0.0):
+            try:
+                if self.outbox is not None and self.outbox.stats()["pending_containers"]:
+                    await asyncio.to_thread(self.outbox.drain)
+                if self._queue is not None and not stop.is_set():  # the stop closes the writer
+                    await self._queue.retry_manifests()
+            except Exception:
+                log.exception("retrying journal writes and manifests failed")
+
+    def journal_stats(self) -> dict[str, Any]:
+        """The outbox's part of the ``outcomes`` stats section (pending, failures, last error)."""
+        return self.outbox.stats() if self.outbox is not None else {}
+
+    async def flush_writes(self, join_timeout: float) -> None:
+        """Wait for every queued durable write (after :meth:`drain`: cancelled containers' results)."""
+        await self.writer.close(join_timeout)
+        await self.files.close(join_timeout)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
     async def close_executor(self, join_timeout: float) -> None:
         """Release the executor's workers, waiting up to ``join_timeout`` for them (after :meth:`drain`)."""
         if self.executor is not None:
             await self.executor.close(join_timeout)
 
     def stats(self) -> dict[str, Any]:
-        return self.queue.stats()
+        return {**self.queue.stats(), "writer": self.writer.stats(), "file_worker": self.files.stats()}

@@ -28,8 +28,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tradingd.config import describe_validation_error, yaml_error_line
 from tradingd.trading.metrics import METRIC_NAMES
-from tradingd.trading.strategies import expand_valid_grid, get_strategy
+from tradingd.trading.strategies import check_search_space, expand_valid_grid, get_strategy
 from tradingd.trading.strategy import StrategyError
+from tradingd.workflows.spec_limits import DocumentTooComplex, check_tree, load_yaml
 from tradingd.workflows.spec_sections import (
     EVENT_TYPES,
     MAX_NAME_LENGTH,
@@ -41,11 +42,14 @@ from tradingd.workflows.spec_sections import (
     ExecutionSpec,
     GridRange,
     GridValue,
+    OutcomeFilterSpec,
+    OverfittingSpec,
     PhaseKind,
     PhaseOverride,
     ResultsStorage,
     RetentionPolicy,
     SafeName,
+    SearchSpec,
     SelectionSpec,
     StrategySpec,
     StrictModel,
@@ -66,12 +70,15 @@ __all__ = [
     "ExecutionSpec",
     "GridRange",
     "GridValue",
+    "OutcomeFilterSpec",
+    "OverfittingSpec",
     "PhaseKind",
     "PhaseOverride",
     "PhaseSettings",
     "ResultsStorage",
     "RetentionPolicy",
     "SafeName",
+    "SearchSpec",
     "SelectionSpec",
     "SpecError",
     "StrategySpec",
@@ -149,7 +156,10 @@ class WorkflowSpec(StrictModel):
     walk_forward: WalkForwardSpec | None = None
     selection: SelectionSpec = SelectionSpec()
     execution: ExecutionSpec = ExecutionSpec()
+    overfitting: OverfittingSpec = OverfittingSpec()
     report_top: int = Field(default=20, ge=1, le=10_000, description="rows kept in aggregate rankings")
+    search: SearchSpec | None = None
+    outcome_filter: OutcomeFilterSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkflowSpec:
@@ -161,6 +171,8 @@ class WorkflowSpec(StrictModel):
             raise ValueError(f"walk_forward section given for a {self.type} workflow")
         if self.type != "train_test" and self.train_test is not None:
             raise ValueError(f"train_test section given for a {self.type} workflow")
+        if self.outcome_filter is not None and self.type == "backtest":
+            raise ValueError("outcome_filter applies to testing phases: use a train_test or walk_forward workflow")
         kinds = self.phase_kinds()
         for key in self.phase_overrides:
             window = _WINDOW_PHASE.fullmatch(key)
@@ -208,7 +220,8 @@ class WorkflowSpec(StrictModel):
 
         Result files carry it; on resume a file with another fingerprint is stale.
         """
-        data = self.model_dump(mode="json", exclude={"run_id", "description"})
+        # The overfitting statistics are computed after the containers, so they do not make results stale.
+        data = self.model_dump(mode="json", exclude={"run_id", "description", "overfitting"})
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
@@ -225,6 +238,10 @@ def parse_spec(raw: object, *, source: str = "<spec>", base_dir: Path | None = N
     """
     if not isinstance(raw, dict):
         raise SpecError([f"{source}: a workflow spec must be a mapping (got {type(raw).__name__})"])
+    try:
+        check_tree(raw)
+    except DocumentTooComplex as exc:
+        raise SpecError([f"{source}: {exc}"]) from None
     try:
         spec = WorkflowSpec.model_validate(raw)
     except ValidationError as exc:
@@ -253,18 +270,24 @@ def _check_strategy(spec: WorkflowSpec) -> list[str]:
             for name in unknown
         ]
     try:
-        expand_valid_grid(strategy.name, spec.strategy.grid_lists(), skip_invalid=spec.strategy.skip_invalid)
+        if spec.search is not None:
+            # A search space may be far larger than a grid we would expand: check each value instead.
+            check_search_space(strategy.name, spec.strategy.grid_lists())
+        else:
+            expand_valid_grid(strategy.name, spec.strategy.grid_lists(), skip_invalid=spec.strategy.skip_invalid)
     except StrategyError as exc:
         return [f"strategy.grid: {exc}"]
     return []
 
 
 def parse_spec_text(text: str, *, source: str = "<spec>", base_dir: Path | None = None) -> WorkflowSpec:
-    """Parse YAML (JSON is a subset) and validate it."""
+    """Parse YAML (JSON is a subset) within :data:`~tradingd.workflows.spec_limits.DEFAULT_LIMITS` and validate it."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise SpecError([yaml_error_line(exc, source)]) from None
+    except DocumentTooComplex as exc:
+        raise SpecError([f"{source}: {exc}"]) from None
     return parse_spec(raw, source=source, base_dir=base_dir)
 
 

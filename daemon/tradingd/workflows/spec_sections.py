@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -27,11 +27,14 @@ __all__ = [
     "ExecutionSpec",
     "GridRange",
     "GridValue",
+    "OutcomeFilterSpec",
+    "OverfittingSpec",
     "PhaseKind",
     "PhaseOverride",
     "ResultsStorage",
     "RetentionPolicy",
     "SafeName",
+    "SearchSpec",
     "SelectionSpec",
     "StrategySpec",
     "StrictModel",
@@ -53,12 +56,12 @@ PhaseKind = Literal["backtest", "training", "testing"]
 
 def check_safe_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is safe as one path component, else raise ``ValueError``."""
+    if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not allowed: use letters, digits, '_', '.', '-', starting with a letter or digit"
         )
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     return value
 
 
@@ -125,7 +128,12 @@ class DataSpec(StrictModel):
 
 
 def _as_datetime(value: date | datetime) -> datetime:
-    return value if isinstance(value, datetime) else datetime(value.year, value.month, value.day)
+    """Naive UTC, as the loaders index bars: a date, a naive and an aware time compare without error."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day)
+    if value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
 
 class StrategySpec(StrictModel):
@@ -194,8 +202,50 @@ class SelectionSpec(StrictModel):
     scope: Literal["per_symbol", "across_symbols"] = "per_symbol"
 
 
+class OverfittingSpec(StrictModel):
+    """The overfitting statistics of sweep and training phases (docs/engine.md)."""
+
+    enabled: bool = True
+    blocks: int = Field(default=16, ge=2, le=24, description="CSCV blocks S (even): C(S, S/2) splits")
+
+    @model_validator(mode="after")
+    def _even(self) -> OverfittingSpec:
+        if self.blocks % 2:
+            raise ValueError(f"overfitting.blocks must be even, got {self.blocks}")
+        return self
+
+
 class ExecutionSpec(StrictModel):
     """How a phase is cut into containers and a container into compute batches."""
 
     chunk_size: int = Field(default=100, ge=1, le=1_000_000, description="combinations per container")
     batch_size: int = Field(default=25, ge=1, le=100_000, description="combinations per executor call")
+
+
+class SearchSpec(StrictModel):
+    """Smart search instead of the full grid: the grid still defines the space.
+
+    ``trials`` parameter sets are proposed by an Optuna sampler (``method``),
+    ``batch`` at a time; each batch is evaluated as one vectorized sweep per
+    symbol. The study lives in the state dir, so a killed run resumes it.
+    """
+
+    method: Literal["tpe", "cmaes", "random"] = "tpe"
+    trials: int = Field(ge=1, le=100_000, description="parameter sets proposed in all")
+    batch: int = Field(default=16, ge=1, le=10_000, description="parameter sets per sweep")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class OutcomeFilterSpec(StrictModel):
+    """Skip (or scale) an entry when the most similar past trades, closed before it, did badly.
+
+    Applies to testing phases (train/test and walk-forward); see docs/workflows.md.
+    """
+
+    k: int = Field(default=20, ge=1, le=10_000, description="neighbours consulted per entry")
+    min_neighbours: int = Field(default=5, ge=1, le=10_000,
+                                description="fewer eligible past trades than this: the entry is taken")
+    statistic: Literal["expectancy", "win_rate"] = "expectancy"
+    threshold: float = Field(default=0.0, description="enter only when the statistic is >= this")
+    action: Literal["skip", "scale"] = "skip"
+    scale: float = Field(default=0.5, gt=0, lt=1, description="position fraction kept by action: scale")

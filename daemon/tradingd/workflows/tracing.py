@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -196,6 +197,8 @@ class EventStream:
         self.partial = final.with_name(final.name + ".part")
         self.bytes_written = 0
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        # A write still running in a worker thread when its container is cancelled finishes before close.
+        self._lock = threading.Lock()
         self._fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
     def __repr__(self) -> str:
@@ -203,17 +206,19 @@ class EventStream:
         return f"<EventStream {self.final.name} {self.bytes_written} bytes {state}>"
 
     def write(self, data: bytes) -> None:
-        if self._fd is None:
-            raise ValueError(f"event stream {self.final} is closed")
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.bytes_written += len(data)
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"event stream {self.final} is closed")
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self.bytes_written += len(data)
 
     def close(self) -> None:
         """Publish the events under the final name (idempotent)."""
-        fd, self._fd = self._fd, None
+        with self._lock:
+            fd, self._fd = self._fd, None
         if fd is None:
             return
         try:
