@@ -73,6 +73,9 @@ class BatchTask:
     # Testing with spec.outcome_filter: the symbol's bars up to the batch's last bar, and the section.
     history: MarketData | DataRef | None = None
     outcome_filter: Mapping[str, Any] | None = None
+    # The sweep's byte budget (e.g. the container's memory grant; see
+    # trading.engine.estimate_sweep); None: the engine default.
+    chunk_bytes: int | None = None
 
 
 @dataclass
@@ -131,7 +134,8 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         base = get_strategy(task.strategy)
         unfiltered = run_sweep(data, HistoryPositions(base, history), list(task.params),
                                backtest_config(task.backtest), cache=cache, should_stop=should_stop,
-                               models=list(task.models) if task.models is not None else None).metric_rows()
+                               models=list(task.models) if task.models is not None else None,
+                               chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES).metric_rows()
         strategy = HistoryPositions(base, history, FilterConfig.from_spec(task.outcome_filter, task.backtest))
     result = run_sweep(
         data,
@@ -142,6 +146,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         models=list(task.models) if task.models is not None else None,
         keep_trades_for="all" if want_trades else None,
         keep_equity_for="all" if trace.track_equity else None,
+        chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES,
         should_stop=should_stop,
         chunk_bytes=task.chunk_bytes if task.chunk_bytes is not None else DEFAULT_CHUNK_BYTES,
     )
