@@ -73,9 +73,6 @@ class BatchTask:
     # Testing with spec.outcome_filter: the symbol's bars up to the batch's last bar, and the section.
     history: MarketData | DataRef | None = None
     outcome_filter: Mapping[str, Any] | None = None
-    # The sweep's byte budget (e.g. the container's memory grant; see
-    # trading.engine.estimate_sweep); None: the engine default.
-    chunk_bytes: int | None = None
 
 
 @dataclass
@@ -148,7 +145,6 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         keep_equity_for="all" if trace.track_equity else None,
         chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES,
         should_stop=should_stop,
-        chunk_bytes=task.chunk_bytes if task.chunk_bytes is not None else DEFAULT_CHUNK_BYTES,
     )
     rows = [
         {"index": index, "params": dict(params), "metrics": metrics}

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
+from tradingd.trading.engine import estimate_sweep
 from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.spec import PhaseSettings
 
@@ -57,32 +57,11 @@ TRAIN_CELL_BYTES = 48
 # a one-time cost, charged to the container that pays it.
 SKLEARN_IMPORT_BYTES = 56 * 2**20
 
-# The engine in main sizes chunks with 56/72 bytes per (bar, combination) cell, at most
-# 8 MiB; traced, a chunk's working set is nearer 32/40 bytes per cell (what we estimate).
-_CELL_SPARSE, _CELL_DENSE = 56, 72
-_TRACED_CELL_SPARSE, _TRACED_CELL_DENSE = 32, 40
-_FAST_CHUNK_BYTES = 8 * 2**20
-
 
 def sweep_estimate(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int,
                    metrics: Sequence[str] | None = None) -> tuple[int, int]:
-    """``(estimate, minimum)`` working bytes of one ``run_sweep`` over ``params``: the one engine-shaped call.
-
-    Mirrors the engine in main: it simulates ``columns`` combinations at once
-    (``chunk_bytes``, capped at 8 MiB, over bars x cell bytes) and keeps one
-    float per metric and combination; the minimum is one column. The engine
-    issue exposes ``trading.engine.estimate_sweep`` with this signature; this
-    body becomes a call to it when that lands in main.
-    """
-    del strategy  # the engine in main sizes chunks from the shape alone
-    n, k = max(int(n_bars), 1), max(len(params), 1)
-    names = validate_metric_names(metrics)
-    dense = bool(DENSE_METRICS & set(names))
-    cell = _CELL_DENSE if dense else _CELL_SPARSE
-    traced = _TRACED_CELL_DENSE if dense else _TRACED_CELL_SPARSE
-    columns = max(1, min(k, _FAST_CHUNK_BYTES // (n * cell)))
-    results = 8 * len(names) * k
-    return n * columns * traced + results, n * cell + results
+    """``(estimate, minimum)`` working bytes of one ``run_sweep`` over ``params`` (the engine's own figures)."""
+    return estimate_sweep(strategy, params, n_bars, metrics)
 
 
 @dataclass(frozen=True)
