@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast lint typecheck bench clean deploy-test
+.PHONY: run test test-long test-fast lint typecheck bench clean deploy-test
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 # The inner loop: the same checks, without the tests marked slow (daemon subprocesses, the
 # bundled study, a Dask cluster, wheel builds). `make test` stays the gate.
+# The long memory tests (the estimator against measured peaks, ~6 min; the cgroup squeeze, ~30 min,
+# root): not part of `make test`.
+test-long: $(STAMP)
+	TRADINGD_LONG_TESTS=1 $(BIN)/python -m pytest tests/integration/test_memory_footprint.py tests/integration/test_memory_squeeze.py
+
 test-fast: $(STAMP)
 	$(BIN)/ruff check daemon tests bench scripts
 	$(BIN)/mypy

@@ -4,7 +4,7 @@ Each app gets its own registry with the standard process, gc and platform
 collectors plus :class:`SnapshotCollector`, which translates the latest
 snapshot (never live objects, so a scrape never takes a cache lock) into
 metric families with stable names: the daemon, memory and loop sections, the
-memory manager's caches, models, cleanup and admission, and the runs. Names
+memory manager's caches, models, cleanup, admission and work budget, and the runs. Names
 and labels are stable API.
 """
 
@@ -197,6 +197,32 @@ def memory_manager_families(snap: Snapshot) -> Iterator[Metric]:
         )
 
 
+def work_families(snap: Snapshot) -> Iterator[Metric]:
+    """The work budget: capacity, granted bytes, waiting containers, grant waits, estimate errors."""
+    work = snap.get("work")
+    if not isinstance(work, dict) or "capacity_bytes" not in work:
+        return
+    yield from _gauge("tradingd_work_budget_bytes", "What the limit allows for container work.",
+                      work["capacity_bytes"])
+    yield from _gauge("tradingd_work_granted_bytes", "Working memory granted to running containers.",
+                      work["granted_bytes"])
+    yield from _gauge("tradingd_work_waiting", "Containers waiting for a memory grant.", len(work["waiting"]))
+    yield from _gauge("tradingd_work_waiting_estimate_bytes", "Sum of the estimates of waiting containers.",
+                      sum(w["estimate_bytes"] for w in work["waiting"]))
+    yield CounterMetricFamily("tradingd_work_grants_total", "Memory grants given.", value=work["granted_total"])
+    yield CounterMetricFamily("tradingd_work_refused_total", "Containers refused: minimum above the budget.",
+                              value=work["refused_total"])
+    yield CounterMetricFamily("tradingd_work_shrinks_total", "Grants shrunk under critical pressure.",
+                              value=work["shrinks_total"])
+    yield CounterMetricFamily("tradingd_work_wait_seconds_total", "Time containers spent waiting for grants.",
+                              value=work["wait_seconds_total"])
+    errors = GaugeMetricFamily("tradingd_work_estimate_error_ratio",
+                               "Largest (peak - estimate) / estimate seen, by container kind.", labels=["kind"])
+    for kind, seen in sorted(work["estimate_errors"].items()):
+        errors.add_metric([kind], float(seen["largest_error"]))
+    yield errors
+
+
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 
 
@@ -248,7 +274,8 @@ def operator_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 FAMILIES: list[FamilyBuilder] = [
-    daemon_families, memory_families, loop_families, memory_manager_families, runs_families, operator_families,
+    daemon_families, memory_families, loop_families, memory_manager_families, work_families, runs_families,
+    operator_families,
 ]
 
 

@@ -204,6 +204,8 @@ class Supervisor:
         self.stats.register("runs", self._workflows.stats)
         self._ops = OperatorStats(self._monitor, self.runs.list)
         self._ops.register(self.stats)
+        # Before any run: what the built daemon holds is the baseline the work budget leaves out.
+        await asyncio.to_thread(self._memory.measure_baseline)
         self.stats.register("disk", self._workflows.disk_stats)
         self._monitor.sample()
         self.stats.refresh()

@@ -152,7 +152,8 @@ async def test_full_state_dir_keeps_trades_in_the_outbox_until_space_returns(
     tmp_path: Path, make_config: Callable[..., Config], http: aiohttp.ClientSession
 ) -> None:
     with small_tmpfs(tmp_path / "state") as state:
-        config = make_config(startup_workflows=[])
+        # The disk guard would pause admission on this small disk; the outbox is what is under test.
+        config = make_config(startup_workflows=[], disk={"min_free_mb": 0})
         async with Supervisor(config) as sup:
             filler = fill(state)
             run = sup.runs.submit(parse_spec(TRADES_SPEC), run_id="full")
@@ -184,8 +185,8 @@ async def test_run_failed_on_a_full_disk_resumes_on_request_once_space_is_back(
 ) -> None:
     monkeypatch.setenv("TRADINGD_API_TOKEN", TOKEN)
     with small_tmpfs(tmp_path / "disk") as disk:
-        config = make_config(startup_workflows=[], paths={"state_dir": str(disk / "state"),
-                                                          "results_dir": str(disk / "results")})
+        config = make_config(startup_workflows=[], disk={"min_free_mb": 0},
+                             paths={"state_dir": str(disk / "state"), "results_dir": str(disk / "results")})
         async with Supervisor(config) as sup:
             url = base_url(sup)
             filler = fill(disk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -192,8 +193,21 @@ async def test_a_worker_over_its_rss_limit_is_replaced(make_executor: Callable[.
         await executor.submit(run_batch, task(sample["SYM01"], "leaky_sma", i), None)
     stats = executor.stats()
     # 16 MB per task over a 40 MB allowance: replaced after the third leak, twice in eight tasks.
-    assert stats["recycled"] == {"tasks": 0, "rss": 2}
+    assert stats["recycled"] == {"tasks": 0, "rss": 2, "grant": 0}
     assert stats["workers"][0]["tasks"] == 2
+
+
+async def test_a_worker_past_the_grant_passed_with_its_task_is_recycled(
+        make_executor: Callable[..., ProcessExecutor], sample: dict[str, MarketData]) -> None:
+    executor = make_executor(1, max_tasks_per_child=1000)
+    for i in range(8):
+        granted = dataclasses.replace(task(sample["SYM01"], "leaky_sma", i), grant_bytes=1)
+        await executor.submit(run_batch, granted, None)
+    stats = executor.stats()
+    # 16 MB kept per task (more on a fresh worker's first), a grant of nothing and the 32 MiB margin:
+    # a worker lasts two or three tasks.
+    assert stats["recycled"]["grant"] in (2, 3) and stats["recycled"]["rss"] == stats["recycled"]["tasks"] == 0
+    assert stats["workers"][0]["tasks"] <= 2
 
 
 async def test_a_killed_worker_fails_only_its_task_and_is_replaced(

@@ -94,6 +94,9 @@ async def test_stats_and_metrics_show_caches_models_cleanup(
     assert stats["models"]["known"] == 1 and stats["models"]["resident"] == 1
     assert stats["cleanup"]["actions"]["gc_collect"]["count"] >= 1
     assert stats["admission"]["paused"] is False
+    work = stats["work"]
+    assert 0 < work["capacity_bytes"] <= work["pressure_bytes"] and work["granted_bytes"] == 0
+    assert work["waiting"] == [] and work["largest_estimate_error"] == 0.0
     async with http.get(f"{url}/metrics") as resp:
         body = await resp.text()
     for line in (
@@ -106,6 +109,9 @@ async def test_stats_and_metrics_show_caches_models_cleanup(
         'tradingd_cleanup_actions_total{action="gc_collect"}',
         "tradingd_cleanup_freed_bytes_total",
         "tradingd_admission_paused 0.0",
+        "tradingd_work_budget_bytes",
+        "tradingd_work_granted_bytes 0.0",
+        "tradingd_work_waiting 0.0",
     ):
         assert line in body, line
 

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from tradingd.memory.grants import GrantRefused, MemoryBudget
 from tradingd.trading import strategies
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
@@ -23,6 +24,9 @@ from tradingd.workflows.thread_executor import ThreadExecutor
 
 ENTERED = threading.Event()
 RELEASE = threading.Event()
+
+
+MB = 1024 * 1024
 
 
 class _Constant(Strategy):
@@ -214,3 +218,29 @@ async def test_setup_failure_still_writes_the_result(make_container: Callable[..
             await container.run()
     doc = read(container)
     assert doc["status"] == "failed" and doc["error"]["type"] in {"FileExistsError", "NotADirectoryError"}
+
+
+async def test_a_grant_sizes_the_sweep_and_lands_in_the_result(make_container: Callable[..., Container],
+                                                              services: RunServices) -> None:
+    services.work = MemoryBudget(limit_bytes=1024 * MB, pressure_bytes=800 * MB, baseline_bytes=100 * MB)
+    container = make_container("sma_crossover", [{"fast": 5, "slow": 20}, {"fast": 10, "slow": 40}])
+    async with container:
+        await container.run()
+    memory = read(container)["memory"]
+    assert memory["granted_bytes"] == memory["estimate_bytes"] >= memory["minimum_bytes"] > 0
+    assert 0 < memory["chunk_bytes"]["min"] <= memory["chunk_bytes"]["max"] < memory["granted_bytes"]
+    assert services.work.stats()["granted_bytes"] == 0  # released in teardown
+    assert services.work.stats()["granted_total"] == 1
+
+
+async def test_a_container_the_limit_can_never_hold_fails_at_once_naming_limit_and_estimate(
+        make_container: Callable[..., Container], services: RunServices) -> None:
+    services.work = MemoryBudget(limit_bytes=64 * MB, pressure_bytes=51 * MB, baseline_bytes=int(50.9 * MB))
+    container = make_container("sma_crossover", [{"fast": 5, "slow": 20}])
+    with pytest.raises(GrantRefused):
+        async with container:
+            await container.run()
+    doc = read(container)
+    assert doc["status"] == "failed" and doc["error"]["type"] == "GrantRefused"
+    assert "memory limit of 64 MB" in doc["error"]["message"] and "estimate" in doc["error"]["message"]
+    assert doc["metrics"] == []

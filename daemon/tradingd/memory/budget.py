@@ -1,8 +1,10 @@
 """The byte budget shared by every cache attached to it.
 
 Each cache enforces its own share under its own lock on every put; the budget
-only steps in when caches *together* overflow ``caches.budget_mb``, and then
-evicts the least recently used entry across all of them until the total fits.
+steps in when caches together overflow it, and then evicts the least recently
+used entry across all of them until the total fits. The budget starts at
+``caches.budget_mb`` and shrinks while containers hold memory grants (see
+memory/grants.py): caches get what work does not.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ class CacheBudget:
 
     @property
     def overdrawn(self) -> bool:
-        """Whether caches *together* exceed the budget (one cache alone enforces it on put)."""
-        caches = self._caches
-        return len(caches) > 1 and sum(cache.bytes for cache in caches) > self.total_bytes
+        """Whether caches together exceed the budget (it may have shrunk since a cache was sized)."""
+        return sum(cache.bytes for cache in self._caches) > self.total_bytes
+
+    def resize(self, total_bytes: int) -> None:
+        """Change the budget (the work budget lends to and borrows from it); :meth:`settle` enforces it."""
+        self.total_bytes = max(1, int(total_bytes))
 
     def attach(self, cache: BudgetMember) -> None:
         with self._lock:

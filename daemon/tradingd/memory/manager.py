@@ -26,6 +26,7 @@ from tradingd.config import CacheSettings, Config
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
 from tradingd.memory.cleanup import CleanupLadder, cleanup_loop
+from tradingd.memory.grants import MemoryBudget
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
 from tradingd.stats import StatsBoard
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 _MB = 1024 * 1024
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CACHE_FILE_FORMAT = "tradingd-cache/1"
+# Persisting a cache holds its encoded copy beside it: bytes needed per byte cached.
+PERSIST_FACTOR = 1.5
 
 
 class MemoryManager:
@@ -66,6 +69,7 @@ class MemoryManager:
                 ceiling / _MB,
             )
         self.budget = CacheBudget(min(configured, ceiling))
+        self.cache_ceiling = self.budget.total_bytes
         self.caches: dict[str, ManagedCache] = {}
         for name, settings in config.caches.entries.items():
             self._build_cache(name, settings)
@@ -84,6 +88,17 @@ class MemoryManager:
             usage=monitor.usage_now,
             low_water=config.caches.low_water,
             malloc_trim=config.cleanup.malloc_trim,
+        )
+        # Containers' working memory; the baseline is measured in start(), once the daemon is built.
+        self.work = MemoryBudget(
+            limit_bytes=monitor.limit.bytes,
+            pressure_bytes=monitor.marks_bytes()["pressure"],
+            baseline_bytes=0,
+            floor_bytes=self._cache_floor,
+            held_above_floor=self._held_above_floor,
+            reclaim=self._reclaim_for_work,
+            on_change=self._lend_to_work,
+            usage=lambda: monitor.latest.used_bytes if monitor.latest is not None else None,
         )
         self._wake = asyncio.Event()
         monitor.add_listener(self._level_changed)
@@ -121,6 +136,51 @@ class MemoryManager:
         if found is not None:
             return found
         return self._build_cache(name, CacheSettings())
+
+    # --- the work budget ---------------------------------------------------------
+
+    def measure_baseline(self) -> int:
+        """Set the work budget's baseline: usage now, less what caches and models hold.
+
+        Called by the supervisor once the daemon is built and before any run starts.
+        """
+        held = self.budget.used_bytes + int(self.models.stats()["resident_bytes"])
+        self.work.baseline_bytes = max(0, self.monitor.usage_now() - held)
+        self._lend_to_work(self.work.granted_bytes)
+        log.info("work budget: %.0f MB (pressure mark %.0f MB, baseline %.0f MB)", self.work.capacity / _MB,
+                 self.work.pressure_bytes / _MB, self.work.baseline_bytes / _MB)
+        return self.work.baseline_bytes
+
+    def _lend_to_work(self, granted: int) -> None:
+        """Caches get what the limit allows less the baseline and what work holds (at most their ceiling)."""
+        room = self.work.pressure_bytes - self.work.baseline_bytes - granted
+        self.budget.resize(max(self._cache_floor(), min(self.cache_ceiling, room)))
+
+    def _cache_floor(self) -> int:
+        # What the ladder keeps even at critical: pinned caches down to low water.
+        return sum(self._pinned_floor(cache) for cache in self.caches.values() if cache.pinned)
+
+    def _pinned_floor(self, cache: ManagedCache) -> int:
+        share = int(self.config.caches.low_water * (cache.capacity_bytes or cache.bytes))
+        return min(cache.bytes, share)
+
+    def _held_above_floor(self) -> int:
+        return max(0, self.budget.used_bytes - self._cache_floor()) + int(self.models.stats()["resident_bytes"])
+
+    def _reclaim_for_work(self, wanted: int) -> int:
+        """Caches yield to grants: evict least recently used entries until ``wanted`` bytes are free."""
+        freed = self.budget.settle()
+        while freed < wanted:
+            candidates = [c for c in self.caches.values()
+                          if c.oldest_access() is not None and (not c.pinned or c.bytes > self._pinned_floor(c))]
+            if not candidates:
+                break
+            victim = min(candidates, key=lambda c: c.oldest_access() or 0.0)
+            got = victim.evict_oldest()
+            if got <= 0:
+                break
+            freed += got
+        return freed
 
     # --- persistence -----------------------------------------------------------
 
@@ -170,6 +230,7 @@ class MemoryManager:
         for name, cache in self.caches.items():
             if not cache.persistent:
                 continue
+            self._fit_for_persist(cache)
             state = {"format": CACHE_FILE_FORMAT, "name": name, "entries": cache.export_entries()}
             try:
                 written[name] = write_state(
@@ -181,10 +242,30 @@ class MemoryManager:
         self.last_persist = written
         return written
 
+    def _fit_for_persist(self, cache: ManagedCache) -> None:
+        """Evict least recently used entries until encoding the cache fits under the pressure mark.
+
+        Encoding holds the encoded copy (and compression buffers) beside the
+        entries: about ``PERSIST_FACTOR`` times the cache's bytes. Unchecked, a
+        full cache persisted near the limit is what an OOM kill looks like.
+        """
+        headroom = self.work.pressure_bytes - self.monitor.usage_now()
+        evicted = 0
+        while cache.bytes and PERSIST_FACTOR * cache.bytes > headroom:
+            freed = cache.evict_oldest()
+            if freed <= 0:
+                break
+            evicted += freed
+            headroom += freed // 2  # freed bytes may stay in the heap; count half
+        if evicted:
+            log.warning("cache %s: evicted %.1f MB so persisting it fits under the pressure mark", cache.name,
+                        evicted / _MB)
+
     # --- the cleanup task --------------------------------------------------------
 
     def _level_changed(self, old: PressureLevel, new: PressureLevel) -> None:
         log.info("memory pressure %s -> %s", old.label, new.label)
+        self.work.on_level(new)
         self._wake.set()
 
     def run_ladder(self, level: PressureLevel | str | int) -> dict[str, Any]:
@@ -210,11 +291,12 @@ class MemoryManager:
     # --- stats -------------------------------------------------------------------
 
     def register_stats(self, board: StatsBoard) -> None:
-        """Add the ``caches``, ``models``, ``cleanup`` and ``admission`` sections."""
+        """Add the ``caches``, ``models``, ``cleanup``, ``admission`` and ``work`` sections."""
         board.register("caches", self.caches_stats)
         board.register("models", self.models.stats)
         board.register("cleanup", self.ladder.stats)
         board.register("admission", self.admission.stats)
+        board.register("work", self.work.stats)
 
     def caches_stats(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,9 @@ so sweeps over different parameter chunks of the same symbol reuse columns.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -23,15 +25,19 @@ if TYPE_CHECKING:
     from tradingd.trading.data import MarketData
 
 __all__ = [
+    "EXACT_WINDOW",
     "INDICATORS",
     "IndicatorCache",
     "LocalIndicatorCache",
+    "PriceScale",
     "ema",
     "hma",
     "indicator_matrix",
     "momentum",
+    "price_scale",
     "rolling_std",
     "sma",
+    "sma_rows",
     "wma",
     "zscore",
 ]
@@ -77,28 +83,104 @@ def _prepare(values: NDArray[Any], windows: Sequence[int]) -> tuple[Array, list[
     return x, ws
 
 
-def _sma_from_cumsum(cs: Array, n: int, w: int, out: Array) -> None:
-    # Same arithmetic as vectorbt's rolling_mean_nb: the first full window is
-    # cumsum / w, later ones (cumsum[i] - cumsum[i - w]) / w. Matching it bit for
-    # bit keeps crossover ties identical to the peer the bench compares with.
-    out[: w - 1] = np.nan
-    if w <= n:
-        out[w - 1] = cs[w - 1] / w
-        np.subtract(cs[w:], cs[: n - w], out=out[w:])
-        out[w:] /= w
+# Window sums must stay below 2**53 to convert to float exactly; windows up to
+# EXACT_WINDOW bars are exact (longer ones round once more, deterministically).
+_EXACT_BITS = 53
+EXACT_WINDOW = 1 << 16
+_MAX_DECIMALS = 8
 
 
-def sma(values: NDArray[Any], windows: Sequence[int]) -> Array:
-    """Simple moving averages, one column per window."""
+@dataclass(frozen=True)
+class PriceScale:
+    """Prices as integers: ``x = origin + q / units`` with integer ``q``."""
+
+    units: float
+    origin: float = 0.0
+
+
+def price_scale(values: NDArray[Any]) -> PriceScale | None:
+    """How to turn ``values`` into integers for exact window sums, or None.
+
+    Prices quoted in decimals (``10**d`` units, d <= 8) whose round trip
+    ``rint(x * 10**d) / 10**d == x`` holds are represented losslessly. Any
+    other finite series is measured from its first value in a power-of-two
+    unit fine enough that window sums of up to ``EXACT_WINDOW`` values keep
+    53 bits (a quantisation of about 1e-11 of the series' range; a constant
+    series stays exact). None for series with NaN or infinity. The result
+    does not depend on the windows, so cached columns agree with fresh ones;
+    compute it once on the whole series and pass it to every time block.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return PriceScale(1.0)
+    top = float(np.max(np.abs(x)))
+    if not np.isfinite(top):
+        return None
+    headroom = 2.0 ** _EXACT_BITS / EXACT_WINDOW
+    for d in range(_MAX_DECIMALS + 1):
+        units = 10.0 ** d
+        if top * units >= headroom:
+            break
+        if np.array_equal(np.rint(x * units) / units, x):
+            return PriceScale(units)
+    origin = float(x[0])
+    spread = float(np.max(np.abs(x - origin)))
+    if spread == 0.0:
+        return PriceScale(1.0, origin)
+    exponent = max(math.floor(math.log2(spread)) + 1, -900)
+    return PriceScale(2.0 ** (_EXACT_BITS - EXACT_WINDOW.bit_length() - exponent), origin)
+
+
+def _unit_cumsum(x: Array, scale: PriceScale) -> NDArray[np.int64]:
+    """Cumulative sums of ``x`` in integer units, int64.
+
+    They may wrap on very long series; window differences are exact modulo
+    2**64 and the true window sums fit, so the differences come out right.
+    """
+    shifted = x - scale.origin if scale.origin else x
+    with np.errstate(over="ignore"):
+        return np.cumsum(np.rint(shifted * scale.units).astype(np.int64))
+
+
+def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:
+    """``sma`` transposed: ``(len(windows), n)``, each window's averages contiguous."""
     x, ws = _prepare(values, windows)
     n = len(x)
-    cs = np.cumsum(x)
-    out = np.empty((n, len(ws)))
-    column = np.empty(n)
+    out = np.full((len(ws), n), np.nan)
+    if scale is None:
+        scale = price_scale(x)
+    if scale is None:
+        sums = np.cumsum(x)
+        for j, w in enumerate(ws):
+            if w <= n:
+                out[j, w - 1] = sums[w - 1] / w
+                np.subtract(sums[w:], sums[: n - w], out=out[j, w:])
+                out[j, w:] /= w
+        return out
+    cs = _unit_cumsum(x, scale)
     for j, w in enumerate(ws):
-        _sma_from_cumsum(cs, n, w, column)
-        out[:, j] = column
+        if w <= n:
+            row = out[j]
+            # Integer differences, converted once: exact, every window sum is below 2**53.
+            with np.errstate(over="ignore"):
+                np.subtract(cs[w:], cs[: n - w], out=row[w:], dtype=np.int64, casting="unsafe")
+            row[w - 1] = cs[w - 1]
+            row[w - 1:] /= w * scale.units
+            if scale.origin:
+                row[w - 1:] += scale.origin
     return out
+
+
+def sma(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:
+    """Simple moving averages, one column per window, exact to one rounding.
+
+    Window sums are integer sums of the prices in ``scale`` units (see
+    ``price_scale``; computed from ``values`` when None), divided once: a
+    constant series gives the same average for every window, equal windows
+    give equal averages, and the error does not grow with the series length.
+    Series with NaN or infinity fall back to cumulative float sums.
+    """
+    return np.ascontiguousarray(sma_rows(values, windows, scale=scale).T)
 
 
 def _ema_1d(x: Array, w: int) -> Array:

@@ -1,6 +1,7 @@
 """Performance metrics over equity curves (bars x combinations), all finite.
 
-Every metric is a float64 array with one value per combination. Degenerate
+Every metric is a float64 array with one value per combination; the engine
+accumulates the sums behind them block by block (``kernel.py``). Degenerate
 cases have defined values instead of NaN or infinity, so results are always
 JSON-safe (see docs/engine.md, "Metrics").
 """
@@ -20,6 +21,7 @@ __all__ = [
     "TRADE_METRICS",
     "cagr",
     "equity_metrics",
+    "ratio",
     "trade_metrics",
     "validate_metric_names",
 ]
@@ -96,12 +98,12 @@ def equity_metrics(equity: Array, initial_equity: float, periods_per_year: float
         if "volatility" in wanted:
             out["volatility"] = std * annual
         if "sharpe" in wanted:
-            out["sharpe"] = _ratio(mean, std) * annual
+            out["sharpe"] = ratio(mean, std) * annual
         if "sortino" in wanted:
             np.minimum(returns, 0.0, out=returns)
             np.square(returns, out=returns)
             downside = np.sqrt(_column_sum(returns) / n)
-            out["sortino"] = _ratio(mean, downside) * annual
+            out["sortino"] = ratio(mean, downside) * annual
     if wanted & {"max_drawdown", "max_drawdown_duration"}:
         peak = np.maximum.accumulate(equity, axis=0)
         np.maximum(peak, initial_equity, out=peak)
@@ -135,31 +137,23 @@ def _column_sum(values: Array) -> Array:
 _NOISE_STD = 1e-12
 
 
-def _ratio(numerator: Array, denominator: Array) -> Array:
+def ratio(numerator: Array, denominator: Array) -> Array:
     """numerator / denominator, 0 where the denominator is noise-level (no risk taken)."""
     out = np.zeros_like(numerator)
     np.divide(numerator, denominator, out=out, where=denominator > _NOISE_STD)
     return out
 
 
-def trade_metrics(n_columns: int, columns: NDArray[np.intp], returns: Array, pnl: Array
-                  ) -> dict[str, Array]:
-    """n_trades, win_rate and profit_factor from flat per-trade arrays.
+def trade_metrics(count: Array, wins: Array, gross_profit: Array, gross_loss: Array) -> dict[str, Array]:
+    """n_trades, win_rate and profit_factor from per-combination trade sums.
 
-    ``columns[i]`` is the combination of trade i. win_rate is winners / trades
-    (0 without trades); profit_factor is gross profit / gross loss, 0 without
-    profit, capped at PROFIT_FACTOR_CAP (also when there is no loss).
+    win_rate is winners / trades (0 without trades); profit_factor is gross
+    profit / gross loss, 0 without profit, capped at PROFIT_FACTOR_CAP (also
+    when there is no loss).
     """
-    count = np.bincount(columns, minlength=n_columns).astype(np.float64)
-    wins = np.asarray(np.bincount(columns, weights=(returns > 0).astype(np.float64),
-                                  minlength=n_columns), dtype=np.float64)
-    gross_profit = np.asarray(np.bincount(columns, weights=np.maximum(pnl, 0.0), minlength=n_columns),
-                              dtype=np.float64)
-    gross_loss = np.asarray(np.bincount(columns, weights=np.maximum(-pnl, 0.0), minlength=n_columns),
-                            dtype=np.float64)
-    win_rate = _ratio(wins, count)
-    factor = np.full(n_columns, PROFIT_FACTOR_CAP)
+    win_rate = ratio(wins, count)
+    factor = np.full(len(count), PROFIT_FACTOR_CAP)
     np.divide(gross_profit, gross_loss, out=factor, where=gross_loss > 0)
     factor = np.minimum(factor, PROFIT_FACTOR_CAP)
     factor[gross_profit <= 0] = 0.0
-    return {"n_trades": count, "win_rate": win_rate, "profit_factor": factor}
+    return {"n_trades": count.copy(), "win_rate": win_rate, "profit_factor": factor}

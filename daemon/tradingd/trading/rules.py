@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tradingd.trading.data import MarketData
-from tradingd.trading.indicators import IndicatorCache, indicator_matrix
+from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
 from tradingd.trading.strategy import Strategy, StrategyConstraintError
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "SmaCrossover",
     "SmaTrendStops",
     "ZScoreMeanReversion",
+    "crossing_block",
     "crossing_state",
 ]
 
@@ -67,6 +68,46 @@ def crossing_state(diff: Array) -> Array:
     return out
 
 
+def crossing_block(diff: Array, carried: tuple[NDArray[np.int8], Array] | None
+                   ) -> tuple[Array, tuple[NDArray[np.int8], Array]]:
+    """``crossing_state`` of one time block, continuing from the carried state.
+
+    ``diff`` (fast - slow) is overwritten with the positions; NaN may only
+    lead a column (indicator warm-up). The state per
+    column is (first known sign, position): 0 before the first cross, then
+    the sign of the last non-tied difference.
+    """
+    n, k = diff.shape
+    first_sign, position = carried if carried is not None else (np.zeros(k, np.int8), np.zeros(k))
+    if n == 0:
+        return diff, (first_sign, position)
+    out = np.sign(diff, out=diff)
+    if np.isnan(out[0]).any():  # warm-up (a NaN prefix): no information
+        np.nan_to_num(out, copy=False)
+    columns = np.arange(k)
+    seen = out[np.argmax(out != 0.0, axis=0), columns].astype(np.int8)
+    first = np.where(first_sign != 0, first_sign, seen).astype(np.int8)
+    opposite = out == -first.astype(np.float64)
+    cross = np.argmax(opposite, axis=0)
+    cross[~opposite[cross, columns] | (first == 0)] = n
+    del opposite
+    cross[position != 0] = 0  # crossed in an earlier block
+    for j in np.flatnonzero(cross > 0):  # a loop over columns, never over bars
+        out[: cross[j], j] = 0.0
+    # Exact ties (and a block starting mid-tie) hold the previous position: rare, so
+    # only the columns that have them are forward-filled.
+    zeros = n - np.count_nonzero(out, axis=0) - np.minimum(cross, n)
+    tied = np.flatnonzero(zeros > 0)
+    if tied.size:
+        sub = np.empty((n + 1, tied.size))
+        sub[0] = position[tied]
+        sub[1:] = out[:, tied]
+        after = np.arange(n)[:, None] >= cross[tied]
+        sub[1:][(sub[1:] == 0.0) & after] = np.nan
+        out[:, tied] = _ffill_signals(sub)[1:]
+    return out, (first, out[-1].copy())
+
+
 class _Crossover(Strategy):
     param_names = ("fast", "slow")
     indicator: ClassVar[str]
@@ -98,6 +139,26 @@ class SmaCrossover(_Crossover):
 
     name = "sma_crossover"
     indicator = "sma"
+
+    def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        if not self._blocks_match_positions(SmaCrossover):
+            return None
+        return max((int(p["slow"]) for p in grid), default=1) - 1
+
+    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
+                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+        checked = self.validate_grid(grid)
+        fast = [p["fast"] for p in checked]
+        slow = [p["slow"] for p in checked]
+        windows = sorted(set(fast) | set(slow))
+        begin = max(0, start - (max(slow) - 1))
+        # Integer window sums make every average a function of its own window
+        # only, so a block's averages equal the whole series' bit for bit.
+        rows = sma_rows(data.close[begin:stop], windows, scale=scale)[:, start - begin:]
+        where = {w: j for j, w in enumerate(windows)}
+        # Gathering whole rows (one window each) is contiguous; one transpose at the end.
+        diff = np.ascontiguousarray(np.subtract(rows[[where[w] for w in fast]], rows[[where[w] for w in slow]]).T)
+        return crossing_block(diff, carried)
 
 
 class EmaCrossover(_Crossover):
@@ -132,6 +193,23 @@ class Momentum(Strategy):
         out = (mom > threshold).astype(np.float64)
         out -= mom < -threshold
         return out
+
+    def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        if not self._blocks_match_positions(Momentum):
+            return None
+        return max((int(p["lookback"]) for p in grid), default=0)
+
+    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
+                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+        checked = self.validate_grid(grid)
+        lookbacks = sorted({p["lookback"] for p in checked})
+        begin = max(0, start - lookbacks[-1])
+        where = {w: j for j, w in enumerate(lookbacks)}
+        mom = momentum(data.close[begin:stop], lookbacks)[start - begin:, [where[p["lookback"]] for p in checked]]
+        threshold = np.array([p["threshold"] for p in checked])
+        out = (mom > threshold).astype(np.float64)
+        out -= mom < -threshold
+        return out, None
 
 
 class ZScoreMeanReversion(Strategy):

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tradingd.trading.data import MarketData
-from tradingd.trading.indicators import IndicatorCache
+from tradingd.trading.indicators import IndicatorCache, PriceScale
 
 __all__ = ["Strategy", "StrategyConstraintError", "StrategyError", "ValidatedGrid"]
 
@@ -114,6 +114,29 @@ class Strategy(ABC):
     def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
                   cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
         """Target positions ``(n_bars, len(grid))`` in [-1, 1]."""
+
+    def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
+        """Bars before a time block that ``block_positions`` reads, or None.
+
+        None (the default) means the strategy needs the whole series at once,
+        so the engine cannot split its sweep into time blocks.
+        """
+        return None
+
+    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
+                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+        """Positions ``(stop - start, len(grid))`` of bars ``start .. stop`` and the state to carry.
+
+        ``carried`` is what the previous block returned (None for the first);
+        ``scale`` the integer scale of ``data.close`` for exact moving averages
+        (``indicators.price_scale`` of the whole series). The blocks
+        concatenated must equal ``positions(data, grid)`` exactly.
+        """
+        raise self._error("cannot run in time blocks")
+
+    def _blocks_match_positions(self, owner: type[Strategy]) -> bool:
+        """True unless a subclass of ``owner`` replaced ``positions`` (its blocks would not follow)."""
+        return type(self).positions is owner.positions
 
     def train(self, data: MarketData, params: Mapping[str, Any]) -> Any:
         """Fit a model for one parameter set (trainable strategies only)."""

@@ -19,7 +19,7 @@ import psutil
 
 from tradingd.storage.mmapstore import StoreError, is_store
 from tradingd.trading.data import DataError, MarketData
-from tradingd.trading.engine import run_sweep
+from tradingd.trading.engine import DEFAULT_CHUNK_BYTES, run_sweep
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.loaders import load_market_data, load_sample_data
 from tradingd.trading.outcome_filter import FilterConfig, HistoryPositions
@@ -66,6 +66,10 @@ class BatchTask:
     backtest: Mapping[str, Any]
     trace: TraceConfig
     models: tuple[Any, ...] | None = None
+    # The sweep's byte budget: the container's memory grant less what it holds (None: the engine default).
+    chunk_bytes: int | None = None
+    # The container's whole grant when the batch was sent (a process worker over it by a margin is recycled).
+    grant_bytes: int | None = None
     # Testing with spec.outcome_filter: the symbol's bars up to the batch's last bar, and the section.
     history: MarketData | DataRef | None = None
     outcome_filter: Mapping[str, Any] | None = None
@@ -127,7 +131,8 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         base = get_strategy(task.strategy)
         unfiltered = run_sweep(data, HistoryPositions(base, history), list(task.params),
                                backtest_config(task.backtest), cache=cache, should_stop=should_stop,
-                               models=list(task.models) if task.models is not None else None).metric_rows()
+                               models=list(task.models) if task.models is not None else None,
+                               chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES).metric_rows()
         strategy = HistoryPositions(base, history, FilterConfig.from_spec(task.outcome_filter, task.backtest))
     result = run_sweep(
         data,
@@ -138,6 +143,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         models=list(task.models) if task.models is not None else None,
         keep_trades_for="all" if want_trades else None,
         keep_equity_for="all" if trace.track_equity else None,
+        chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES,
         should_stop=should_stop,
     )
     rows = [

@@ -40,8 +40,10 @@ from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
+from tradingd.workflows.container_memory import ContainerMemory, WorkBudget
 from tradingd.workflows.executor import Executor
 from tradingd.workflows.file_worker import FileWorker
+from tradingd.workflows.footprint import container_footprint
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.spec import PhaseSettings
 from tradingd.workflows.tracing import EventBudgets, EventStream, empty_summary, merge_summaries
@@ -95,6 +97,7 @@ class RunServices:
     indicator_cache: IndicatorCache | None = None
     models: ModelStore | None = None
     admission: AdmissionGate | None = None
+    work: WorkBudget | None = None
     journal: TradeJournal | None = None
     # The one writer of durable files (its thread starts with the first write).
     writer: DurableWriter = field(default_factory=DurableWriter)
@@ -187,6 +190,7 @@ class Container:
         self._compute_seconds = 0.0
         self._batches_done = 0
         self._peak_rss = 0
+        self._memory = ContainerMemory(services.work, run_id, phase, container_id, strategy)
 
     def __repr__(self) -> str:
         return f"<Container {self.phase}/{self.id} {self.status} {len(self._rows)}/{len(self.params)} combos>"
@@ -214,6 +218,9 @@ class Container:
         self._started = time.perf_counter()
         self._peak_rss = psutil.Process().memory_info().rss
         try:
+            await self._memory.acquire(container_footprint(self.settings, strategy=self.strategy, params=self.params,
+                n_bars=int(self._data_info["n_bars"]), batch_size=self._batch_size, streams_events=self._trace.stream,
+                journals=self._services.journal is not None, trained=self._models is not None))
             if self._trace.stream:
                 # Opening and appending to the stream are not the durable part (its close is, on the
                 # writer): a worker thread, so a container never waits behind another's result file.
@@ -248,6 +255,7 @@ class Container:
                 backtest=self._backtest,
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
+                **self._memory.batch_budget(),
                 history=self._history,
                 outcome_filter=self._outcome_filter,
             )
@@ -304,6 +312,7 @@ class Container:
                 raise exc from err  # a cancellation stays a cancellation
             raise
         finally:
+            self._memory.release(completed=self.status == "completed")  # after the write: it is measured too
             # Drop what the result held; the file is the record from now on.
             self._data = None
             self._history = None
@@ -370,7 +379,7 @@ class Container:
                 "batches": self.n_batches,
                 "batches_done": self._batches_done,
             },
-            "memory": {"peak_rss_bytes": self._peak_rss},
+            "memory": self._memory.record(self._peak_rss),
             "events": events,
         }
         if self._equity:

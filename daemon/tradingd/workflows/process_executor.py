@@ -7,8 +7,9 @@ the OOM killer breaks the whole pool (``BrokenProcessPool`` fails every queued
 task); and it cannot replace *one* worker because of its memory. So each worker
 here sits in a :class:`WorkerSlot` driven by one dispatcher thread. After every
 task the worker reports its RSS; the slot retires the process after
-``max_tasks_per_child`` tasks or when the RSS is over ``max_worker_rss_mb``, and
-starts a fresh one — the way Celery and gunicorn bound leaks in code they do
+``max_tasks_per_child`` tasks, when the RSS is over ``max_worker_rss_mb``, or
+when it grew past the memory grant passed with its task by more than a margin
+(:func:`_grant_margin`), and starts a fresh one — the way Celery and gunicorn bound leaks in code they do
 not control. A worker that dies mid-task fails only that task
 (:class:`WorkerLost`) and is replaced.
 
@@ -41,7 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import psutil
 
@@ -65,6 +66,11 @@ class WorkerLost(RuntimeError):
     """The worker process died while running a task (killed, out of memory, crashed)."""
 
 
+
+def _grant_margin(grant_bytes: int) -> int:
+    """How far past its grant a worker may grow (a quarter, at least 32 MiB: heaps keep some of what was freed)."""
+    return max(grant_bytes // 4, 32 * 2**20)
+
 @dataclass(eq=False)
 class SlotTask:
     """A submitted call, queued until a slot takes it."""
@@ -72,6 +78,19 @@ class SlotTask:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: Future[Any] = field(default_factory=Future)
+
+    @property
+    def grant_bytes(self) -> int | None:
+        """The memory grant passed with the task (a ``GrantedTask`` argument), if any."""
+        return next((a.grant_bytes for a in self.args if isinstance(a, GrantedTask)), None)
+
+
+@runtime_checkable
+class GrantedTask(Protocol):
+    """A task argument that carries its container's memory grant (``compute.BatchTask``)."""
+
+    @property
+    def grant_bytes(self) -> int | None: ...
 
 
 @dataclass(eq=False)
@@ -83,6 +102,7 @@ class WorkerSlot:
     tasks: int = 0  # run by the current worker
     rss_bytes: int = 0
     peak_rss_bytes: int = 0
+    ready_rss_bytes: int = 0  # the worker's RSS when it was ready: what a task's growth is measured from
     started_at: float = 0.0
     busy: bool = False
 
@@ -129,7 +149,7 @@ class ProcessExecutor(Executor):
         self._queue: queue.SimpleQueue[SlotTask | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # the slots and the worker counters below
         self.lost = 0
-        self.recycled: dict[str, int] = {"tasks": 0, "rss": 0}
+        self.recycled: dict[str, int] = {"tasks": 0, "rss": 0, "grant": 0}
         self.started_workers = 0
         self.peak_worker_rss_bytes = 0
         self._launcher: WorkerLauncher | None = None
@@ -272,7 +292,7 @@ class ProcessExecutor(Executor):
             self.jobs.stopped()
             with self._lock:
                 slot.busy = False
-        reason = self._recycle_reason(slot)
+        reason = self._recycle_reason(slot, task.grant_bytes)
         if reason is not None:
             self._retire(slot, reason)
             if not self.closed:
@@ -320,9 +340,12 @@ class ProcessExecutor(Executor):
             raise value
         raise RuntimeError(f"{name} failed in its worker: {value!r}")
 
-    def _recycle_reason(self, slot: WorkerSlot) -> str | None:
+    def _recycle_reason(self, slot: WorkerSlot, grant_bytes: int | None = None) -> str | None:
         if slot.worker is None:
             return None
+        if grant_bytes is not None and slot.rss_bytes - slot.ready_rss_bytes > grant_bytes + _grant_margin(grant_bytes):
+            # It kept more than its task was granted (heap it cannot give back): start afresh.
+            return "grant"
         if slot.tasks >= self.max_tasks_per_child:
             return "tasks"
         if self.max_worker_rss_bytes is not None and slot.rss_bytes > self.max_worker_rss_bytes:
@@ -349,7 +372,7 @@ class ProcessExecutor(Executor):
             self._retire(slot, reason=None)
             return None
         with self._lock:
-            slot.rss_bytes = rss
+            slot.rss_bytes = slot.ready_rss_bytes = rss
             slot.started_at = time.time()
         log.debug("slot %d: worker pid %s started", slot.index, worker.pid)
         return worker

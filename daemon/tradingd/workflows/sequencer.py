@@ -31,6 +31,7 @@ from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range
 from tradingd.workflows.container import Container, RunServices, load_completed
+from tradingd.workflows.footprint import REPORT_BYTES
 from tradingd.workflows.layout import PhaseLayout, RunLayout
 from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, write_stitched
 from tradingd.workflows.overfitting import phase_overfitting
@@ -170,11 +171,24 @@ class Sequencer:
         await self._on_change()
 
     async def _report(self, phase_layout: PhaseLayout, *, status: str | None = None) -> None:
-        """Draw the phase's report (in the file worker); never raises: a report is not worth a run."""
+        """Draw the phase's report (in the file worker); never raises: a report is not worth a run.
+
+        Drawing is working memory too (30-75 MB traced): it waits for a grant like a container.
+        """
+        grant = None
+        if self.services.work is not None:
+            try:
+                grant = await self.services.work.acquire(f"{self.run_id}/{phase_layout.root.name}/report",
+                                                         estimate=REPORT_BYTES, minimum=REPORT_BYTES // 2)
+            except MemoryError as exc:  # GrantRefused: a limit that small still gets its report, ungranted
+                log.warning("run %s: drawing a report without a memory grant: %s", self.run_id, exc)
         try:
             await self.services.files.call(write_phase_report, phase_layout.root, run_id=self.run_id, status=status)
         except Exception as exc:
             log.warning("run %s: could not write the report of %s: %s", self.run_id, phase_layout.root.name, exc)
+        finally:
+            if grant is not None:
+                grant.release()
 
     async def _aggregate(self, plan: PhasePlan, phase_layout: PhaseLayout) -> tuple[dict[str, Any], PhaseFacts]:
         """Rank the phase's container files (in the file worker: it parses every one of them)."""

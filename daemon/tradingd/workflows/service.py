@@ -145,6 +145,7 @@ class WorkflowService:
             indicator_cache=memory.cache("indicators") if memory is not None else None,
             models=memory.models if memory is not None else None,
             admission=memory.admission if memory is not None else None,
+            work=memory.work if memory is not None else None,
             journal=self.outbox,
             writer=self.writer,
             files=self.files,

@@ -1,0 +1,157 @@
+"""How a sweep fits its byte budget: combinations per chunk and bars per time block.
+
+Everything a sweep allocates while it runs is counted here: the per-combination
+results (one float per metric), each chunk's carried state, and each time
+block's working set (target positions, indicator columns with their look-back,
+signal and simulation temporaries). The engine runs exactly the plan this
+module returns, so ``estimate_sweep_bytes`` is what a memory grant must cover.
+The per-cell constants were measured with tracemalloc on the sweep bench
+(docs/engine.md, "Memory budget").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
+
+__all__ = [
+    "MIN_BLOCK_BARS",
+    "SweepPlan",
+    "estimate_sweep_bytes",
+    "plan_sweep",
+]
+
+# Working-set bytes per (bar, combination) cell of a time block: target
+# positions, the signal temporaries of a strategy, the held positions and
+# change mask, and (dense) the equity block with its returns and peaks.
+CELL_BYTES_SPARSE = 48
+CELL_BYTES_DENSE = 112
+# Per bar of a block, whatever the width: price slices' temporaries and the
+# integer prefix sums behind the exact moving averages.
+BAR_BYTES = 48
+# Per indicator column and bar (float64 values).
+WINDOW_BYTES = 8
+# Per combination of a chunk: the carried state between time blocks.
+CARRY_BYTES = 160
+# Per combination of the whole sweep: the result arrays, one float per metric.
+METRIC_BYTES = 8
+# A fixed allowance for Python objects, small arrays and per-call overhead.
+OVERHEAD_BYTES = 256 * 1024
+MIN_BLOCK_BARS = 256
+# Blocks and chunks larger than this stop paying off (temporaries fall out of
+# cache), so a budget above it buys nothing: the plan never asks for more.
+FAST_WORKING_BYTES = 8 * 2**20
+# Blocks are at most this long, so the cost per bar-combination does not rise
+# with the series length.
+FAST_BLOCK_BARS = 1 << 15
+# Chunks narrower than this are slow (per-call overhead), so blocks get
+# shorter (down to FAST_MIN_BLOCK_BARS) before chunks get narrower.
+FAST_MIN_WIDTH = 32
+FAST_MIN_BLOCK_BARS = 1 << 11
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Combinations per chunk, bars per time block, and the bytes that costs."""
+
+    n_bars: int
+    width: int          # combinations simulated together
+    block_bars: int     # bars per time block (>= n_bars: unblocked)
+    peak_bytes: int     # working bytes of this plan (what the budget must cover)
+    fits: bool          # False: even the smallest plan exceeds the budget
+
+    @property
+    def blocked(self) -> bool:
+        """True when the series is processed in more than one time block."""
+        return self.block_bars < self.n_bars
+
+
+def _windows(width: int, n_windows: int | None) -> int:
+    # A crossover needs two indicator columns per combination at most; chunks of
+    # consecutive grid entries share most of them.
+    bound = 2 * width
+    return bound if n_windows is None else max(1, min(n_windows, bound))
+
+
+def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, dense: bool,
+           n_windows: int | None, workers: int) -> int:
+    cell = CELL_BYTES_DENSE if dense else CELL_BYTES_SPARSE
+    windows = _windows(width, n_windows)
+    per_worker = (CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
+                  + (block + lookback) * WINDOW_BYTES * windows)
+    return OVERHEAD_BYTES + METRIC_BYTES * n_metrics * n_combinations + workers * per_worker
+
+
+def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: Collection[str] | None = None,
+               lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
+               dense: bool | None = None, workers: int = 1) -> SweepPlan:
+    """The fastest plan whose working bytes stay within ``chunk_bytes``.
+
+    ``lookback`` is how many bars before a block its indicators read;
+    ``n_windows`` the number of distinct indicator columns of the whole grid
+    (None: two per combination); ``blockable`` False means the strategy needs
+    the whole series at once (then one full-length column is the minimum).
+    ``dense`` defaults to "a metric needs the equity curve"; ``workers``
+    chunks run at the same time, each with its own working set.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    n, k = max(int(n_bars), 1), max(int(n_combinations), 1)
+    names = validate_metric_names(metrics)
+    is_dense = bool(DENSE_METRICS & set(names)) if dense is None else dense
+    m = len(names)
+
+    def cost(width: int, block: int) -> int:
+        return _bytes(k, m, width, block, lookback, is_dense, n_windows, max(1, workers))
+
+    target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
+
+    def widest(block: int) -> int:
+        if cost(1, block) > target:
+            return 0
+        # Cost is linear in width except for the window bound: solve, then step down.
+        fixed = cost(0, block)
+        per = max(cost(1, block) - fixed, 1)
+        width = max(1, min(k, (target - fixed) // per))
+        while width > 1 and cost(width, block) > target:
+            width -= 1
+        return width
+
+    block = min(n, FAST_BLOCK_BARS) if blockable else n
+    width = widest(block)
+    # Shorter blocks buy width: numpy is fastest on wide chunks, and a block
+    # must be short when even one full column does not fit.
+    while blockable and block > MIN_BLOCK_BARS and width < min(k, FAST_MIN_WIDTH):
+        shorter = max(MIN_BLOCK_BARS, block // 2)
+        if width >= 1 and block <= FAST_MIN_BLOCK_BARS:
+            break
+        block, width = shorter, widest(shorter)
+    width = max(width, 1)
+    peak = cost(width, block)
+    return SweepPlan(n_bars=n, width=width, block_bars=block, peak_bytes=peak, fits=peak <= chunk_bytes)
+
+
+def estimate_sweep_bytes(n_bars: int, n_combinations: int, metrics: Collection[str] | None = None, *,
+                         lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
+                         workers: int = 1) -> tuple[int, int]:
+    """``(estimate, minimum)`` working bytes of a sweep, from its shape alone.
+
+    ``estimate`` is the peak the engine reaches when its budget is not the
+    limit (the engine never works with more than ``FAST_WORKING_BYTES`` of
+    temporaries, because larger blocks are not faster); ``minimum`` is the
+    smallest ``chunk_bytes`` it can honour: one combination in the shortest
+    time block (or one full-length column when ``blockable`` is False), plus
+    the per-combination results. Give the sweep any ``chunk_bytes`` between
+    the two and its peak stays within it. Arguments as for ``plan_sweep``;
+    ``metrics`` None means all metrics. ``run_sweep`` uses two worker threads
+    for sweeps above 4M bar-combinations on a 2-core machine: pass
+    ``workers=2`` for those (the minimum is then one combination per thread).
+    """
+    names = validate_metric_names(metrics)
+    fast = plan_sweep(n_bars, n_combinations, FAST_WORKING_BYTES * workers, metrics=names, lookback=lookback,
+                      n_windows=n_windows, blockable=blockable, workers=workers)
+    smallest = plan_sweep(n_bars, n_combinations, 1, metrics=names, lookback=lookback,
+                          n_windows=n_windows, blockable=blockable, workers=workers)
+    return max(fast.peak_bytes, smallest.peak_bytes), smallest.peak_bytes
