@@ -208,6 +208,9 @@ async def test_run_failed_on_a_full_disk_resumes_on_request_once_space_is_back(
             await await_until(lambda: run.status == "completed" or None, within=60, what="the resumed run")
             async with http.post(f"{url}/runs/enospc/resume", headers=headers) as resp:
                 assert resp.status == 409 and "completed" in (await resp.json())["error"]
+            # The final manifest is written by the writer thread just after the run settles.
+            await await_until(lambda: manifest_status(config.results_dir / "enospc") == "completed" or None,
+                              within=30, what="the manifest to say completed")
             manifest = json.loads((config.results_dir / "enospc" / "manifest.json").read_bytes())
             assert manifest["status"] == "completed" and manifest["attempts"] == 2
             assert (config.results_dir / "enospc" / "report.html").is_file()
