@@ -62,6 +62,24 @@ def test_throughput_counts_only_what_this_process_computed_and_never_goes_down()
     assert section["containers_total"] == 3 and section["bar_combinations_total"] == 650
 
 
+def test_throughput_forgets_runs_that_left_the_list() -> None:
+    runs: list[Any] = []
+    clock = [0.0]
+    meter = ThroughputMeter(lambda: runs, clock=lambda: clock[0])
+    for i in range(1000):  # retention keeps the list at 5 runs; the meter's memory must not grow with history
+        clock[0] += 1.0
+        ticks = iter(range(10))
+        done = Progress(clock=lambda: float(next(ticks)))  # computed in this process: elapsed > 0
+        done.resume_timer()
+        done.finish("completed", 10)
+        runs.append(run(f"run-{i}", done))
+        del runs[:-5]
+        meter.sample()
+    assert meter.containers_total == 1000 and meter.bar_combinations_total == 10_000
+    assert repr(meter) == "<ThroughputMeter 1000 containers 10000 bar-combinations>"
+    assert meter.tracked_runs == 5
+
+
 def test_log_tail_keeps_the_last_warnings_and_counts_them() -> None:
     tail = LogTail(size=3)
     logger = logging.getLogger("tradingd.test.tail")

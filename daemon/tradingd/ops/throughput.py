@@ -36,6 +36,7 @@ class ThroughputMeter:
         return f"<ThroughputMeter {self.containers_total} containers {self.bar_combinations_total} bar-combinations>"
 
     def sample(self) -> None:
+        seen: dict[str, tuple[int, int]] = {}
         for run in self._runs():
             progress = run.progress
             now = (progress.completed + progress.failed + progress.cancelled, progress.units_done)
@@ -45,11 +46,19 @@ class ThroughputMeter:
                 before = now if progress.elapsed() == 0 else (0, 0)
             self.containers_total += max(0, now[0] - before[0])
             self.bar_combinations_total += max(0, now[1] - before[1])
-            self._seen[run.id] = now
+            seen[run.id] = now
+        # Only the runs listed now: a run retention removed never comes back, and keeping
+        # every id ever seen would grow with history (one entry per run, for weeks).
+        self._seen = seen
         stamp = self._clock()
         self._samples.append((stamp, self.containers_total, self.bar_combinations_total))
         while len(self._samples) > 2 and stamp - self._samples[1][0] >= self.window:
             self._samples.popleft()
+
+    @property
+    def tracked_runs(self) -> int:
+        """How many runs the meter remembers progress for (the runs listed at the last sample)."""
+        return len(self._seen)
 
     def rates(self) -> tuple[float, float]:
         """Containers and bar-combinations per second over the window (0 until two samples exist)."""
