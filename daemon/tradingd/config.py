@@ -153,6 +153,7 @@ class CleanupConfig(_Section):
     model_sweep_interval: float = Field(default=30, gt=0)
     persist_interval: float = Field(default=300, gt=0)
     malloc_trim: bool = True
+    trim_interval: float = Field(default=5, gt=0)  # at most this often: malloc_trim once work has settled
 
 
 class ProcessPoolConfig(_Section):

@@ -207,3 +207,36 @@ def test_cache_budget_is_capped_at_the_gc_mark(tmp_path: Path) -> None:
     manager = MemoryManager(config, monitor, state_dir=tmp_path)
     assert manager.budget.total_bytes == int(0.7 * LIMIT)
     assert manager.caches_stats()["budget_source"] == "memory limit"
+
+
+async def test_loop_trims_once_work_has_settled(tmp_path: Path) -> None:
+    config = parse_config({"cleanup": {"interval": 0.01, "ttl_sweep_interval": 0.02, "trim_interval": 0.01},
+                           "caches": {"entries": {}}})
+    usage = FakeUsage()
+    monitor = Monitor(MemoryLimit(LIMIT, "config", {}), sampler=usage)
+    manager = MemoryManager(config, monitor, state_dir=tmp_path)
+    if not manager.ladder.trim_enabled:
+        pytest.skip("no malloc_trim in this libc")
+    ladder = manager.ladder
+
+    async def ticks(n: int) -> None:
+        # The loop has ticked at least n more times (each tick may sweep; sweeps are counted).
+        target = ladder.counts["ttl_sweep"] + n
+        await await_until(lambda: ladder.counts["ttl_sweep"] >= target, what="cleanup ticks")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(manager.run(stop))
+    try:
+        await ticks(3)
+        assert ladder.counts["malloc_trim"] == 0, "no work yet: nothing to trim"
+        grant = await manager.work.acquire("run-1", estimate=MB, minimum=MB)
+        await ticks(3)
+        assert ladder.counts["malloc_trim"] == 0, "work holds memory: not yet"
+        grant.release()
+        await await_until(lambda: ladder.counts["malloc_trim"] == 1, what="the trim after work")
+        await ticks(3)
+        assert ladder.counts["malloc_trim"] == 1, "once per settled batch of work, not every tick"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    assert [a["level"] for a in ladder.stats()["recent"] if a["action"] == "malloc_trim"] == ["normal"]

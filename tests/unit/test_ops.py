@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -68,8 +69,7 @@ def test_throughput_forgets_runs_that_left_the_list() -> None:
     meter = ThroughputMeter(lambda: runs, clock=lambda: clock[0])
     for i in range(1000):  # retention keeps the list at 5 runs; the meter's memory must not grow with history
         clock[0] += 1.0
-        ticks = iter(range(10))
-        done = Progress(clock=lambda: float(next(ticks)))  # computed in this process: elapsed > 0
+        done = Progress(clock=itertools.count().__next__)  # computed in this process: elapsed > 0
         done.resume_timer()
         done.finish("completed", 10)
         runs.append(run(f"run-{i}", done))

@@ -13,6 +13,12 @@ Levels and what each runs (every step counted with bytes freed and duration):
 
 Bytes freed by cache and model steps come from their own accounting; for
 ``gc_collect`` and ``malloc_trim`` they are the fall in anonymous RSS.
+
+Outside the ladder, the loop also trims once work has settled (no container
+holds working memory and some finished since the last trim), at most every
+``trim_interval`` seconds: a run frees tens of MB in the worker threads'
+malloc arenas, and without a trim glibc keeps those pages mapped, so anonymous
+RSS creeps up run after run (bench/disk_soak.py) although nothing leaks.
 """
 
 from __future__ import annotations
@@ -293,6 +299,8 @@ async def cleanup_loop(
     after_ladder: Callable[[], object] | None = None,
     persist: Callable[[], object] | None = None,
     persist_interval: float = 300.0,
+    work_settled: Callable[[], int | None] | None = None,
+    trim_interval: float = 5.0,
 ) -> None:
     """The cleanup task: react to level changes, sweep on intervals, until ``stop``.
 
@@ -302,8 +310,12 @@ async def cleanup_loop(
     ``repeat_interval`` seconds rather than every tick: collecting a large
     heap every second would cost more than it frees. ``after_ladder`` (a
     fresh monitor sample) runs after each ladder so admission resumes as soon
-    as usage has fallen. Blocking work runs in a worker thread, so the event
-    loop (and ``/health``) stays responsive.
+    as usage has fallen. ``work_settled`` returns how many containers have been
+    given memory so far, or None while one holds some: when that count moved
+    since the last trim and nothing is held, the loop gives freed heap back to
+    the OS (``malloc_trim``, level ``normal``), at most every ``trim_interval``
+    seconds. Blocking work runs in a worker thread, so the event loop (and
+    ``/health``) stays responsive.
     """
     loop = asyncio.get_running_loop()
     last_level = PressureLevel.NORMAL
@@ -311,6 +323,8 @@ async def cleanup_loop(
     next_ttl = loop.time() + ttl_sweep_interval
     next_models = loop.time() + model_sweep_interval
     next_persist = loop.time() + persist_interval
+    next_trim = loop.time()
+    trimmed_after = 0  # the work_settled count at the last trim
     async for now in poll(stop, interval, wake=wake, first_delay=0):
         try:
             current = level()
@@ -329,6 +343,12 @@ async def cleanup_loop(
             if now >= next_models:
                 await asyncio.to_thread(ladder.sweep_models)
                 next_models = now + model_sweep_interval
+            if work_settled is not None and now >= next_trim:
+                settled = work_settled()
+                if settled is not None and settled != trimmed_after:
+                    trimmed_after = settled
+                    next_trim = now + trim_interval
+                    await asyncio.to_thread(ladder.trim, "normal")
             if persist is not None and now >= next_persist:
                 await asyncio.to_thread(persist)
                 next_persist = now + persist_interval

@@ -286,7 +286,13 @@ class MemoryManager:
             after_ladder=self.monitor.sample,
             persist=self.persist,
             persist_interval=cleanup.persist_interval,
+            work_settled=self._work_settled,
+            trim_interval=cleanup.trim_interval,
         )
+
+    def _work_settled(self) -> int | None:
+        # Containers given memory so far, once none holds any (None while one does): trim after work.
+        return None if self.work.granted_bytes else self.work.granted_total
 
     # --- stats -------------------------------------------------------------------
 
