@@ -42,7 +42,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The image under a real Docker engine and the unit under a real systemd (systemd-nspawn --boot),
-# as root: installs docker.io/debootstrap/systemd-container if missing, starts and stops its own
+# as root: installs docker.io/mmdebstrap/systemd-container if missing, starts and stops its own
 # dockerd, caches the base image and rootfs in /var/tmp/tradingd-deploy. See docs/operations.md.
 deploy-test:
 	deploy/test.sh

@@ -3,8 +3,9 @@
 # stopped at the end; run the Docker and systemd suites; print "N passed, N failed" and exit
 # non-zero on any failure. Root only (debootstrap, dockerd, nspawn): otherwise a skip, or a
 # failure with CI=true. Cache between runs: $TRADINGD_DEPLOY_DIR (/var/tmp/tradingd-deploy).
-# SUITES="docker systemd" (the default) picks the suites. Once the base image exists, the
-# Docker suite (build, containers) runs while the systemd rootfs is built and its suite runs.
+# SUITES="docker systemd" (the default) picks the suites. Once the packages are installed, the
+# two branches run side by side: base image then Docker suite (build, containers), and systemd
+# rootfs then systemd suite; neither waits for the other's setup.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -16,21 +17,20 @@ fi
 mkdir -p "$D"
 t0=$SECONDS
 trap stop_dockerd EXIT
-if ! "$HERE/setup.sh" base; then
-  echo "FAIL deploy-test setup (logs in $D)"
+if ! "$HERE/setup.sh" packages; then
+  echo "FAIL deploy-test setup: packages"
   echo "0 passed, 1 failed"
   exit 1
 fi
-echo "base setup took $((SECONDS - t0)) s"
 
-run_suite() {  # run_suite NAME: the suite's output goes to $D/NAME-suite.out, its time to the last line
-  local s0=$SECONDS
+run_suite() {  # run_suite NAME: its setup step, then the suite; output to $D/NAME-suite.out
+  local s0=$SECONDS step=base
   rm -f "$D/$1.tally"
-  if [ "$1" = systemd ]; then
-    "$HERE/setup.sh" rootfs || { echo "FAIL systemd rootfs setup (logs in $D)"; return; }
-  fi
+  [ "$1" = systemd ] && step=rootfs
+  "$HERE/setup.sh" "$step" || { echo "FAIL $1 setup: $step (logs in $D)"; return; }
+  echo "$1 setup ($step) took $((SECONDS - s0)) s"
   "$HERE/$1-suite.sh"
-  echo "$1 suite took $((SECONDS - s0)) s"
+  echo "$1 setup and suite took $((SECONDS - s0)) s"
 }
 pids=()
 for suite in ${SUITES:-docker systemd}; do
