@@ -154,6 +154,7 @@ class CleanupConfig(_Section):
     persist_interval: float = Field(default=300, gt=0)
     malloc_trim: bool = True
     trim_interval: float = Field(default=5, gt=0)  # at most this often: malloc_trim once work has settled
+    malloc_arena_max: int | None = Field(default=2, ge=1, le=1024)  # glibc arenas; null: glibc's 8 per core
 
 
 class ProcessPoolConfig(_Section):

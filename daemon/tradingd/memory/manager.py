@@ -25,7 +25,7 @@ from typing import Any
 from tradingd.config import CacheSettings, Config
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
-from tradingd.memory.cleanup import CleanupLadder, cleanup_loop
+from tradingd.memory.cleanup import CleanupLadder, cleanup_loop, limit_malloc_arenas
 from tradingd.memory.grants import MemoryBudget
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
@@ -88,6 +88,8 @@ class MemoryManager:
             usage=monitor.usage_now,
             low_water=config.caches.low_water,
             malloc_trim=config.cleanup.malloc_trim,
+            # Before any worker thread exists: arenas made earlier stay.
+            malloc_arena_max=limit_malloc_arenas(config.cleanup.malloc_arena_max),
         )
         # Containers' working memory; the baseline is measured in start(), once the daemon is built.
         self.work = MemoryBudget(
