@@ -8,9 +8,9 @@ previous to finish), and every ``--every`` runs records:
 - results + state bytes on disk (must plateau under the retention cap),
 - the daemon's anonymous RSS, threads and open fds (flat after warm-up): RSS is
   read as the run completes and again after ``--settle`` seconds idle (the
-  daemon trims freed heap once work has settled, at most every
-  ``cleanup.trim_interval`` = 5 s, so the idle figure is what an operator sees
-  between runs; the growth verdict uses it, both columns are reported),
+  daemon trims freed heap once work has settled, at most every 5 s, so the
+  idle figure is what an operator sees between runs; the growth verdict uses
+  it, both columns are reported),
 - the runs ``/runs`` reports (retention keeps the registry bounded).
 
 Start-up time (``tradingd run`` to ``/ready`` 200) is measured on the empty

@@ -152,8 +152,7 @@ class CleanupConfig(_Section):
     ttl_sweep_interval: float = Field(default=30, gt=0)
     model_sweep_interval: float = Field(default=30, gt=0)
     persist_interval: float = Field(default=300, gt=0)
-    malloc_trim: bool = True
-    trim_interval: float = Field(default=5, gt=0)  # at most this often: malloc_trim once work has settled
+    malloc_trim: bool = True  # after pressure cleanups, and once work has settled (at most every 5 s)
     malloc_arena_max: int | None = Field(default=2, ge=1, le=1024)  # glibc arenas; null: glibc's 8 per core
 
 

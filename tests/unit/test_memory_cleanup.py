@@ -213,7 +213,7 @@ def test_cache_budget_is_capped_at_the_gc_mark(tmp_path: Path) -> None:
 
 
 async def test_loop_trims_once_work_has_settled(tmp_path: Path) -> None:
-    config = parse_config({"cleanup": {"interval": 0.01, "ttl_sweep_interval": 0.02, "trim_interval": 0.01},
+    config = parse_config({"cleanup": {"interval": 0.01, "ttl_sweep_interval": 0.02},
                            "caches": {"entries": {}}})
     usage = FakeUsage()
     monitor = Monitor(MemoryLimit(LIMIT, "config", {}), sampler=usage)

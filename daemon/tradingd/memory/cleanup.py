@@ -16,7 +16,7 @@ Bytes freed by cache and model steps come from their own accounting; for
 
 Outside the ladder, the loop also trims once work has settled (no container
 holds working memory and some finished since the last trim), at most every
-``trim_interval`` seconds: a run frees tens of MB in the worker threads'
+``trim_interval`` seconds (5): a run frees tens of MB in the worker threads'
 malloc arenas, and without a trim glibc keeps those pages mapped, so anonymous
 RSS creeps up run after run (bench/disk_soak.py) although nothing leaks.
 """

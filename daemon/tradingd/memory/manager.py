@@ -295,7 +295,6 @@ class MemoryManager:
             persist=self.persist,
             persist_interval=cleanup.persist_interval,
             work_settled=self._work_settled,
-            trim_interval=cleanup.trim_interval,
         )
 
     def _work_settled(self) -> int | None:
