@@ -111,8 +111,8 @@ def limit_malloc_arenas(arenas: int | None) -> int | None:
     glibc gives threads arenas of their own, up to 8 per core; memory freed in
     one stays mapped there, and with the worker threads of one run after
     another the arenas fragment: anonymous RSS crept up ~2 MB per 100 runs of
-    the backtest spec even with a trim after each (bench/disk_soak.py). Two
-    arenas hold it flat. ``MALLOC_ARENA_MAX`` in the environment wins (the
+    the backtest spec even with a trim after each, and less with two arenas
+    (bench/results/disk_soak_memory.md). ``MALLOC_ARENA_MAX`` in the environment wins (the
     operator's choice; glibc read it at start). Call before worker threads
     start: arenas already made stay.
     """
