@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from tradingd.trading.acceleration import compiled
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
 from tradingd.trading.strategy import Strategy, StrategyConstraintError
@@ -154,8 +155,18 @@ class SmaCrossover(_Crossover):
         begin = max(0, start - (max(slow) - 1))
         # Integer window sums make every average a function of its own window
         # only, so a block's averages equal the whole series' bit for bit.
-        rows = sma_rows(data.close[begin:stop], windows, scale=scale)[:, start - begin:]
+        rows = sma_rows(data.close[begin:stop], windows, scale=scale)
         where = {w: j for j, w in enumerate(windows)}
+        loops = compiled()
+        if loops is not None:  # one compiled pass, no (bars, combinations) difference block
+            k = len(checked)
+            first_sign, position = carried if carried is not None else (np.zeros(k, np.int8), np.zeros(k))
+            first_sign, position = first_sign.copy(), position.copy()
+            out = np.empty((stop - start, k), order="F")  # column by column: the kernel's order
+            loops.crossing_positions(rows, np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),
+                                     start - begin, stop - start, first_sign, position, out)
+            return out, (first_sign, position)
+        rows = rows[:, start - begin:]
         # Gathering whole rows (one window each) is contiguous; one transpose at the end.
         diff = np.ascontiguousarray(np.subtract(rows[[where[w] for w in fast]], rows[[where[w] for w in slow]]).T)
         return crossing_block(diff, carried)

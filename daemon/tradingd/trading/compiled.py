@@ -1,0 +1,210 @@
+"""The sweep's hot loops compiled with numba: one pass over a block's bars.
+
+Imported only through ``acceleration.compiled()`` (numba costs ~0.3 s to
+import, and the numpy path must work without it). Each loop is the numpy
+code of ``kernel.ChunkState.step`` and ``rules.crossing_block`` written per
+combination and per bar, with every floating-point operation in the same
+order, so both paths give bit-identical results (the tests run both).
+
+Why compiled: the numpy kernel makes a dozen passes over the
+``(bars, combinations)`` block (changes, nonzero, index forward-fill,
+gathers, marks, returns, sums, running peaks); these loops make one, keep
+the per-combination state in registers and touch the block once. The
+functions release the GIL (``nogil``), so the engine's threads run them
+in parallel; ``cache=True`` keeps the machine code on disk between processes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+
+__all__ = ["TRADE_FIELDS", "changes", "crossing_positions", "step_block"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Columns of the kept-trades buffer, in order.
+TRADE_FIELDS = ("col", "entry_bar", "exit_bar", "side", "size", "entry_price", "exit_price", "ret", "pnl")
+
+
+def _compile(fn: F) -> F:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cast(F, numba.njit(cache=True, nogil=True)(fn))
+    except RuntimeError:  # no writable cache directory (read-only install): compile per process
+        return cast(F, numba.njit(nogil=True)(fn))
+
+
+@_compile
+def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, first_sign: Any,
+                       position: Any, out: Any) -> None:
+    """``rules.crossing_block`` of ``rows[fast] - rows[slow]``, bars ``offset .. offset + n``.
+
+    Writes ``out`` (bars x combinations); updates the carried ``first_sign``
+    and ``position`` in place.
+    """
+    k = len(fast)
+    for j in range(k):
+        fr = rows[fast[j]]
+        sr = rows[slow[j]]
+        first = first_sign[j]
+        pos = position[j]
+        for t in range(n):
+            d = fr[offset + t] - sr[offset + t]
+            sgn = 0.0
+            if d > 0.0:
+                sgn = 1.0
+            elif d < 0.0:
+                sgn = -1.0
+            if pos == 0.0:
+                if first == 0:
+                    if sgn > 0.0:
+                        first = 1
+                    elif sgn < 0.0:
+                        first = -1
+                elif sgn == -first:
+                    pos = sgn
+            elif sgn != 0.0:
+                pos = sgn
+            out[t, j] = pos
+        first_sign[j] = first
+        position[j] = pos
+
+
+@_compile
+def changes(held: Any, carried: Any, cols: Any) -> int:
+    """How many times the targets of ``cols`` change in the block (a bound on their trades)."""
+    total = 0
+    for j in cols:
+        last = carried[j]
+        for t in range(held.shape[0]):
+            if held[t, j] != last:
+                total += 1
+                last = held[t, j]
+    return total
+
+
+@_compile
+def _record(trades: Any, i: int, j: int, entry_bar: int, exit_bar: int, side: float, size: float, entry_price: float,
+            exit_price: float, ret: float, pnl: float) -> None:
+    trades[i, 0], trades[i, 1], trades[i, 2], trades[i, 3], trades[i, 4] = j, entry_bar, exit_bar, side, size
+    trades[i, 5], trades[i, 6], trades[i, 7], trades[i, 8] = entry_price, exit_price, ret, pnl
+
+
+@_compile
+def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float, flags: Any,
+               state_f: Any, state_i: Any, keep_slot: Any, keep_trades: Any, curves: Any,
+               trades: Any) -> int:
+    """Advance every combination over one block of held targets ``(bars, width)``.
+
+    ``flags``: need equity, may ruin, moments, downside, drawdown, duration.
+    ``state_f`` rows: held, price in, segment equity, trades, wins, gross
+    profit, gross loss, last equity, sum r, sum r^2, sum downside^2, peak,
+    min ratio. ``state_i`` rows: entry bar, ruined, exposed, last peak, max
+    under. ``keep_slot[j]``: the column of ``curves`` that receives j's
+    equity (or -1); ``keep_trades[j]``: record j's closed trades in
+    ``trades`` (room for every change of theirs, plus one ruin each).
+    Returns the number of trades recorded.
+    """
+    b, k = held.shape
+    need_equity, may_ruin, moments, downside, drawdown, duration = (
+        flags[0], flags[1], flags[2], flags[3], flags[4], flags[5])
+    count = 0
+    dense = moments or downside or drawdown or duration
+    for j in range(k):
+        h, p_in, seg = state_f[0, j], state_f[1, j], state_f[2, j]
+        n_tr, wins, gp, gl = state_f[3, j], state_f[4, j], state_f[5, j], state_f[6, j]
+        last_e, s_r, s_r2, s_d2 = state_f[7, j], state_f[8, j], state_f[9, j], state_f[10, j]
+        peak, min_ratio = state_f[11, j], state_f[12, j]
+        entry_bar, ruined, exposed = state_i[0, j], state_i[1, j], state_i[2, j]
+        last_peak, max_under = state_i[3, j], state_i[4, j]
+        slot = keep_slot[j]
+        keep = keep_trades[j]
+        for t in range(b):
+            now = t0 + t
+            e = 0.0
+            if ruined == 0:
+                w = held[t, j]
+                victim = False
+                closing = False
+                seg_old = seg
+                if w != h:
+                    price = fill[t]
+                    p_new = price * (1.0 + np.sign(w) * slip)
+                    new_seg = seg
+                    if h != 0.0:
+                        closing = True
+                        s_old = np.sign(h)
+                        a_old = abs(h)
+                        p_out = price * (1.0 - s_old * slip)
+                        factor = 1.0 - a_old + a_old / (1.0 + c) * (
+                            (1.0 - s_old) + s_old * (p_out / p_in) * (1.0 - s_old * c))
+                        new_seg = seg * factor
+                        victim = may_ruin and new_seg <= 0.0
+                        ret, pnl = (-1.0, -seg) if victim else (factor - 1.0, seg * (factor - 1.0))
+                        closed_from, closed_in, closed_out = entry_bar, p_in, p_out
+                    if not victim:
+                        h, p_in, seg, entry_bar = w, p_new, new_seg, now
+                if w != 0.0:
+                    exposed += 1
+                dies = False
+                if not victim and (need_equity or may_ruin):
+                    a = abs(h)
+                    mark = ((((close[t] / p_in) - 1.0) * h + a) / (1.0 + c) + 1.0) - a
+                    e = seg * mark
+                    dies = may_ruin and e <= 0.0
+                    if dies and closing:  # as numpy's kernel words the closed trade of a ruin bar
+                        ret, pnl = seg / seg_old - 1.0, seg - seg_old
+                if closing:
+                    n_tr += 1.0
+                    wins += 1.0 if ret > 0.0 else 0.0
+                    gp += max(pnl, 0.0)
+                    gl += max(-pnl, 0.0)
+                    if keep:
+                        _record(trades, count, j, closed_from, now, s_old, a_old, closed_in, closed_out,
+                                ret, pnl)
+                        count += 1
+                if dies:
+                    # The open trade died on this bar's mark: liquidated at the close.
+                    if h != 0.0:
+                        n_tr += 1.0
+                        gl += seg
+                        if keep:
+                            _record(trades, count, j, entry_bar, now, np.sign(h), abs(h), p_in, close[t], -1.0, -seg)
+                            count += 1
+                    e = 0.0
+                ruined = 1 if victim or dies else 0
+                if ruined == 1:
+                    h, seg = 0.0, 0.0
+            if dense:
+                if moments or downside:
+                    r = 0.0
+                    if last_e > 0.0:
+                        r = e / last_e - 1.0
+                    s_r += r
+                    s_r2 += r * r
+                    if downside:
+                        dn = min(r, 0.0)
+                        s_d2 += dn * dn
+                if drawdown or duration:
+                    peak = max(peak, e)
+                    min_ratio = min(min_ratio, e / peak)
+                    if duration:
+                        if e >= peak:
+                            last_peak = now
+                        max_under = max(max_under, now - last_peak)
+                last_e = e
+            if slot >= 0:
+                curves[t, slot] = e
+        state_f[0, j], state_f[1, j], state_f[2, j] = h, p_in, seg
+        state_f[3, j], state_f[4, j], state_f[5, j], state_f[6, j] = n_tr, wins, gp, gl
+        state_f[7, j], state_f[8, j], state_f[9, j], state_f[10, j] = last_e, s_r, s_r2, s_d2
+        state_f[11, j], state_f[12, j] = peak, min_ratio
+        state_i[0, j], state_i[1, j], state_i[2, j] = entry_bar, ruined, exposed
+        state_i[3, j], state_i[4, j] = last_peak, max_under
+    return count
