@@ -124,15 +124,27 @@ class Strategy(ABC):
         return None
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[Array, Any]:
         """Positions ``(stop - start, len(grid))`` of bars ``start .. stop`` and the state to carry.
 
         ``carried`` is what the previous block returned (None for the first);
         ``scale`` the integer scale of ``data.close`` for exact moving averages
-        (``indicators.price_scale`` of the whole series). The blocks
-        concatenated must equal ``positions(data, grid)`` exactly.
+        (``indicators.price_scale`` of the whole series); ``shared`` what
+        ``block_indicators`` returned for this block and the whole sweep's grid
+        (passed only when not None). The blocks concatenated must equal
+        ``positions(data, grid)`` exactly.
         """
         raise self._error("cannot run in time blocks")
+
+    def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                         scale: PriceScale | None) -> Any:
+        """Indicator columns of bars ``start .. stop`` for every entry of ``grid``, or None.
+
+        The engine calls it once per time block with the whole sweep's grid
+        and hands the result to every chunk's ``block_positions``, so columns
+        shared by many combinations are computed once (None: nothing shared).
+        """
+        return None
 
     def _blocks_match_positions(self, owner: type[Strategy]) -> bool:
         """True unless a subclass of ``owner`` replaced ``positions`` (its blocks would not follow)."""
