@@ -52,24 +52,17 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
     for j in range(k):
         fr = rows[fast[j]]
         sr = rows[slow[j]]
-        first = first_sign[j]
-        pos = position[j]
+        first = np.int64(first_sign[j])
+        pos = np.int64(position[j])
         for t in range(n):
             d = fr[offset + t] - sr[offset + t]
-            sgn = 0.0
-            if d > 0.0:
-                sgn = 1.0
-            elif d < 0.0:
-                sgn = -1.0
-            if pos == 0.0:
+            sgn = (d > 0.0) - (d < 0.0)  # NaN (warm-up): 0
+            if pos == 0:
                 if first == 0:
-                    if sgn > 0.0:
-                        first = 1
-                    elif sgn < 0.0:
-                        first = -1
+                    first = sgn
                 elif sgn == -first:
                     pos = sgn
-            elif sgn != 0.0:
+            elif sgn != 0:
                 pos = sgn
             out[t, j] = pos
         first_sign[j] = first
@@ -154,9 +147,10 @@ def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float,
                     exposed += 1
                 dies = False
                 if not victim and (need_equity or may_ruin):
-                    a = abs(h)
-                    mark = ((((close[t] / p_in) - 1.0) * h + a) / (1.0 + c) + 1.0) - a
-                    e = seg * mark
+                    e = seg  # flat: the mark is exactly 1
+                    if h != 0.0:
+                        a = abs(h)
+                        e = seg * (((((close[t] / p_in) - 1.0) * h + a) / (1.0 + c) + 1.0) - a)
                     dies = may_ruin and e <= 0.0
                     if dies and closing:  # as numpy's kernel words the closed trade of a ruin bar
                         ret, pnl = seg / seg_old - 1.0, seg - seg_old
@@ -182,22 +176,23 @@ def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float,
                 if ruined == 1:
                     h, seg = 0.0, 0.0
             if dense:
-                if moments or downside:
-                    r = 0.0
-                    if last_e > 0.0:
+                # An unchanged equity adds a return of exactly 0 and the drawdown of the
+                # bar before: skipping it is exact (flat stretches cost no division).
+                if e != last_e:
+                    if (moments or downside) and last_e > 0.0:
                         r = e / last_e - 1.0
-                    s_r += r
-                    s_r2 += r * r
-                    if downside:
-                        dn = min(r, 0.0)
-                        s_d2 += dn * dn
-                if drawdown or duration:
-                    peak = max(peak, e)
-                    min_ratio = min(min_ratio, e / peak)
-                    if duration:
-                        if e >= peak:
-                            last_peak = now
-                        max_under = max(max_under, now - last_peak)
+                        s_r += r
+                        s_r2 += r * r
+                        if downside:
+                            dn = min(r, 0.0)
+                            s_d2 += dn * dn
+                    if drawdown or duration:
+                        peak = max(peak, e)
+                        min_ratio = min(min_ratio, e / peak)
+                if duration:
+                    if e >= peak:
+                        last_peak = now
+                    max_under = max(max_under, now - last_peak)
                 last_e = e
             if slot >= 0:
                 curves[t, slot] = e

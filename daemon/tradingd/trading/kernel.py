@@ -108,6 +108,7 @@ class ChunkState:
         if loops is not None:
             self._step_compiled(loops, held, prices, need_equity=need_equity)
             return
+        held = held.astype(np.float64, copy=False)
         b, k = held.shape
         t0 = prices.start
         if self.ruined.any():

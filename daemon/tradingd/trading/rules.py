@@ -176,7 +176,8 @@ class SmaCrossover(_Crossover):
             k = len(checked)
             first_sign, position = carried if carried is not None else (np.zeros(k, np.int8), np.zeros(k))
             first_sign, position = first_sign.copy(), position.copy()
-            out = np.empty((stop - start, k), order="F")  # column by column: the kernel's order
+            # int8, column by column: an eighth of the memory traffic, in the kernel's order.
+            out = np.empty((stop - start, k), dtype=np.int8, order="F")
             loops.crossing_positions(block.rows, fast, slow, block.offset, stop - start, first_sign, position, out)
             return out, (first_sign, position)
         rows = block.rows[:, block.offset:]

@@ -138,13 +138,15 @@ class SweepRun:
 
     def _held(self, offset: int, start: int, targets: Array, last_target: Array) -> Array:
         """The block's held targets: checked, clipped, shifted for next-open fills."""
-        t = np.asarray(targets, dtype=np.float64)
+        t = np.asarray(targets)
+        if t.dtype != np.int8:  # int8 targets (a compiled crossover's -1, 0, 1) stay small
+            t = t.astype(np.float64, copy=False)
         lowest, highest = float(t.min()), float(t.max())  # NaN propagates
         if not (lowest >= -1.0 and highest <= 1.0):
             bar, col = np.argwhere(~(np.abs(t) <= 1.0))[0]
             raise ValueError(f"combination {offset + col}: target position {t[bar, col]} at bar "
                              f"{start + bar} is not in [-1, 1]")
-        clipped = t if lowest >= 0.0 or self.config.allow_short else np.maximum(t, 0.0)
+        clipped = t if lowest >= 0.0 or self.config.allow_short else np.maximum(t, t.dtype.type(0))
         if self.config.fill == "close":
             return clipped
         held = np.empty_like(clipped)
