@@ -1,10 +1,16 @@
-"""Which kernel a sweep runs: numba's compiled loops when installed, else numpy.
+"""Which kernel a sweep runs: numba's compiled loops when ready, else numpy.
 
 Both give the same results bit for bit (``compiled.py`` repeats the numpy
-arithmetic in the same order); the compiled loops are several times faster
-(docs/engine.md, "Kernel"). ``TRADINGD_KERNEL=numpy`` in the environment
-forces the numpy path (tests run both). numba is imported on the first
-sweep, not with the package, so the daemon starts as fast as before.
+arithmetic in the same order, tests/unit/test_trading_kernels.py checks it),
+so the choice can change at any chunk of any sweep without changing a result.
+That is what ``compiled()`` does by default: numba costs ~0.3 s to import and
+~0.5 s to set up its code generator before the first call (its machine code
+comes from the on-disk cache), more than a first sweep of a few million
+bar-combinations takes on numpy. So the first call starts loading it on a
+background thread and answers None (numpy) until it is ready.
+
+``TRADINGD_KERNEL`` in the environment: ``numpy`` never loads numba,
+``numba`` waits for it (benches, tests), anything else is the default.
 """
 
 from __future__ import annotations
@@ -19,30 +25,51 @@ __all__ = ["KERNEL_ENV", "compiled", "kernel_name"]
 log = logging.getLogger(__name__)
 
 KERNEL_ENV = "TRADINGD_KERNEL"
-_lock = threading.Lock()
-_loaded: dict[str, ModuleType | None] = {}
+
+
+class _Loader:
+    """Imports and warms ``tradingd.trading.compiled`` once, on a thread of its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.module: ModuleType | None = None
+
+    def get(self, *, wait: bool) -> ModuleType | None:
+        if not self._done.is_set():
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._load, name="tradingd-numba", daemon=True)
+                    self._thread.start()
+            if wait:
+                self._done.wait()
+        return self.module
+
+    def _load(self) -> None:
+        try:
+            from tradingd.trading import compiled as module
+
+            module.warm_up()
+        except Exception as exc:  # ImportError, or numba failing on this machine: numpy it is
+            log.info("compiled sweep kernel not available (%s): sweeps run on numpy", exc)
+        else:
+            self.module = module
+        finally:
+            self._done.set()
+
+
+_loader = _Loader()
 
 
 def compiled() -> ModuleType | None:
-    """``tradingd.trading.compiled`` when numba is usable and not switched off, else None."""
-    if os.environ.get(KERNEL_ENV, "").strip().lower() == "numpy":
+    """``tradingd.trading.compiled`` when loaded and not switched off, else None (use numpy)."""
+    mode = os.environ.get(KERNEL_ENV, "").strip().lower()
+    if mode == "numpy":
         return None
-    try:
-        return _loaded["module"]
-    except KeyError:
-        pass
-    with _lock:  # two sweep threads must not both import (and compile) at once
-        if "module" not in _loaded:
-            try:
-                from tradingd.trading import compiled as module
-            except ImportError as exc:
-                log.info("numba not available (%s): the sweep kernel runs on numpy", exc)
-                _loaded["module"] = None
-            else:
-                _loaded["module"] = module
-        return _loaded["module"]
+    return _loader.get(wait=mode == "numba")
 
 
 def kernel_name() -> str:
-    """``"numba"`` or ``"numpy"``: the kernel the next sweep runs (for logs and benches)."""
+    """``"numba"`` or ``"numpy"``: the kernel a sweep starting now runs."""
     return "numpy" if compiled() is None else "numba"

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 
-__all__ = ["TRADE_FIELDS", "changes", "crossing_positions", "step_block"]
+__all__ = ["TRADE_FIELDS", "changes", "crossing_positions", "step_block", "warm_up"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -203,3 +203,16 @@ def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float,
         state_i[0, j], state_i[1, j], state_i[2, j] = entry_bar, ruined, exposed
         state_i[3, j], state_i[4, j] = last_peak, max_under
     return count
+
+
+def warm_up() -> None:
+    """Load (or compile) the machine code of the common signatures: a tiny call of each."""
+    n, k = 4, 2
+    rows = np.ones((2, n))
+    index = np.zeros(k, dtype=np.int64)
+    for dtype in (np.int8, np.float64):
+        out = np.empty((n, k), dtype=dtype, order="F")
+        crossing_positions(rows, index, index, 0, n, np.zeros(k, np.int8), np.zeros(k), out)
+        step_block(out, rows[0], rows[0], 0, 0.0, 0.0, np.zeros(6, dtype=np.bool_), np.ones((13, k)),
+                   np.zeros((5, k), dtype=np.int64), np.full(k, -1, dtype=np.int64), np.zeros(k, dtype=np.bool_),
+                   np.empty((n, 0)), np.empty((0, 9)))

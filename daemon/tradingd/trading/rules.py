@@ -165,7 +165,7 @@ class SmaCrossover(_Crossover):
         return SmaBlock(rows, start - begin, {w: j for j, w in enumerate(windows)})
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[Array, Any]:
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
         checked = self.validate_grid(grid)
         block = shared if isinstance(shared, SmaBlock) else self.block_indicators(data, checked, start, stop,
                                                                                    scale=scale)
@@ -233,7 +233,7 @@ class Momentum(Strategy):
         return max((int(p["lookback"]) for p in grid), default=0)
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[Array, Any]:
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
         checked = self.validate_grid(grid)
         lookbacks = sorted({p["lookback"] for p in checked})
         begin = max(0, start - lookbacks[-1])

@@ -124,8 +124,8 @@ class Strategy(ABC):
         return None
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[Array, Any]:
-        """Positions ``(stop - start, len(grid))`` of bars ``start .. stop`` and the state to carry.
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
+        """Positions ``(stop - start, len(grid))`` (float64, or int8) of bars ``start .. stop``, and the carry.
 
         ``carried`` is what the previous block returned (None for the first);
         ``scale`` the integer scale of ``data.close`` for exact moving averages
