@@ -62,12 +62,15 @@ class _Loader:
 _loader = _Loader()
 
 
-def compiled() -> ModuleType | None:
-    """``tradingd.trading.compiled`` when loaded and not switched off, else None (use numpy)."""
+def compiled(*, wait: bool = False) -> ModuleType | None:
+    """``tradingd.trading.compiled`` when loaded and not switched off, else None (use numpy).
+
+    ``wait``: block until the load has finished (or failed) instead.
+    """
     mode = os.environ.get(KERNEL_ENV, "").strip().lower()
     if mode == "numpy":
         return None
-    return _loader.get(wait=mode == "numba")
+    return _loader.get(wait=wait or mode == "numba")
 
 
 def kernel_name() -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from tradingd.trading.acceleration import compiled
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.results import BacktestResult
@@ -123,8 +124,10 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     return sweep.result()
 
 
-# Below this many bar-combinations a second thread costs more than it saves.
+# Below this many bar-combinations a second thread costs more than it saves
+# (the compiled kernel does a bar-combination in a few nanoseconds, numpy in tens).
 _PARALLEL_CELLS = 4_000_000
+_PARALLEL_CELLS_COMPILED = 250_000
 
 
 def _workers(requested: int | None, k: int, n_bars: int, trained: bool) -> int:
@@ -132,7 +135,8 @@ def _workers(requested: int | None, k: int, n_bars: int, trained: bool) -> int:
         if requested < 1:
             raise ValueError(f"workers must be positive, got {requested}")
         return requested
-    if trained or (os.cpu_count() or 1) < 2 or k * n_bars < _PARALLEL_CELLS:
+    enough = _PARALLEL_CELLS if compiled() is None else _PARALLEL_CELLS_COMPILED
+    if trained or (os.cpu_count() or 1) < 2 or k * n_bars < enough:
         return 1
     return 2
 
@@ -192,4 +196,5 @@ def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_ba
     lookback = strategy.block_lookback(params)
     windows = {int(v) for p in params for key in ("fast", "slow") if isinstance(v := p.get(key), int)}
     return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0,
+                      compiled=compiled() is not None,
                       n_windows=len(windows) or None, blockable=lookback is not None, workers=workers)

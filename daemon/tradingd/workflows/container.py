@@ -258,6 +258,7 @@ class Container:
                 **self._memory.batch_budget(),
                 history=self._history,
                 outcome_filter=self._outcome_filter,
+                sweep_threads=1 if self._services.executor.max_workers > 1 else None,
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)
             self._absorb(output)
