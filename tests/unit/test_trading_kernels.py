@@ -63,17 +63,21 @@ def test_kernels_agree_bit_for_bit_on_any_targets(
     assert_identical(*on_both(run))
 
 
+@pytest.mark.parametrize("keep_trades", [[0, 5], None])  # None: the kernel derives the crossings itself
 @pytest.mark.parametrize("cfg", [BacktestConfig(commission=0.002),
                                  BacktestConfig(commission=0.001, slippage_bps=5.0, allow_short=True,
-                                                fill="next_open")])
-def test_kernels_agree_on_a_crossover_sweep_in_blocks(cfg: BacktestConfig) -> None:
+                                                fill="next_open"),
+                                 BacktestConfig(commission=0.3, allow_short=True)])  # ruins
+def test_kernels_agree_on_a_crossover_sweep_in_blocks(cfg: BacktestConfig, keep_trades: list[int] | None) -> None:
     data = _walk(4000, 3)
     grid = [{"fast": f, "slow": s} for f in (2, 3, 7, 15) for s in (5, 20, 60, 200) if f < s]
     for block in (None, 333):
         def run(block: int | None = block) -> BacktestResult:
-            return run_sweep(data, "sma_crossover", grid, cfg, keep_trades_for=[0, 5], keep_equity_for=[3],
-                             block_bars=block)
+            return run_sweep(data, "sma_crossover", grid, cfg, keep_trades_for=keep_trades, keep_equity_for=[3],
+                             block_bars=block, chunk_bytes=2**20)
 
         compiled, plain = on_both(run)
         assert_identical(compiled, plain)
         assert compiled.metrics["n_trades"].min() > 0
+        if cfg.commission == 0.3:
+            assert (compiled.metrics["total_return"] == -1.0).any()  # some ruined

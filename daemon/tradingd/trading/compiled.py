@@ -52,8 +52,8 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
     for j in range(k):
         fr = rows[fast[j]]
         sr = rows[slow[j]]
-        first = np.int64(first_sign[j])
-        pos = np.int64(position[j])
+        first = int(first_sign[j])
+        pos = int(position[j])
         for t in range(n):
             d = fr[offset + t] - sr[offset + t]
             sgn = (d > 0.0) - (d < 0.0)  # NaN (warm-up): 0
@@ -90,12 +90,18 @@ def _record(trades: Any, i: int, j: int, entry_bar: int, exit_bar: int, side: fl
 
 
 @_compile
-def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float, flags: Any,
+def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_sign: Any, position: Any,
+               last_target: Any, fill: Any, close: Any, t0: int, c: float, slip: float, flags: Any,
                state_f: Any, state_i: Any, keep_slot: Any, keep_trades: Any, curves: Any,
                trades: Any) -> int:
     """Advance every combination over one block of held targets ``(bars, width)``.
 
-    ``flags``: need equity, may ruin, moments, downside, drawdown, duration.
+    ``flags``: need equity, may ruin, moments, downside, drawdown, duration,
+    crossings, long only, next open. With crossings, the targets are not
+    ``held`` but ``crossing_positions`` of ``rows[fast] - rows[slow]`` from
+    ``offset`` (carried ``first_sign`` and ``position`` updated in place),
+    clipped at 0 when long only and shifted by a bar for next-open fills
+    (``last_target``: the previous block's last clipped target, updated).
     ``state_f`` rows: held, price in, segment equity, trades, wins, gross
     profit, gross loss, last equity, sum r, sum r^2, sum downside^2, peak,
     min ratio. ``state_i`` rows: entry bar, ruined, exposed, last peak, max
@@ -104,9 +110,13 @@ def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float,
     ``trades`` (room for every change of theirs, plus one ruin each).
     Returns the number of trades recorded.
     """
-    b, k = held.shape
     need_equity, may_ruin, moments, downside, drawdown, duration = (
         flags[0], flags[1], flags[2], flags[3], flags[4], flags[5])
+    crossings, long_only, next_open = flags[6], flags[7], flags[8]
+    b = len(close)
+    k = len(fast) if crossings else held.shape[1]
+    fr = close
+    sr = close
     count = 0
     dense = moments or downside or drawdown or duration
     for j in range(k):
@@ -118,11 +128,34 @@ def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float,
         last_peak, max_under = state_i[3, j], state_i[4, j]
         slot = keep_slot[j]
         keep = keep_trades[j]
+        first = 0
+        pos = 0
+        prev = 0.0
+        if crossings:
+            fr = rows[fast[j]]
+            sr = rows[slow[j]]
+            first = int(first_sign[j])
+            pos = int(position[j])
+            prev = last_target[j]
         for t in range(b):
             now = t0 + t
             e = 0.0
-            if ruined == 0:
+            if crossings:  # crossing_positions, then the engine's clip and shift
+                d = fr[offset + t] - sr[offset + t]
+                sgn = (d > 0.0) - (d < 0.0)
+                if pos == 0:
+                    if first == 0:
+                        first = sgn
+                    elif sgn == -first:
+                        pos = sgn
+                elif sgn != 0:
+                    pos = sgn
+                target = 0.0 if long_only and pos < 0 else float(pos)
+                w = prev if next_open else target
+                prev = target
+            else:
                 w = held[t, j]
+            if ruined == 0:
                 victim = False
                 closing = False
                 seg_old = seg
@@ -196,6 +229,10 @@ def step_block(held: Any, fill: Any, close: Any, t0: int, c: float, slip: float,
                 last_e = e
             if slot >= 0:
                 curves[t, slot] = e
+        if crossings:
+            first_sign[j] = first
+            position[j] = pos
+            last_target[j] = prev
         state_f[0, j], state_f[1, j], state_f[2, j] = h, p_in, seg
         state_f[3, j], state_f[4, j], state_f[5, j], state_f[6, j] = n_tr, wins, gp, gl
         state_f[7, j], state_f[8, j], state_f[9, j], state_f[10, j] = last_e, s_r, s_r2, s_d2
@@ -213,6 +250,11 @@ def warm_up() -> None:
     for dtype in (np.int8, np.float64):
         out = np.empty((n, k), dtype=dtype, order="F")
         crossing_positions(rows, index, index, 0, n, np.zeros(k, np.int8), np.zeros(k), out)
-        step_block(out, rows[0], rows[0], 0, 0.0, 0.0, np.zeros(6, dtype=np.bool_), np.ones((13, k)),
-                   np.zeros((5, k), dtype=np.int64), np.full(k, -1, dtype=np.int64), np.zeros(k, dtype=np.bool_),
-                   np.empty((n, 0)), np.empty((0, 9)))
+        for crossings in (False, True):
+            flags = np.zeros(9, dtype=np.bool_)
+            flags[6] = crossings
+            held = np.zeros((n, 0), dtype=np.int8) if crossings else out
+            step_block(held, rows, index, index, 0, np.zeros(k, np.int8), np.zeros(k), np.zeros(k), rows[0], rows[0],
+                       0, 0.0, 0.0, flags, np.ones((13, k)), np.zeros((5, k), dtype=np.int64),
+                       np.full(k, -1, dtype=np.int64), np.zeros(k, dtype=np.bool_), np.empty((n, 0)),
+                       np.empty((0, 9)))

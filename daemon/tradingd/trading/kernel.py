@@ -13,12 +13,10 @@ by trade), so a blocked sweep gives bit-identical results to an unblocked one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
 
-from tradingd.trading.acceleration import compiled
 from tradingd.trading.simulation import TradeTable, exit_factor, mark_factor
 
 __all__ = ["BlockPrices", "ChunkState"]
@@ -104,10 +102,6 @@ class ChunkState:
 
     def step(self, held: Array, prices: BlockPrices, *, need_equity: bool) -> None:
         """Advance every combination over one block of held targets ``(bars, width)``."""
-        loops = compiled()
-        if loops is not None:
-            self._step_compiled(loops, held, prices, need_equity=need_equity)
-            return
         held = held.astype(np.float64, copy=False)
         b, k = held.shape
         t0 = prices.start
@@ -200,45 +194,6 @@ class ChunkState:
                 self._accumulate(equity, t0)
             for j, curve in self.keep_equity.items():
                 curve[t0:t0 + b] = equity[:, j]
-        self.bars += b
-
-    _FLOATS = ("held", "price_in", "seg_equity", "n_trades", "wins", "gross_profit", "gross_loss",
-               "last_equity", "sum_r", "sum_r2", "sum_down2", "peak", "min_ratio")
-    _INTS = ("entry_bar", "ruined", "exposed", "last_peak", "max_under")
-
-    def _step_compiled(self, loops: ModuleType, held: Array, prices: BlockPrices, *, need_equity: bool) -> None:
-        """``step`` in one compiled pass (``compiled.step_block``), same arithmetic."""
-        b, k = held.shape
-        if k > 1 and not held.flags.f_contiguous:
-            held = np.asfortranarray(held)  # the loop walks each combination's bars in turn
-        floats = np.stack([getattr(self, name) for name in self._FLOATS])
-        ints = np.stack([getattr(self, name).astype(np.int64) for name in self._INTS])
-        slots = np.full(k, -1, dtype=np.int64)
-        curves = np.empty((b, len(self.keep_equity)))
-        for slot, j in enumerate(self.keep_equity):
-            slots[j] = slot
-        keep = np.zeros(k, dtype=np.bool_)
-        kept = np.fromiter(self.keep_trades, dtype=np.int64)
-        keep[kept] = True
-        trades = np.empty((loops.changes(held, self.held, kept) + len(kept) if kept.size else 0, 9))
-        flags = np.array([need_equity or bool(self.keep_equity), self.may_ruin, self.want_moments,
-                          self.want_downside, self.want_drawdown, self.want_duration])
-        flags[2:] &= self.dense
-        count = loops.step_block(held, prices.fill, prices.close, prices.start, self.c, self.slip, flags,
-                                 floats, ints, slots, keep, curves, trades)
-        for name, values in zip(self._FLOATS, floats, strict=True):
-            setattr(self, name, values)
-        for name, values in zip(self._INTS, ints, strict=True):
-            setattr(self, name, values.astype(getattr(self, name).dtype))
-        for j, curve in self.keep_equity.items():
-            curve[prices.start:prices.start + b] = curves[:, slots[j]]
-        if count:
-            t = trades[:count]
-            n = np.intp
-            self.trades.append(TradeTable(
-                col=t[:, 0].astype(n), entry_bar=t[:, 1].astype(n), exit_bar=t[:, 2].astype(n),
-                side=t[:, 3].astype(np.int8), size=t[:, 4], entry_price=t[:, 5], exit_price=t[:, 6], ret=t[:, 7],
-                pnl=t[:, 8], is_open=np.zeros(count, dtype=bool)))
         self.bars += b
 
     def _equity(self, held: Array, bar: IntArray, col: IntArray, seg_equity: Array, price_in: Array,

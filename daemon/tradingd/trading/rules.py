@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from tradingd.trading.acceleration import compiled
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
-from tradingd.trading.strategy import Strategy, StrategyConstraintError
+from tradingd.trading.strategy import CrossingSignal, Strategy, StrategyConstraintError
 
 __all__ = [
     "AdaptiveTrend",
@@ -164,13 +164,22 @@ class SmaCrossover(_Crossover):
         rows = sma_rows(data.close[begin:stop], windows, scale=scale)
         return SmaBlock(rows, start - begin, {w: j for j, w in enumerate(windows)})
 
+    def block_crossings(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                        shared: Any) -> CrossingSignal | None:
+        if not isinstance(shared, SmaBlock):
+            return None
+        checked = self.validate_grid(grid)
+        return CrossingSignal(shared.rows, shared.offset,
+                              np.array([shared.where[p["fast"]] for p in checked], dtype=np.int64),
+                              np.array([shared.where[p["slow"]] for p in checked], dtype=np.int64))
+
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
                         carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
         checked = self.validate_grid(grid)
         block = shared if isinstance(shared, SmaBlock) else self.block_indicators(data, checked, start, stop,
                                                                                    scale=scale)
-        fast = np.array([block.where[p["fast"]] for p in checked])
-        slow = np.array([block.where[p["slow"]] for p in checked])
+        fast = np.array([block.where[p["fast"]] for p in checked], dtype=np.int64)
+        slow = np.array([block.where[p["slow"]] for p in checked], dtype=np.int64)
         loops = compiled()
         if loops is not None:  # one compiled pass, no (bars, combinations) difference block
             k = len(checked)

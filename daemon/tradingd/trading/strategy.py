@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, SupportsIndex, overload
 
 import numpy as np
@@ -21,7 +22,7 @@ from numpy.typing import NDArray
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache, PriceScale
 
-__all__ = ["Strategy", "StrategyConstraintError", "StrategyError", "ValidatedGrid"]
+__all__ = ["CrossingSignal", "Strategy", "StrategyConstraintError", "StrategyError", "ValidatedGrid"]
 
 Array = NDArray[np.float64]
 
@@ -136,6 +137,17 @@ class Strategy(ABC):
         """
         raise self._error("cannot run in time blocks")
 
+    def block_crossings(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                        shared: Any) -> CrossingSignal | None:
+        """The block's targets as crossings of two lines per entry of ``grid``, or None.
+
+        A strategy whose targets are ``rules.crossing_block`` of ``fast - slow``
+        lines may describe them this way; the compiled kernel then derives the
+        targets inside its loop (no targets block). Must agree exactly with
+        ``block_positions``. ``shared`` as there (None when nothing is shared).
+        """
+        return None
+
     def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
                          scale: PriceScale | None) -> Any:
         """Indicator columns of bars ``start .. stop`` for every entry of ``grid``, or None.
@@ -153,6 +165,19 @@ class Strategy(ABC):
     def train(self, data: MarketData, params: Mapping[str, Any]) -> Any:
         """Fit a model for one parameter set (trainable strategies only)."""
         raise self._error("is not trainable")
+
+
+@dataclass(frozen=True)
+class CrossingSignal:
+    """Targets that follow the crossings of line ``fast[j]`` over line ``slow[j]`` of ``rows``.
+
+    ``rows`` is lines x bars (C order); the block's bars start at column ``offset``.
+    """
+
+    rows: NDArray[np.float64]
+    offset: int
+    fast: NDArray[np.int64]
+    slow: NDArray[np.int64]
 
 
 class ValidatedGrid(list[dict[str, Any]]):

@@ -17,9 +17,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from tradingd.trading.compiled_kernel import KernelState
 from tradingd.trading.data import DataError, MarketData
 from tradingd.trading.indicators import IndicatorCache, price_scale
-from tradingd.trading.kernel import BlockPrices, ChunkState
+from tradingd.trading.kernel import BlockPrices
 from tradingd.trading.metrics import DENSE_METRICS, TRADE_METRICS, cagr, ratio, trade_metrics, validate_metric_names
 from tradingd.trading.results import BacktestResult, TradeRecords
 from tradingd.trading.simulation import BacktestConfig, TradeTable
@@ -73,7 +74,7 @@ class Chunk:
     offset: int
     width: int
     grid: Sequence[dict[str, Any]]
-    state: ChunkState
+    state: KernelState
     last_target: Array
     carried: Any = None
     whole: Array | None = None  # positions of the whole series, when computed at once
@@ -104,7 +105,7 @@ class SweepRun:
         n, cfg = self.data.n_bars, self.config
         grid = self.params[offset:offset + width]
         kept_equity = {j - offset: np.empty(n) for j in self.keep_equity if offset <= j < offset + width}
-        state = ChunkState(width, commission=cfg.commission, slip=cfg.slippage_bps / 10_000.0,
+        state = KernelState(width, commission=cfg.commission, slip=cfg.slippage_bps / 10_000.0,
                            initial_equity=cfg.initial_equity, dense=DENSE_METRICS & frozenset(self.names),
                            may_ruin=cfg.allow_short,
                            keep_trades=frozenset(j - offset for j in self.keep_trades if offset <= j < offset + width),
@@ -122,6 +123,17 @@ class SweepRun:
 
         ``shared``: the strategy's ``block_indicators`` of this block, for every chunk.
         """
+        prices = BlockPrices(start, self.fill_price[start:stop], self.close[start:stop])
+        need_equity = self.dense or bool(chunk.state.keep_equity)
+        if chunk.whole is None and shared is not None:
+            # A crossover the compiled kernel can follow line by line: no targets block at all.
+            signal = self.strategy.block_crossings(self.data, chunk.grid, start, stop, shared=shared)
+            done = None if signal is None else chunk.state.step_crossings(
+                signal, chunk.carried, chunk.last_target, prices, long_only=not self.config.allow_short,
+                next_open=self.config.fill == "next_open", need_equity=need_equity)
+            if done is not None:
+                chunk.carried, chunk.last_target = done
+                return
         if chunk.whole is not None:
             targets = chunk.whole[start:stop]
         else:
@@ -130,8 +142,7 @@ class SweepRun:
                                                                    scale=self.scale, **extra)
         held = self._held(chunk.offset, start, targets, chunk.last_target)
         chunk.last_target = held[-1].copy() if self.config.fill == "close" else self._clip(targets[-1])
-        prices = BlockPrices(start, self.fill_price[start:stop], self.close[start:stop])
-        chunk.state.step(held, prices, need_equity=self.dense or bool(chunk.state.keep_equity))
+        chunk.state.step(held, prices, need_equity=need_equity)
 
     def _clip(self, targets: Array) -> Array:
         return np.asarray(targets, dtype=np.float64) if self.config.allow_short else np.maximum(targets, 0.0)
