@@ -90,6 +90,31 @@ def _record(trades: Any, i: int, j: int, entry_bar: int, exit_bar: int, side: fl
 
 
 @_compile
+def _fold(e: float, last_e: float, s_r: float, s_r2: float, s_d2: float, peak: float, min_ratio: float,
+          last_peak: int, max_under: int, now: int, moments: bool, downside: bool, drawdown: bool,
+          duration: bool) -> tuple[float, float, float, float, float, int, int]:
+    """One bar's equity into the return sums and drawdown records (``kernel._accumulate``)."""
+    # An unchanged equity adds a return of exactly 0 and the drawdown of the bar
+    # before: skipping it is exact (flat stretches cost no division).
+    if e != last_e:
+        if (moments or downside) and last_e > 0.0:
+            r = e / last_e - 1.0
+            s_r += r
+            s_r2 += r * r
+            if downside:
+                dn = min(r, 0.0)
+                s_d2 += dn * dn
+        if drawdown or duration:
+            peak = max(peak, e)
+            min_ratio = min(min_ratio, e / peak)
+    if duration:
+        if e >= peak:
+            last_peak = now
+        max_under = max(max_under, now - last_peak)
+    return s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under
+
+
+@_compile
 def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_sign: Any, position: Any,
                last_target: Any, fill: Any, close: Any, t0: int, c: float, slip: float, flags: Any,
                state_f: Any, state_i: Any, keep_slot: Any, keep_trades: Any, curves: Any,
@@ -109,16 +134,24 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
     equity (or -1); ``keep_trades[j]``: record j's closed trades in
     ``trades`` (room for every change of theirs, plus one ruin each).
     Returns the number of trades recorded.
+
+    Per combination, one tight pass finds the targets and the bars where they
+    change; the second walks the stretches between changes (marking each bar
+    only when equity is needed) and does the trade arithmetic at the changes.
     """
     need_equity, may_ruin, moments, downside, drawdown, duration = (
         flags[0], flags[1], flags[2], flags[3], flags[4], flags[5])
     crossings, long_only, next_open = flags[6], flags[7], flags[8]
+    mark = need_equity or may_ruin
+    dense = moments or downside or drawdown or duration
     b = len(close)
     k = len(fast) if crossings else held.shape[1]
+    targets = np.empty(b)
+    changes_at = np.empty(b + 1, dtype=np.int64)
     fr = close
     sr = close
     count = 0
-    dense = moments or downside or drawdown or duration
+    cost = 1.0 + c
     for j in range(k):
         h, p_in, seg = state_f[0, j], state_f[1, j], state_f[2, j]
         n_tr, wins, gp, gl = state_f[3, j], state_f[4, j], state_f[5, j], state_f[6, j]
@@ -128,19 +161,16 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
         last_peak, max_under = state_i[3, j], state_i[4, j]
         slot = keep_slot[j]
         keep = keep_trades[j]
-        first = 0
-        pos = 0
-        prev = 0.0
-        if crossings:
+        # 1. The block's targets and the bars where they differ from the one before.
+        n_changes = 0
+        last = h
+        if crossings:  # crossing_positions, then the engine's clip and shift
             fr = rows[fast[j]]
             sr = rows[slow[j]]
             first = int(first_sign[j])
             pos = int(position[j])
             prev = last_target[j]
-        for t in range(b):
-            now = t0 + t
-            e = 0.0
-            if crossings:  # crossing_positions, then the engine's clip and shift
+            for t in range(b):
                 d = fr[offset + t] - sr[offset + t]
                 sgn = (d > 0.0) - (d < 0.0)
                 if pos == 0:
@@ -153,86 +183,133 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                 target = 0.0 if long_only and pos < 0 else float(pos)
                 w = prev if next_open else target
                 prev = target
-            else:
-                w = held[t, j]
-            if ruined == 0:
-                victim = False
-                closing = False
-                seg_old = seg
-                if w != h:
-                    price = fill[t]
-                    p_new = price * (1.0 + np.sign(w) * slip)
-                    new_seg = seg
-                    if h != 0.0:
-                        closing = True
-                        s_old = np.sign(h)
-                        a_old = abs(h)
-                        p_out = price * (1.0 - s_old * slip)
-                        factor = 1.0 - a_old + a_old / (1.0 + c) * (
-                            (1.0 - s_old) + s_old * (p_out / p_in) * (1.0 - s_old * c))
-                        new_seg = seg * factor
-                        victim = may_ruin and new_seg <= 0.0
-                        ret, pnl = (-1.0, -seg) if victim else (factor - 1.0, seg * (factor - 1.0))
-                        closed_from, closed_in, closed_out = entry_bar, p_in, p_out
-                    if not victim:
-                        h, p_in, seg, entry_bar = w, p_new, new_seg, now
-                if w != 0.0:
-                    exposed += 1
-                dies = False
-                if not victim and (need_equity or may_ruin):
-                    e = seg  # flat: the mark is exactly 1
-                    if h != 0.0:
-                        a = abs(h)
-                        e = seg * (((((close[t] / p_in) - 1.0) * h + a) / (1.0 + c) + 1.0) - a)
-                    dies = may_ruin and e <= 0.0
-                    if dies and closing:  # as numpy's kernel words the closed trade of a ruin bar
-                        ret, pnl = seg / seg_old - 1.0, seg - seg_old
-                if closing:
-                    n_tr += 1.0
-                    wins += 1.0 if ret > 0.0 else 0.0
-                    gp += max(pnl, 0.0)
-                    gl += max(-pnl, 0.0)
-                    if keep:
-                        _record(trades, count, j, closed_from, now, s_old, a_old, closed_in, closed_out,
-                                ret, pnl)
-                        count += 1
-                if dies:
-                    # The open trade died on this bar's mark: liquidated at the close.
-                    if h != 0.0:
-                        n_tr += 1.0
-                        gl += seg
-                        if keep:
-                            _record(trades, count, j, entry_bar, now, np.sign(h), abs(h), p_in, close[t], -1.0, -seg)
-                            count += 1
-                    e = 0.0
-                ruined = 1 if victim or dies else 0
-                if ruined == 1:
-                    h, seg = 0.0, 0.0
-            if dense:
-                # An unchanged equity adds a return of exactly 0 and the drawdown of the
-                # bar before: skipping it is exact (flat stretches cost no division).
-                if e != last_e:
-                    if (moments or downside) and last_e > 0.0:
-                        r = e / last_e - 1.0
-                        s_r += r
-                        s_r2 += r * r
-                        if downside:
-                            dn = min(r, 0.0)
-                            s_d2 += dn * dn
-                    if drawdown or duration:
-                        peak = max(peak, e)
-                        min_ratio = min(min_ratio, e / peak)
-                if duration:
-                    if e >= peak:
-                        last_peak = now
-                    max_under = max(max_under, now - last_peak)
-                last_e = e
-            if slot >= 0:
-                curves[t, slot] = e
-        if crossings:
+                targets[t] = w
+                if w != last:
+                    changes_at[n_changes] = t
+                    n_changes += 1
+                    last = w
             first_sign[j] = first
             position[j] = pos
             last_target[j] = prev
+        elif ruined == 0:
+            for t in range(b):
+                w = held[t, j]
+                targets[t] = w
+                if w != last:
+                    changes_at[n_changes] = t
+                    n_changes += 1
+                    last = w
+        changes_at[n_changes] = b
+        # 2. The stretches between changes, and the changes.
+        t = 0
+        i = 0
+        while t < b:
+            stop = changes_at[i] if ruined == 0 else b
+            if ruined != 0 or not mark:
+                if ruined == 0 and h != 0.0:
+                    exposed += stop - t
+                if dense or slot >= 0:
+                    for u in range(t, stop):  # ruined: equity 0
+                        if dense:
+                            s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = _fold(
+                                0.0, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, t0 + u,
+                                moments, downside, drawdown, duration)
+                            last_e = 0.0
+                        if slot >= 0:
+                            curves[u, slot] = 0.0
+                t = stop
+            else:
+                a = abs(h)
+                for u in range(t, stop):
+                    e = seg  # flat: the mark is exactly 1
+                    if h != 0.0:
+                        exposed += 1
+                        e = seg * (((((close[u] / p_in) - 1.0) * h + a) / cost + 1.0) - a)
+                    if may_ruin and e <= 0.0:
+                        # The open trade died on this bar's mark: liquidated at the close.
+                        n_tr += 1.0
+                        gl += seg
+                        if keep:
+                            _record(trades, count, j, entry_bar, t0 + u, np.sign(h), a, p_in, close[u], -1.0, -seg)
+                            count += 1
+                        e = 0.0
+                        ruined = 1
+                        h, seg = 0.0, 0.0
+                    if dense:
+                        s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = _fold(
+                            e, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, t0 + u,
+                            moments, downside, drawdown, duration)
+                        last_e = e
+                    if slot >= 0:
+                        curves[u, slot] = e
+                    if ruined != 0:
+                        stop = u + 1
+                        break
+                t = stop
+            if t >= b or ruined != 0:
+                continue
+            # The change at bar t: close the held position, open the new target.
+            now = t0 + t
+            w = targets[t]
+            e = 0.0
+            victim = False
+            closing = False
+            seg_old = seg
+            price = fill[t]
+            p_new = price * (1.0 + np.sign(w) * slip)
+            new_seg = seg
+            if h != 0.0:
+                closing = True
+                s_old = np.sign(h)
+                a_old = abs(h)
+                p_out = price * (1.0 - s_old * slip)
+                factor = 1.0 - a_old + a_old / (1.0 + c) * (
+                    (1.0 - s_old) + s_old * (p_out / p_in) * (1.0 - s_old * c))
+                new_seg = seg * factor
+                victim = may_ruin and new_seg <= 0.0
+                ret, pnl = (-1.0, -seg) if victim else (factor - 1.0, seg * (factor - 1.0))
+                closed_from, closed_in, closed_out = entry_bar, p_in, p_out
+            if not victim:
+                h, p_in, seg, entry_bar = w, p_new, new_seg, now
+            if w != 0.0:
+                exposed += 1
+            dies = False
+            if not victim and mark:
+                e = seg
+                if h != 0.0:
+                    a = abs(h)
+                    e = seg * (((((close[t] / p_in) - 1.0) * h + a) / cost + 1.0) - a)
+                dies = may_ruin and e <= 0.0
+                if dies and closing:  # as numpy's kernel words the closed trade of a ruin bar
+                    ret, pnl = seg / seg_old - 1.0, seg - seg_old
+            if closing:
+                n_tr += 1.0
+                wins += 1.0 if ret > 0.0 else 0.0
+                gp += max(pnl, 0.0)
+                gl += max(-pnl, 0.0)
+                if keep:
+                    _record(trades, count, j, closed_from, now, s_old, a_old, closed_in, closed_out, ret, pnl)
+                    count += 1
+            if dies:
+                if h != 0.0:
+                    n_tr += 1.0
+                    gl += seg
+                    if keep:
+                        _record(trades, count, j, entry_bar, now, np.sign(h), abs(h), p_in, close[t], -1.0, -seg)
+                        count += 1
+                e = 0.0
+            if victim or dies:
+                ruined = 1
+                h, seg = 0.0, 0.0
+            if dense:
+                s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = _fold(
+                    e, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, now,
+                    moments, downside, drawdown, duration)
+                last_e = e
+            if slot >= 0:
+                curves[t, slot] = e
+            t += 1
+            i += 1
         state_f[0, j], state_f[1, j], state_f[2, j] = h, p_in, seg
         state_f[3, j], state_f[4, j], state_f[5, j], state_f[6, j] = n_tr, wins, gp, gl
         state_f[7, j], state_f[8, j], state_f[9, j], state_f[10, j] = last_e, s_r, s_r2, s_d2
