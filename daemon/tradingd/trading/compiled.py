@@ -147,6 +147,9 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
     b = len(close)
     k = len(fast) if crossings else held.shape[1]
     targets = np.empty(b)
+    equity = np.empty(b)
+    ratio = np.empty(b)
+    peaks = np.empty(b)
     changes_at = np.empty(b + 1, dtype=np.int64)
     fr = close
     sr = close
@@ -217,6 +220,45 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                             last_e = 0.0
                         if slot >= 0:
                             curves[u, slot] = 0.0
+                t = stop
+            elif not may_ruin and stop > t:
+                # No ruin possible: the stretch in vector passes (the divisions run
+                # side by side), the sums still added bar by bar in order.
+                a = abs(h)
+                if h != 0.0:
+                    exposed += stop - t
+                    for u in range(t, stop):
+                        equity[u] = seg * (((((close[u] / p_in) - 1.0) * h + a) / cost + 1.0) - a)
+                else:
+                    equity[t:stop] = seg  # flat: the mark is exactly 1
+                if moments or downside:
+                    # (an unchanged equity gives r = 0 exactly, adding nothing)
+                    ratio[t] = equity[t] / last_e - 1.0 if last_e > 0.0 else 0.0
+                    for u in range(t + 1, stop):
+                        ratio[u] = equity[u] / equity[u - 1] - 1.0
+                    for u in range(t, stop):
+                        r = ratio[u]
+                        s_r += r
+                        s_r2 += r * r
+                        if downside:
+                            dn = min(r, 0.0)
+                            s_d2 += dn * dn
+                if drawdown or duration:
+                    for u in range(t, stop):
+                        peak = max(peak, equity[u])
+                        peaks[u] = peak
+                        if duration:
+                            if equity[u] >= peak:
+                                last_peak = t0 + u
+                            max_under = max(max_under, t0 + u - last_peak)
+                    for u in range(t, stop):
+                        ratio[u] = equity[u] / peaks[u]
+                    for u in range(t, stop):
+                        min_ratio = min(min_ratio, ratio[u])
+                if dense:
+                    last_e = equity[stop - 1]
+                if slot >= 0:
+                    curves[t:stop, slot] = equity[t:stop]
                 t = stop
             else:
                 a = abs(h)
