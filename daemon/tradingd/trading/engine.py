@@ -57,12 +57,13 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     stays within ``chunk_bytes`` (see ``sweep_plan``); when one full-length
     column does not fit, strategies that support it run in time blocks with
     carried state, with identical results. ``should_stop`` is polled between
-    chunks (raises SweepCancelled). ``models`` (trainable strategies) holds
+    chunk steps (raises SweepCancelled). ``models`` (trainable strategies) holds
     one model per grid entry. ``cache`` (a cross-run indicator cache with its
-    own byte budget) serves full-length indicator columns to unblocked sweeps.
+    own byte budget) serves full-length indicator columns to strategies that
+    cannot run in time blocks.
     ``block_bars`` overrides the planned time block (tests and tuning; the
     budget is then not enforced). ``workers`` threads simulate chunks in
-    parallel (numpy releases the GIL), each within its share of the budget;
+    parallel (numpy and the compiled kernel release the GIL), each within its share of the budget;
     None: two when the sweep has enough work and the machine two cores.
     Results do not depend on either.
     """
@@ -89,10 +90,12 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
         plan = dataclasses.replace(plan, block_bars=block_bars)
     n, step = data.n_bars, plan.width
     blocks = [(start, min(n, start + plan.block_bars)) for start in range(0, n, plan.block_bars)]
-    whole = strat.block_lookback(params) is None or (cache is not None and not plan.blocked) or models is not None
+    # Strategies that run in blocks compute each block's indicators once for the whole
+    # grid (cheap next to the simulation), so they never need the cross-run cache.
+    whole = strat.block_lookback(params) is None or models is not None
     if whole:
-        # Positions of the whole series at once (a shared cache serves full-length columns):
-        # every chunk walks its blocks on its own.
+        # Positions of the whole series at once (the cross-run cache serves full-length
+        # columns): every chunk walks its blocks on its own.
         def run_chunk(offset: int) -> None:
             chunk_models = None if models is None else models[offset:offset + step]
             chunk = sweep.open_chunk(offset, min(step, k - offset), whole=True, cache=cache, models=chunk_models)
