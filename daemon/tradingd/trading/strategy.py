@@ -51,8 +51,8 @@ class Strategy(ABC):
 
     def _int(self, params: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> int:
         value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or (
-                isinstance(value, float) and not value.is_integer()):
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int | float) or (
+                isinstance(value, float) and not value.is_integer())):  # (a plain int needs no checks)
             raise self._error(f"parameter {key!r} must be an integer, got {value!r}")
         number = int(value)
         if number < lo or (hi is not None and number > hi):
@@ -76,9 +76,9 @@ class Strategy(ABC):
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check names, types and ranges; return a normalized copy with defaults filled in."""
-        if not isinstance(params, Mapping):
+        if type(params) is not dict and not isinstance(params, Mapping):  # dicts first: grids are long
             raise self._error(f"parameters must be a mapping, got {type(params).__name__}")
-        unknown = sorted(set(params) - set(self.param_names))
+        unknown = sorted(params.keys() - self.param_names)
         if unknown:
             raise self._error(f"unknown parameters {unknown}; expected {list(self.param_names)}")
         merged = {**self.defaults, **params}
