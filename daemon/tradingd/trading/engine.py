@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tradingd.trading.acceleration import compiled
+from tradingd.trading.acceleration import compiled, preload
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.results import BacktestResult
@@ -76,6 +76,7 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     if models is not None and len(models) != k:
         raise ValueError(f"{len(models)} models for {k} grid entries")
     sweep = SweepRun(data, strat, params, config, metrics, keep_trades_for, keep_equity_for)
+    preload(k * data.n_bars)  # numba, in the background, when the work is worth it
     threads = _workers(workers, k, data.n_bars, models is not None)
     plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads)
     if threads > 1 and workers is None and (not plan.fits or plan.width * threads > k):
