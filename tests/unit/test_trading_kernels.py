@@ -81,3 +81,36 @@ def test_kernels_agree_on_a_crossover_sweep_in_blocks(cfg: BacktestConfig, keep_
         assert compiled.metrics["n_trades"].min() > 0
         if cfg.commission == 0.3:
             assert (compiled.metrics["total_return"] == -1.0).any()  # some ruined
+
+
+@pytest.mark.slow
+def test_a_process_of_small_sweeps_never_loads_numba_and_a_big_sweep_does() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from tradingd.trading.acceleration import LOAD_CELLS, compiled
+        from tradingd.trading.data import MarketData
+        from tradingd.trading.engine import run_sweep
+
+        def sweep(n, k):
+            ts = np.datetime64("2020-01-01", "ns") + np.arange(n) * np.timedelta64(1, "m")
+            close = np.round(100 + np.cumsum(np.random.default_rng(1).normal(0, 0.1, n)), 2)
+            data = MarketData.from_arrays("X", ts, close, close, close, close, np.ones(n), timeframe="1min")
+            grid = [{"fast": 2 + i % 7, "slow": 20 + i} for i in range(k)]
+            return run_sweep(data, "sma_crossover", grid, metrics=["total_return"])
+
+        sweep(2000, 20)
+        print("small", "numba" in sys.modules)
+        first = sweep(LOAD_CELLS // 200 + 1, 200)
+        print("big", compiled(wait=True) is not None)
+        again = sweep(LOAD_CELLS // 200 + 1, 200)
+        print("same", bool((first.metrics["total_return"] == again.metrics["total_return"]).all()))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != KERNEL_ENV}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                         check=True).stdout.split("\n")
+    assert out[:3] == ["small False", "big True", "same True"]
