@@ -185,7 +185,7 @@ def estimate_sweep(strategy: str | Strategy, grid: Sequence[Mapping[str, Any]], 
     strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
     params = strat.validate_grid(grid)
     lookback = strat.block_lookback(params)
-    windows = {int(v) for p in params for key in ("fast", "slow") if isinstance(v := p.get(key), int)}
+    windows = _windows(params)
     threads = _workers(None, len(params), n_bars, trained=False)
     estimate, minimum = (estimate_sweep_bytes(n_bars, len(params), metrics, lookback=lookback or 0,
                                               n_windows=len(windows) or None, blockable=lookback is not None,
@@ -198,7 +198,13 @@ def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_ba
                    metrics: Collection[str] | None = None, workers: int = 1) -> SweepPlan:
     """The plan ``run_sweep`` follows for ``strategy`` over ``params`` (validated)."""
     lookback = strategy.block_lookback(params)
-    windows = {int(v) for p in params for key in ("fast", "slow") if isinstance(v := p.get(key), int)}
+    windows = _windows(params)
     return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0,
                       compiled=compiled() is not None,
                       n_windows=len(windows) or None, blockable=lookback is not None, workers=workers)
+
+
+def _windows(params: Sequence[Mapping[str, Any]]) -> set[int]:
+    """The distinct ``fast`` / ``slow`` windows of a grid (a set per key first: grids are long)."""
+    values = {p.get("fast") for p in params} | {p.get("slow") for p in params}
+    return {int(v) for v in values if isinstance(v, int)}
