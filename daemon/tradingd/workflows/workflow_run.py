@@ -38,6 +38,7 @@ from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.out_of_sample import run_headline
 from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
+from tradingd.workflows.run_summary import run_summary
 from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.sequencer import RunInterrupted, Sequencer
 from tradingd.workflows.spec import SpecError, WorkflowSpec, check_safe_name, parse_spec
@@ -77,6 +78,9 @@ class WorkflowRun:
         self.cancel_reason: str | None = None
         self.out_of_sample: dict[str, Any] | None = None  # walk-forward: the stitched summary
         self.manifest_error: str | None = None  # the last manifest write failed (it is retried)
+        # Headline, selection and equity sparkline (run_summary.py), refreshed as phases finish; in the manifest.
+        self.summary: dict[str, Any] | None = None
+        self._summarised_phases = -1  # finished phases the summary was last drawn from
         self._phase_records: list[dict[str, Any]] = []  # from a manifest, until phases are planned
 
     def __repr__(self) -> str:
@@ -98,6 +102,7 @@ class WorkflowRun:
         run.symbols = list(doc.get("symbols") or [])
         run._phase_records = list(doc.get("phases") or [])
         run.out_of_sample = doc.get("out_of_sample")
+        run.summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else None
         progress = doc.get("progress") or {}
         for key in ("total", "completed", "failed", "cancelled", "skipped"):
             setattr(run.progress, key, int(progress.get(key) or 0))
@@ -178,18 +183,38 @@ class WorkflowRun:
             services=services,
             progress=self.progress,
             should_stop=should_stop,
-            on_change=self.save_manifest,
+            on_change=lambda: self._phases_changed(services),
             cancelled_as=lambda: self.cancel_reason or "interrupted",
         )
         self.phases = sequencer.plans
         del data, grid  # the sequencer holds them for as long as the run needs them
         await sequencer.run()
         self.out_of_sample = sequencer.out_of_sample
+        await self.summarise(services)  # a walk-forward's stitched result only exists now
         failed = self.progress.failed
         if failed:
             self.error = f"{failed} container(s) failed; see their result files"
             return "failed"
         return "completed"
+
+    async def _phases_changed(self, services: RunServices) -> None:
+        """The sequencer's change callback: the summary when another phase finished, then the manifest."""
+        finished = sum(1 for p in self.phases if p.status in ("completed", "failed", "cancelled"))
+        if finished != self._summarised_phases:
+            self._summarised_phases = finished
+            await self.summarise(services)
+        await self.save_manifest()
+
+    async def summarise(self, services: RunServices) -> None:
+        """Refresh :attr:`summary` from the finished phases' files (in the file worker); never raises."""
+        try:
+            summary = await services.files.call(
+                run_summary, self.layout.root, self.phase_records(), run_type=self.spec.type,
+                objective=self.spec.objective, initial_equity=self.spec.backtest.initial_equity)
+        except Exception as exc:  # a summary is not worth a run
+            log.warning("run %s: could not summarise its results: %s: %s", self.id, type(exc).__name__, exc)
+            return
+        self.summary = summary or self.summary
 
     def mark_finished(self, status: str) -> None:
         """Record that the run ended with ``status`` (in memory; :meth:`finish` also saves it)."""
@@ -253,6 +278,7 @@ class WorkflowRun:
             "progress": self.progress.as_dict(),
             "phases": self.phase_records(),
             "out_of_sample": self.out_of_sample,
+            "summary": self.summary,
             "version": __version__,
         }
 
@@ -272,6 +298,8 @@ class WorkflowRun:
             "progress": self.progress.as_dict(),
             "results": run_headline(self.phase_records(), self.out_of_sample),
         }
+        if self.summary is not None:
+            out["summary"] = self.summary
         if self.manifest_error is not None:
             out["manifest_error"] = self.manifest_error
         if detail:
