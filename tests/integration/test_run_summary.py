@@ -13,7 +13,7 @@ from tradingd.config import Config
 from tradingd.supervisor import Supervisor
 from tradingd.workflows.run_summary import EQUITY_POINTS, downsample, params_text
 
-from tests.conftest import base_url
+from tests.conftest import await_until, base_url
 from tests.integration.test_runs_api import get, post, wait_status
 
 TRAIN_TEST: dict[str, Any] = {
@@ -81,6 +81,25 @@ async def test_train_test_summary_is_served_and_survives_a_restart(
         async with http.get(f"{base_url(again)}/") as resp:
             page = await resp.text()
         assert json.dumps(summary["headline"])[1:-1].replace("<", "\\u003c") in page, "embedded in the first paint"
+
+
+@pytest.mark.slow  # ~4 s: a run and two starts
+async def test_a_run_finished_without_a_summary_is_summarised_at_start(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    config = make_config()
+    async with Supervisor(config) as sup:
+        detail = await run_to_end(http, sup, TRAIN_TEST)
+    # As a daemon that did not summarise runs left it.
+    manifest_path = config.results_dir / detail["id"] / "manifest.json"
+    manifest_path.write_text(json.dumps({k: v for k, v in json.loads(manifest_path.read_text()).items()
+                                         if k != "summary"}))
+    async with Supervisor(config) as upgraded:
+        status, body = await get(http, upgraded, f"/runs/{detail['id']}")
+        assert status == 200 and body["summary"] == detail["summary"]
+        await await_until(lambda: json.loads(manifest_path.read_text()).get("summary"),
+                          what="the manifest written again with the summary")
+    assert json.loads(manifest_path.read_text())["summary"] == detail["summary"]
 
 
 @pytest.mark.slow  # ~5 s: three windows, seven reports
