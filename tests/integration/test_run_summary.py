@@ -119,16 +119,16 @@ async def test_walk_forward_summary_is_the_stitched_result(supervisor: Superviso
 
 async def test_backtest_summary_is_the_best_cell_in_sample(supervisor: Supervisor,
                                                            http: aiohttp.ClientSession) -> None:
-    # A sweep has no out-of-sample result: its best cell, labelled in-sample; no curve was recorded.
+    # A sweep has no out-of-sample result: its best cell, labelled in-sample, and that cell's equity.
     sweep = (await run_to_end(http, supervisor, BACKTEST))["summary"]
     assert sweep["scope"] == "in_sample" and sweep["headline"].startswith("in-sample best sharpe ")
-    assert sweep["selection"].split(" ", 1)[0] in ("SYM01", "SYM02") and "fast=" in sweep["selection"]
-    assert "equity" not in sweep
-    # ... unless the phase tracks equity: then the best cell's curve, as growth of 1.
+    assert sweep["selection"].split(" ", 1)[0] == sweep["cell"]["symbol"] and "fast=" in sweep["selection"]
+    # The phase recorded no curves (the default): the cell's curve was drawn again, as the recorded one would be.
     tracked = (await run_to_end(http, supervisor, {**BACKTEST, "name": "summary_tracked",
                                                     "phase_overrides": {"backtest": {"track_equity": True}}}))
     assert tracked["summary"]["selection"] == sweep["selection"]
-    assert abs(assert_sparkline(tracked["summary"])[0] - 1.0) < 0.2
+    assert assert_sparkline(sweep) == assert_sparkline(tracked["summary"])
+    assert math.isclose(sweep["equity"][-1] - 1.0, sweep["total_return"], abs_tol=1e-3)
 
 
 def test_downsample_keeps_the_ends_and_at_most_64_finite_points() -> None:

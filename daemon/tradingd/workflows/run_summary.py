@@ -16,8 +16,10 @@ hundred bytes: the equity is downsampled to :data:`EQUITY_POINTS` points), so
   of training's top-ranked selection, as handed) and the pooled equity of
   that selection, chained over the windows tested so far.
 - **backtest** (no testing phase): the best cell of the last sweep, labelled
-  *in-sample*; its equity curve when the phase recorded curves
-  (``track_equity``), else no ``equity`` key.
+  *in-sample* (``cell`` names it); its equity curve when the phase recorded
+  curves (``track_equity``). A finished backtest run without them draws that
+  one cell's curve again on the executor (``WorkflowRun``) and adds it with
+  :func:`add_equity`; a training phase's best cell goes without.
 
 docs/http-api.md lists the keys.
 """
@@ -35,7 +37,7 @@ from tradingd.formatting import finite_number, fmt_count, fmt_metric
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.out_of_sample import curve_returns, selected_curve
 
-__all__ = ["EQUITY_POINTS", "downsample", "params_text", "run_summary"]
+__all__ = ["EQUITY_POINTS", "add_equity", "downsample", "params_text", "run_summary"]
 
 EQUITY_POINTS = 64  # the sparkline's points at most
 SIGNIFICANT = 4  # digits kept of each equity point (a 22-pixel sparkline needs fewer)
@@ -141,13 +143,19 @@ def _best_cell(phase_root: Path, objective: str, initial_equity: float) -> dict[
         "headline": f"in-sample best {objective} {fmt_metric(objective, value)} · return "
                     f"{fmt_metric('total_return', total)} ({symbol})",
         "selection": f"{symbol} {params_text(best.get('params') or {})}",
+        "cell": {"symbol": symbol, "index": int(best.get("index") or 0)},
     }
     settings = (read_json(layout.summary) or {}).get("settings") or {}
     if settings.get("track_equity"):  # otherwise no container file holds a curve: none is read
-        curve = selected_curve(layout, symbol, int(best.get("index") or 0))
+        curve = selected_curve(layout, symbol, out["cell"]["index"])
         if curve:
-            return _with_equity(out, [v / initial_equity for v in curve])
+            return add_equity(out, curve, initial_equity)
     return out
+
+
+def add_equity(summary: dict[str, Any], curve: Sequence[float], initial_equity: float) -> dict[str, Any]:
+    """``summary`` with ``equity``: ``curve`` (money, started at ``initial_equity``) as growth of 1, downsampled."""
+    return _with_equity(summary, [v / initial_equity for v in curve])
 
 
 # --- pieces -----------------------------------------------------------------------------

@@ -32,13 +32,13 @@ from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import DataError
 from tradingd.trading.strategies import expand_valid_grid
 from tradingd.trading.strategy import StrategyError
-from tradingd.workflows.compute import load_data
+from tradingd.workflows.compute import BatchTask, TraceConfig, load_data, run_batch
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.out_of_sample import run_headline
 from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
-from tradingd.workflows.run_summary import run_summary
+from tradingd.workflows.run_summary import add_equity, run_summary
 from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.sequencer import RunInterrupted, Sequencer
 from tradingd.workflows.spec import SpecError, WorkflowSpec, check_safe_name, parse_spec
@@ -191,6 +191,7 @@ class WorkflowRun:
         await sequencer.run()
         self.out_of_sample = sequencer.out_of_sample
         await self.summarise(services)  # a walk-forward's stitched result only exists now
+        await self._draw_best_cell(sequencer, services)
         failed = self.progress.failed
         if failed:
             self.error = f"{failed} container(s) failed; see their result files"
@@ -215,6 +216,25 @@ class WorkflowRun:
             log.warning("run %s: could not summarise its results: %s: %s", self.id, type(exc).__name__, exc)
             return
         self.summary = summary or self.summary
+
+    async def _draw_best_cell(self, sequencer: Sequencer, services: RunServices) -> None:
+        """A backtest that recorded no curves: its best cell's equity for the summary, one more backtest."""
+        cell = (self.summary or {}).get("cell")
+        if self.spec.type != "backtest" or self.summary is None or "equity" in self.summary or not isinstance(
+                cell, dict):
+            return
+        symbol, index = str(cell.get("symbol")), int(cell.get("index") or 0)
+        try:
+            output = await services.executor.submit(run_batch, BatchTask(
+                data=sequencer.data[symbol], strategy=self.spec.strategy.name, indices=(index,),
+                params=(sequencer.grid[index],), backtest=self.spec.backtest.model_dump(mode="json"),
+                trace=TraceConfig(types=(), policy="minimal", window=0, stream=False, track_equity=True)))
+        except Exception as exc:  # the summary goes without a sparkline
+            log.warning("run %s: could not draw its best cell's equity: %s: %s", self.id, type(exc).__name__, exc)
+            return
+        curve = output.equity.get(str(index))
+        if curve:
+            self.summary = add_equity(dict(self.summary), curve, self.spec.backtest.initial_equity)
 
     def mark_finished(self, status: str) -> None:
         """Record that the run ended with ``status`` (in memory; :meth:`finish` also saves it)."""
