@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from tradingd.config import Config
 from tradingd.supervisor import Supervisor
-from tradingd.workflows.run_summary import EQUITY_POINTS, downsample, params_text
+from tradingd.workflows.run_summary import EQUITY_POINTS, downsample, params_text, run_summary
 
 from tests.conftest import await_until, base_url
 from tests.integration.test_runs_api import get, post, wait_status
@@ -115,6 +115,13 @@ async def test_walk_forward_summary_is_the_stitched_result(supervisor: Superviso
     curve = stitched["pooled_curves"]["strategy"]
     equity = assert_sparkline(walk)
     assert math.isclose(equity[-1], curve[-1], rel_tol=1e-3) and len(curve) > EQUITY_POINTS
+    # While it runs: the windows tested so far (here: as the manifest read after the first window).
+    root = supervisor.config.results_dir / walk_run["id"]
+    phases = json.loads((root / "manifest.json").read_text())["phases"]
+    early = [{**p, "status": "pending"} if i > 1 else p for i, p in enumerate(phases)]
+    partial = run_summary(root, early, run_type="walk_forward", objective="sharpe", initial_equity=10_000.0)
+    assert partial is not None and partial["source"] == "testing" and partial["windows"] == {"tested": 1, "planned": 3}
+    assert "(1 of 3 windows)" in partial["headline"] and len(assert_sparkline(partial)) == 64
 
 
 async def test_backtest_summary_is_the_best_cell_in_sample(supervisor: Supervisor,
