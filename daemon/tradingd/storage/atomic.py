@@ -7,11 +7,14 @@ the new one, never a torn one.
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from tradingd.storage.json_pieces import json_pieces
 
 __all__ = [
     "atomic_create_bytes",
@@ -31,14 +34,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _durable_temp(target: Path, data: bytes, mode: int) -> str:
-    """Write ``data`` to a fsynced temp file beside ``target`` (created with ``mode``)."""
+def _durable_temp(target: Path, data: bytes | Iterable[bytes], mode: int) -> str:
+    """Write ``data`` (or its pieces) to a fsynced temp file beside ``target`` (created with ``mode``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
+            if isinstance(data, bytes):
+                tmp.write(data)
+            else:
+                tmp.writelines(data)
             tmp.flush()
             os.fsync(tmp.fileno())
     except BaseException:
@@ -55,8 +61,8 @@ def _discard(tmp_name: str) -> None:
         pass
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
+def atomic_write_bytes(path: Path | str, data: bytes | Iterable[bytes], *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (bytes, or their pieces in order) atomically and durably.
 
     ``mode`` is applied to the temp file before any byte is written, so a
     secret is never readable by others, not even for a moment.
@@ -80,10 +86,13 @@ def atomic_write_json(path: Path | str, obj: Any, *, mode: int = 0o644, indent: 
     """Replace ``path`` with ``obj`` serialised as JSON atomically.
 
     NaN and infinities are refused: they are not JSON and would make the file
-    unreadable by strict parsers (``jq``, browsers).
+    unreadable by strict parsers (``jq``, browsers). The text is encoded and
+    written in pieces (:func:`~tradingd.storage.json_pieces.json_pieces`): the
+    GIL is never held for the whole document, and the document's text is never
+    in memory all at once.
     """
-    text = json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False)
-    atomic_write_text(path, text + "\n", mode=mode)
+    pieces = (piece.encode("utf-8") for piece in json_pieces(obj, indent=indent))
+    atomic_write_bytes(path, itertools.chain(pieces, [b"\n"]), mode=mode)
 
 
 def atomic_create_bytes(path: Path | str, data: bytes, *, mode: int = 0o600) -> bool:

@@ -7,23 +7,35 @@ event loop, since the loop needs the GIL to run at all. So the phase
 aggregation (which reads every container file of a phase) and report
 rendering (which reads them again, then draws with matplotlib) run in one
 long-lived helper process; only their small answers (the aggregate document,
-a few counters) come back.
+a few counters) come back. Matplotlib is then never imported by the daemon.
 
-If the helper cannot start or dies, the call is retried once in a fresh
-process and then, as a last resort, in a thread: slower for the loop, but
-the run still finishes.
+The helper is a worker of the process executor's kind: a plain subprocess
+(:class:`~tradingd.workflows.worker_launcher.WorkerLauncher`, never a fork
+of the threaded daemon, no multiprocessing resource tracker) that forks one
+worker with the report modules already imported. Closing the launcher, or
+the daemon dying, ends both.
+
+Calls run one at a time on one dedicated thread, which owns the helper: a
+cancelled caller never leaves a half-finished exchange behind. If the helper
+cannot start or dies, the call is retried once in a fresh helper and then,
+as a last resort, on that thread: slower for the loop, but the run still
+finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import multiprocessing
+import pickle
+import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from tradingd.workflows.process_worker import RemoteTraceback
+from tradingd.workflows.worker_launcher import WorkerLauncher, WorkerProcess
 
 __all__ = ["FileWorker"]
 
@@ -33,6 +45,10 @@ T = TypeVar("T")
 
 #: Recycle the helper now and then, so whatever matplotlib or a large parse leaves behind is returned.
 MAX_TASKS_PER_CHILD = 200
+#: Imported once by the launcher, so every forked helper starts with them.
+PRELOAD = ("tradingd.workflows.aggregate", "tradingd.reports")
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 5.0
 
 
 class FileWorker:
@@ -42,57 +58,89 @@ class FileWorker:
         self.use_process = use_process
         self.calls = 0
         self.fallbacks = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-worker")
+        self._launcher: WorkerLauncher | None = None
+        self._worker: WorkerProcess | None = None
+        self._tasks = 0  # on the current helper
         self._closed = False
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("running" if self._pool is not None else "idle")
+        state = "closed" if self._closed else ("running" if self._worker is not None else "idle")
         return f"<FileWorker {state} {self.calls} calls, {self.fallbacks} in a thread>"
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: the daemon has threads, and forking a threaded process is unsafe.
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             max_tasks_per_child=MAX_TASKS_PER_CHILD)
-        return self._pool
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the helper process (``fn`` and its arguments must pickle)."""
+        if self._closed:
+            raise RuntimeError("the file worker is closed")
         self.calls += 1
         job = functools.partial(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        result: T = await loop.run_in_executor(self._thread, self._run, job)
+        return result
+
+    # --- on the file worker's thread ---------------------------------------------------
+
+    def _run(self, job: Callable[[], T]) -> T:
         if self.use_process and not self._closed:
-            loop = asyncio.get_running_loop()
+            payload = pickle.dumps((job, ()), protocol=pickle.HIGHEST_PROTOCOL)
             for attempt in (1, 2):
                 try:
-                    future = loop.run_in_executor(self._executor(), job)  # OSError: cannot start a process
-                except (BrokenProcessPool, OSError) as exc:
-                    problem: BaseException = exc
-                else:
-                    try:
-                        return await future  # the function's own errors propagate as they are
-                    except BrokenProcessPool as exc:
-                        problem = exc
-                log.warning("the file worker process failed (%s); %s", problem,
-                            "starting another" if attempt == 1 else "working in a thread instead")
-                self._discard()
+                    reply = self._helper().call(payload)
+                except (OSError, EOFError) as exc:
+                    log.warning("the file worker process failed (%s); %s", exc,
+                                "starting another" if attempt == 1 else "working in a thread instead")
+                    self._stop_helper()
+                    continue
+                result: T = self._answer(reply)
+                return result
         self.fallbacks += 1
-        return await asyncio.to_thread(job)
+        return job()
 
-    def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    def _helper(self) -> WorkerProcess:
+        if self._worker is not None and self._tasks >= MAX_TASKS_PER_CHILD:
+            self._worker.stop(_STOP_TIMEOUT)
+            self._worker = None
+        if self._launcher is None or not self._launcher.alive:
+            self._stop_helper()
+            self._launcher = WorkerLauncher.start(tempfile.gettempdir(), PRELOAD, _START_TIMEOUT)
+        if self._worker is None:
+            worker = self._launcher.fork()
+            worker.wait_ready(_START_TIMEOUT)
+            self._worker, self._tasks = worker, 0
+        self._tasks += 1
+        return self._worker
+
+    def _answer(self, reply: bytes) -> Any:
+        status, value, remote_traceback, _rss, _peak = pickle.loads(reply)
+        if status == "ok":
+            return value
+        raise value from RemoteTraceback(remote_traceback)  # the function's own errors, as they are
+
+    def _stop_helper(self) -> None:
+        worker, self._worker = self._worker, None
+        launcher, self._launcher = self._launcher, None
+        if worker is not None:
+            worker.stop(_STOP_TIMEOUT)
+        if launcher is not None:
+            launcher.close(_STOP_TIMEOUT)
+
+    # --- from the event loop ------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return {"calls": self.calls, "in_a_thread": self.fallbacks, "running": self._pool is not None}
+        return {"calls": self.calls, "in_a_thread": self.fallbacks, "running": self._worker is not None}
 
     async def close(self, join_timeout: float) -> None:
         """Stop the helper (idempotent); a call still running is waited for up to ``join_timeout``."""
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is None:
+        if self._closed:
             return
-        done = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, True, cancel_futures=True))
-        finished, _ = await asyncio.wait({done}, timeout=join_timeout)
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        stopped = loop.run_in_executor(self._thread, self._stop_helper)
+        finished, _ = await asyncio.wait({stopped}, timeout=join_timeout)
         if not finished:
-            log.warning("the file worker process did not stop within %.1f s", join_timeout)
+            log.warning("the file worker process did not stop within %.1f s; ending it", join_timeout)
+            launcher = self._launcher
+            if launcher is not None:  # closing its socket ends the helper, which ends the running call
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(launcher.close, 1.0)
+        self._thread.shutdown(wait=False)

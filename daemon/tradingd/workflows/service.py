@@ -109,10 +109,7 @@ class WorkflowService:
         self.max_concurrent_runs = max_concurrent_runs
         self.executor: Executor | None = None
         self.writer = DurableWriter()  # its thread starts with the first write
-        # In a thread for now: the helper process (ProcessPoolExecutor, spawn) brings multiprocessing's
-        # resource tracker, which outlives the daemon by a moment, and systemd (KillMode=mixed) then
-        # SIGKILLs it at every stop. The process variant returns when it runs on plain subprocesses.
-        self.files = FileWorker(use_process=False)
+        self.files = FileWorker()  # aggregation and reports, in a helper process
         self._queue: RunQueue | None = None
         self._switch_interval: float | None = None
         self.retention: Retention
