@@ -80,7 +80,7 @@ class WorkflowRun:
         self.manifest_error: str | None = None  # the last manifest write failed (it is retried)
         # Headline, selection and equity sparkline (run_summary.py), refreshed as phases finish; in the manifest.
         self.summary: dict[str, Any] | None = None
-        self._summarised_phases = -1  # finished phases the summary was last drawn from
+        self._summarised_phases = 0  # finished phases the summary was last drawn from
         self._phase_records: list[dict[str, Any]] = []  # from a manifest, until phases are planned
 
     def __repr__(self) -> str:
@@ -190,7 +190,8 @@ class WorkflowRun:
         del data, grid  # the sequencer holds them for as long as the run needs them
         await sequencer.run()
         self.out_of_sample = sequencer.out_of_sample
-        await self.summarise(services)  # a walk-forward's stitched result only exists now
+        if self.spec.type == "walk_forward":
+            await self.summarise(services)  # its stitched result exists only now
         await self._draw_best_cell(sequencer, services)
         failed = self.progress.failed
         if failed:
