@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -146,3 +147,13 @@ def test_downsample_keeps_the_ends_and_at_most_64_finite_points() -> None:
     assert all(math.isfinite(v) for v in points)
     assert downsample([1.0, 1.23456]) == [1.0, 1.235]
     assert params_text({"fast": 10, "z": 1.5, "model": "logistic"}) == "fast=10 z=1.5 model=logistic"
+
+
+def test_phase_names_from_a_manifest_never_leave_the_run(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    (outside / "containers").mkdir(parents=True)
+    (outside / "aggregate_results.json").write_text(json.dumps({"ranking": [{"symbol": "X", "index": 0}]}))
+    run_root = tmp_path / "run"
+    run_root.mkdir()
+    phases = [{"name": "../elsewhere", "kind": "backtest", "status": "completed"}]
+    assert run_summary(run_root, phases, run_type="backtest", objective="sharpe", initial_equity=1.0) is None

@@ -36,6 +36,7 @@ import numpy as np
 from tradingd.formatting import finite_number, fmt_count, fmt_metric
 from tradingd.workflows.layout import PhaseLayout, read_json
 from tradingd.workflows.out_of_sample import curve_returns, selected_curve
+from tradingd.workflows.spec import check_safe_name
 
 __all__ = ["EQUITY_POINTS", "add_equity", "downsample", "params_text", "run_summary"]
 
@@ -51,6 +52,7 @@ def run_summary(run_root: Path, phases: Sequence[Mapping[str, Any]], *, run_type
     ``None`` while no phase has finished. Reads the aggregates and, for the
     equity, the testing phases' container files: call it off the event loop.
     """
+    phases = [p for p in phases if _safe(p.get("name"))]  # names from a manifest become paths
     finished = [p for p in phases if p.get("status") in FINISHED_PHASE
                 and PhaseLayout(run_root / str(p.get("name"))).aggregate.is_file()]
     tests = [p for p in finished if p.get("kind") == "testing"]
@@ -234,6 +236,14 @@ def _with_equity(summary: dict[str, Any], curve: Sequence[float]) -> dict[str, A
     if len(equity) >= 2:
         summary["equity"] = equity
     return summary
+
+
+def _safe(name: Any) -> bool:
+    try:
+        check_safe_name(name, "phase name")
+    except ValueError:
+        return False
+    return True
 
 
 def _round(value: float | None) -> float | None:

@@ -220,9 +220,9 @@ class WorkflowRun:
 
     async def _draw_best_cell(self, sequencer: Sequencer, services: RunServices) -> None:
         """A backtest that recorded no curves: its best cell's equity for the summary, one more backtest."""
-        cell = (self.summary or {}).get("cell")
-        if self.spec.type != "backtest" or self.summary is None or "equity" in self.summary or not isinstance(
-                cell, dict):
+        summary = self.summary
+        cell = summary.get("cell") if summary is not None else None
+        if self.spec.type != "backtest" or summary is None or "equity" in summary or not isinstance(cell, dict):
             return
         symbol, index = str(cell.get("symbol")), int(cell.get("index") or 0)
         try:
@@ -235,7 +235,7 @@ class WorkflowRun:
             return
         curve = output.equity.get(str(index))
         if curve:
-            self.summary = add_equity(dict(self.summary), curve, self.spec.backtest.initial_equity)
+            self.summary = add_equity(dict(summary), curve, self.spec.backtest.initial_equity)
 
     def mark_finished(self, status: str) -> None:
         """Record that the run ended with ``status`` (in memory; :meth:`finish` also saves it)."""
