@@ -42,7 +42,7 @@ BACKTEST: dict[str, Any] = {
 def assert_sparkline(summary: dict[str, Any]) -> list[float]:
     equity = summary["equity"]
     assert 2 <= len(equity) <= EQUITY_POINTS and all(isinstance(v, float) and math.isfinite(v) for v in equity)
-    assert len(json.dumps(summary)) < 900, "a few hundred bytes per run"
+    assert len(json.dumps(summary)) < 600, "a few hundred bytes per run"
     return list(equity)
 
 
@@ -122,7 +122,7 @@ async def test_walk_forward_summary_is_the_stitched_result(supervisor: Superviso
     early = [{**p, "status": "pending"} if i > 1 else p for i, p in enumerate(phases)]
     partial = run_summary(root, early, run_type="walk_forward", objective="sharpe", initial_equity=10_000.0)
     assert partial is not None and partial["source"] == "testing" and partial["windows"] == {"tested": 1, "planned": 3}
-    assert "(1 of 3 windows)" in partial["headline"] and len(assert_sparkline(partial)) == 64
+    assert "(1 of 3 windows)" in partial["headline"] and len(assert_sparkline(partial)) == EQUITY_POINTS
 
 
 async def test_backtest_summary_is_the_best_cell_in_sample(supervisor: Supervisor,
@@ -139,7 +139,7 @@ async def test_backtest_summary_is_the_best_cell_in_sample(supervisor: Superviso
     assert math.isclose(sweep["equity"][-1] - 1.0, sweep["total_return"], abs_tol=1e-3)
 
 
-def test_downsample_keeps_the_ends_and_at_most_64_finite_points() -> None:
+def test_downsample_keeps_the_ends_and_at_most_equity_points_finite_values() -> None:
     curve = [1.0 + i / 1000 for i in range(1000)]
     curve[500] = math.nan
     points = downsample(curve)

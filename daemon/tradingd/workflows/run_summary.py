@@ -40,7 +40,9 @@ from tradingd.workflows.spec import check_safe_name
 
 __all__ = ["EQUITY_POINTS", "add_equity", "downsample", "params_text", "run_summary"]
 
-EQUITY_POINTS = 64  # the sparkline's points at most
+# The sparkline's points at most: one every ~3 px of its 90. Each point costs ``GET /runs`` its JSON
+# encoding (bench/runs_summary_cost.py): 64 would make a summary ~700 bytes and the page of 100 runs ~2.4x dearer.
+EQUITY_POINTS = 32
 SIGNIFICANT = 4  # digits kept of each equity point (a 22-pixel sparkline needs fewer)
 FINISHED_PHASE = frozenset({"completed", "failed", "cancelled"})  # phases whose aggregate is on disk
 
