@@ -21,6 +21,7 @@ Writes bench/results/sweep_vs_vectorbt.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()  # the other side's garbage is collected before, not during, the timing
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
@@ -64,6 +66,8 @@ def goog(reps: int) -> tuple[list[list[str]], dict[str, Any]]:
     pairs = w.grid_pairs(w.WINDOWS)
     cells = len(pairs) * data.n_bars
     w.ours_sweep(data, pairs, w.FULL)  # warm both (numba JIT, imports, page faults)
+    kernel = w.wait_for_kernel()
+    w.ours_sweep(data, pairs, w.FULL)
     w.vbt_sweep(close, w.WINDOWS, "full4")
     rows, extra = [], {}
     targets = {"tr": 50.0, "full4": 30.0, "all11": 20.0}
@@ -81,6 +85,7 @@ def goog(reps: int) -> tuple[list[list[str]], dict[str, Any]]:
                      f"ours {spread(ours_t)} ({cells / statistics.median(ours_t) / 1e6:.1f} M/s) vs vectorbt "
                      f"{spread(theirs_t)}", f"{spread(ratios, '{:.1f}')}x (target >= {targets[level]:.0f}x)",
                      "PASS" if median >= targets[level] else "FAIL"])
+    rows += numpy_kernel(data, pairs, kernel, reps)
     o, v = extra["full4"]
     rel = np.abs(o["total_return"] - v["total_return"]) / np.maximum(np.abs(v["total_return"]), 1e-300)
     off = np.flatnonzero(rel > 1e-9)
@@ -102,6 +107,28 @@ def goog(reps: int) -> tuple[list[list[str]], dict[str, Any]]:
                  f"{spread(firsts)} s (second sweep {spread([c['second_seconds'] for c in cold])} s)",
                  "target <= 1 s", "PASS" if statistics.median(firsts) <= 1.0 else "FAIL"])
     return rows, extra
+
+
+def numpy_kernel(data: Any, pairs: list[tuple[int, int]], kernel: str, reps: int) -> list[list[str]]:
+    """The compiled kernel against the numpy one, same sweeps (numba must earn >= 3x to be worth it)."""
+    from tradingd.trading.acceleration import KERNEL_ENV
+
+    rows = []
+    for level, metrics in LEVELS.items():
+        compiled_t, numpy_t = [], []
+        for _ in range(reps):
+            compiled_t.append(timed(lambda metrics=metrics: w.ours_sweep(data, pairs, metrics))[0])
+            os.environ[KERNEL_ENV] = "numpy"
+            try:
+                numpy_t.append(timed(lambda metrics=metrics: w.ours_sweep(data, pairs, metrics))[0])
+            finally:
+                del os.environ[KERNEL_ENV]
+        ratios = [n / c for n, c in zip(numpy_t, compiled_t, strict=True)]
+        rows.append([f"A. GOOG {level}: {kernel} kernel vs numpy kernel (s)",
+                     f"{kernel} {spread(compiled_t)} vs numpy {spread(numpy_t)}",
+                     f"{spread(ratios, '{:.1f}')}x (numba kept if >= 3x)",
+                     "PASS" if statistics.median(ratios) >= 3.0 else "FAIL"])
+    return rows
 
 
 def exact_ties(close: np.ndarray, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], int | None]:
@@ -218,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if "D" in args.sections:
         rows += tied()
     if "E" in args.sections:
+        w.wait_for_kernel()
         rows += scaling(args.reps, args.quick)
     if "F" in args.sections:
         rows += rss_vs_vectorbt()
@@ -228,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     notes += [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other work; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after ({time.perf_counter() - started:.0f} s). "
-        f"Python {platform.python_version()}, numpy {np.__version__}, vectorbt {vbt.__version__}; "
+        f"Python {platform.python_version()}, numpy {np.__version__}, vectorbt {vbt.__version__}, "
+        f"kernel {w.wait_for_kernel()}; "
         f"{args.reps} runs per figure, ours and the peer interleaved in one process after a warm-up of each.",
         "Our timings include computing the SMAs; vectorbt's include `MA.run_combs`, the crossover signals, "
         "`from_signals` and the metric calls.",

@@ -84,6 +84,14 @@ def ours_sweep(data: Any, pairs: list[tuple[int, int]], metrics: tuple[str, ...]
     return result.metrics
 
 
+def wait_for_kernel() -> str:
+    """Wait until the compiled kernel has loaded (it loads in the background); its name."""
+    from tradingd.trading.acceleration import compiled, kernel_name
+
+    compiled(wait=True)
+    return kernel_name()
+
+
 def vbt_close(arrays: dict[str, np.ndarray]) -> Any:
     import pandas as pd
 
@@ -147,6 +155,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     pairs = [tuple(p) for p in spec["pairs"]]
     metrics = tuple(spec["metrics"]) if spec.get("metrics") else None
     ours_sweep(ours_data({k: v[:400] for k, v in arrays.items()}, "W"), pairs[:3], metrics)  # warm-up
+    wait_for_kernel()
     baseline = rss_mb()
     t0 = time.perf_counter()
     out = ours_sweep(data, pairs, metrics, chunk_bytes=spec.get("budget"))

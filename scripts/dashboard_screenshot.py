@@ -2,8 +2,9 @@
 
 Runs the daemon in a fresh temporary directory (so ./var is new, as in a fresh
 clone), on a free loopback port (TRADINGD_HTTP_PORT), lets the bundled sample
-study run for a while, and screenshots the dashboard in Debian's Chromium
-through Playwright. Usage: python scripts/dashboard_screenshot.py [--wait 20] [--out docs/dashboard.png]
+study run to its end (so its result, selection and equity sparkline show), and
+screenshots the dashboard in Debian's Chromium through Playwright.
+Usage: python scripts/dashboard_screenshot.py [--wait 5] [--out docs/dashboard.png]
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_study(url: str, timeout: float = 300.0) -> None:
+    """Until every run has ended (the bundled sample study: a minute or so on two busy cores)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/runs", timeout=5) as resp:
+            runs = json.load(resp)["runs"]
+        if runs and all(r["status"] not in ("queued", "running") for r in runs):
+            return
+        time.sleep(1.0)
+    raise SystemExit(f"the sample study did not end in {timeout:g} s")
 
 
 def wait_ready(url: str, timeout: float = 60.0) -> None:
@@ -60,7 +73,7 @@ async def shoot(url: str, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wait", type=float, default=20.0, help="seconds the sample study runs before the shot")
+    parser.add_argument("--wait", type=float, default=5.0, help="seconds after the sample study ended before the shot")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "dashboard.png")
     args = parser.parse_args()
     port = free_port()
@@ -70,6 +83,7 @@ def main() -> int:
         daemon = subprocess.Popen([sys.executable, "-m", "tradingd", "run"], cwd=workdir, env=env)
         try:
             wait_ready(url)
+            wait_study(url)
             time.sleep(args.wait)
             asyncio.run(shoot(url, args.out))
             with urllib.request.urlopen(f"{url}/runs") as resp:

@@ -89,6 +89,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_kernel_loaded() -> None:
+    """Load the compiled sweep kernel once, before any test.
+
+    Its one-time import (numba's code generator) would otherwise land inside
+    whichever test first runs a sweep, e.g. one that traces a sweep's memory.
+    """
+    from tradingd.trading.acceleration import compiled
+
+    compiled(wait=True)
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging() -> Iterator[None]:
     """CLI commands run in-process configure logging onto pytest's captured stderr;

@@ -188,6 +188,14 @@ PROGRESS_SPEC = {
 }
 
 
+# ~1 s: two symbols, four combinations, one set for both symbols.
+RESULT_SPEC = {
+    "name": "dash-result", "type": "train_test", "data": {"source": "sample", "symbols": ["SYM01", "SYM02"]},
+    "strategy": {"name": "sma_crossover", "grid": {"fast": [5, 10], "slow": [30, 60]}},
+    "selection": {"top": 1, "scope": "across_symbols"},
+}
+
+
 async def run_row(page: Any, run_id: str) -> dict[str, Any]:
     row: dict[str, Any] = await page.evaluate(
         """(id) => { const tr = document.querySelector(`tr[data-run-id="${id}"]`);
@@ -234,6 +242,47 @@ async def test_dashboard_shows_run_progress(supervisor: Supervisor, http: aiohtt
     assert done["done"] == done["total"] and done["width"] == pytest.approx(100.0)
     async with http.get(f"{url}/{done['href']}") as resp:
         assert resp.status == 200 and (await resp.json())["status"] == "completed"
+
+
+async def result_cell(page: Any, run_id: str) -> dict[str, Any]:
+    """The run's result cell: sparkline points, headline, selection and the full text on hover."""
+    cell: dict[str, Any] = await page.evaluate(
+        """(id) => { const r = document.querySelector(`tr[data-run-id="${id}"] .result`);
+                     return r && { points: (r.querySelector('svg.spark polyline')?.getAttribute('points') || '')
+                                             .split(' ').filter(Boolean).length,
+                                   headline: r.querySelector('.headline').textContent,
+                                   selection: r.querySelector('.selection')?.textContent ?? null,
+                                   title: r.title }; }""",
+        run_id,
+    )
+    return cell
+
+
+async def test_first_paint_shows_a_finished_runs_result(supervisor: Supervisor, http: aiohttp.ClientSession,
+                                                        page: Any) -> None:
+    url = base_url(supervisor)
+    async with http.post(f"{url}/runs", json=RESULT_SPEC,
+                         headers={"Authorization": f"Bearer {supervisor.api_token}"}) as resp:
+        assert resp.status == 201, await resp.text()
+        run_id = (await resp.json())["id"]
+
+    async def summary() -> dict[str, Any] | None:
+        async with http.get(f"{url}/runs/{run_id}") as resp:
+            body = await resp.json()
+        return body.get("summary") if body["status"] == "completed" else None
+
+    expected = await await_until(summary, what="the run to complete with a summary")
+    await page.goto(f"{url}/?interval=60000")  # no poll: what shows came embedded in the page
+    result = await result_cell(page, run_id)
+    assert result["points"] == len(expected["equity"]) >= 2, "the equity sparkline"
+    assert result["headline"] == expected["headline"] and result["headline"].startswith("OOS sharpe mean ")
+    assert result["selection"] == f"selected {expected['selection']}" and "fast=" in result["selection"]
+    assert result["title"] == f"{expected['headline']} — selected {expected['selection']}"
+    overflow = await page.eval_on_selector(
+        "#runs", "s => s.querySelector('table').getBoundingClientRect().width - s.clientWidth")
+    assert overflow <= 0, f"the runs table is {overflow} px wider than its card"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-summary.png"), full_page=True)
 
 
 # --- results, filters, paging, history, log tail (a daemon with finished runs on disk and a running study) ---
@@ -378,15 +427,15 @@ async def test_dashboard_shows_results_filters_pages_history_and_log(
     assert await page.query_selector("#outcomes-regime tr[data-regime]") is not None
     assert re.search(r"\d%", await page.inner_text('#outcomes-strategy tr[data-strategy="sma_crossover"]'))
 
-    # A run summary (out-of-sample headline, selection, equity) is drawn when the run reports one.
-    drawn = await page.evaluate(
-        """() => { const s = runSummary({ id: 'x', summary: { objective: 'sharpe',
-                     out_of_sample: { metric: 'sharpe', mean: 0.4213, median: 0.3, share_positive: 0.6 },
-                     selection: { fast: 10, slow: 50 }, equity: [1, 1.01, 0.99, 1.05] } });
-                   return { headline: s.headline, selection: s.selection,
-                            spark: sparkline(s.equity).startsWith('<svg') }; }""")
-    assert drawn == {"headline": "OOS sharpe mean 0.42 · median 0.30 · 60% positive", "selection": "fast=10 slow=50",
-                     "spark": True}
-    assert await page.evaluate("runSummary({ id: 'y' })") is None
+    # The study's result: its out-of-sample headline, the selection, an equity sparkline.
+    await page.wait_for_function("(id) => document.querySelector(`tr[data-run-id=\"${id}\"] .result svg.spark`)",
+                                 arg=run_id, timeout=10_000)
+    result = await result_cell(page, run_id)
+    assert result["headline"].startswith("OOS sharpe mean ") and result["selection"].startswith("selected per symbol")
+    # An older daemon's run has only "results": a headline is still put together from it.
+    assert await page.evaluate(
+        "runSummary({ id: 'x', results: { out_of_sample: { objective: 'sharpe', mean: 0.4213, n_symbols: 2 } } })"
+        ".headline") == "OOS sharpe mean 0.42 · 2 symbols"
+    assert await page.evaluate("runSummary({ id: 'y', results: {} })") is None
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-results.png"), full_page=True)

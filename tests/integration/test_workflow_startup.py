@@ -16,7 +16,7 @@ import pytest
 import yaml
 from tradingd.config import default_config_text
 
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, wait_until
 
 
 def test_default_config_names_the_bundled_study() -> None:
@@ -47,9 +47,14 @@ def test_default_config_runs_the_sample_train_test_study(
         time.sleep(0.1)
     assert len(runs) == 1 and runs[0]["status"] == "completed", runs
     assert runs[0]["type"] == "train_test" and runs[0]["source"] == "startup"
+    summary = runs[0]["summary"]  # what the dashboard draws for it
+    assert summary["headline"].startswith("OOS sharpe mean ") and summary["selection"]
+    assert 2 <= len(summary["equity"]) <= 32
     root = tmp_path / "results" / runs[0]["id"]
 
-    assert json.loads((root / "manifest.json").read_text())["status"] == "completed"
+    # The API shows the status as soon as the run ends; the writer lands the final manifest just after.
+    wait_until(lambda: json.loads((root / "manifest.json").read_text())["status"] == "completed" or None,
+               within=30, what="the final manifest")
     for phase in ("training", "testing"):
         for name in ("aggregate_results.json", "phase_summary.json"):
             assert (root / phase / name).is_file(), f"{phase}/{name}"

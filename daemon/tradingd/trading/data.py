@@ -12,11 +12,13 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "PRICE_COLUMNS",
@@ -28,7 +30,8 @@ __all__ = [
     "timeframe_seconds",
 ]
 
-TimeLike: TypeAlias = str | datetime | date | np.datetime64 | pd.Timestamp
+# pandas is imported where it is needed: importing it costs ~0.35 s of a cold sweep.
+TimeLike: TypeAlias = "str | datetime | date | np.datetime64 | pd.Timestamp"
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 
@@ -132,6 +135,8 @@ def _as_ns(values: ArrayLike) -> NDArray[np.datetime64]:
         return array
     if array.dtype.kind == "M":
         return np.ascontiguousarray(array.astype("datetime64[ns]"))
+    import pandas as pd
+
     return np.ascontiguousarray(pd.to_datetime(array).to_numpy(dtype="datetime64[ns]"))
 
 
@@ -278,6 +283,8 @@ class MarketData:
 
 
 def _to_ns(value: TimeLike) -> np.datetime64:
+    import pandas as pd
+
     try:
         return np.datetime64(pd.Timestamp(value).to_datetime64(), "ns")
     except (ValueError, TypeError) as exc:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
@@ -186,6 +185,8 @@ def sma(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | Non
 def _ema_1d(x: Array, w: int) -> Array:
     # pandas runs the recursion y[t] = a*x[t] + (1-a)*y[t-1] in compiled code;
     # seeded with the first valid value (adjust=False), NaN until w values seen.
+    import pandas as pd  # only here: a cold sweep of other indicators need not import it
+
     series = pd.Series(x).ewm(span=w, adjust=False, min_periods=w).mean()
     return np.ascontiguousarray(series.to_numpy(dtype=np.float64))
 

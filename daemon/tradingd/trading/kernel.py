@@ -102,6 +102,7 @@ class ChunkState:
 
     def step(self, held: Array, prices: BlockPrices, *, need_equity: bool) -> None:
         """Advance every combination over one block of held targets ``(bars, width)``."""
+        held = held.astype(np.float64, copy=False)
         b, k = held.shape
         t0 = prices.start
         if self.ruined.any():

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
+from tradingd.trading.acceleration import compiled
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
-from tradingd.trading.strategy import Strategy, StrategyConstraintError
+from tradingd.trading.strategy import CrossingSignal, Strategy, StrategyConstraintError
 
 __all__ = [
     "AdaptiveTrend",
     "EmaCrossover",
     "Momentum",
+    "SmaBlock",
     "SmaCrossover",
     "SmaTrendStops",
     "ZScoreMeanReversion",
@@ -129,6 +132,13 @@ class _Crossover(Strategy):
         windows = sorted(set(fast) | set(slow))
         lines = indicator_matrix(data, self.indicator, windows, cache=cache)
         where = {w: j for j, w in enumerate(windows)}
+        loops = compiled()
+        if loops is not None:
+            out = np.empty((len(lines), len(checked)), order="F")
+            # C order, the signature warm_up compiled (a transposed view would compile another, ~20 MB, once).
+            loops.crossing_positions(np.ascontiguousarray(lines.T), np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),
+                                     0, len(lines), np.zeros(len(checked), np.int8), np.zeros(len(checked)), out)
+            return out
         diff = lines[:, [where[w] for w in fast]]
         diff -= lines[:, [where[w] for w in slow]]
         return crossing_state(diff)
@@ -145,20 +155,53 @@ class SmaCrossover(_Crossover):
             return None
         return max((int(p["slow"]) for p in grid), default=1) - 1
 
-    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+    def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                         scale: PriceScale | None) -> SmaBlock:
         checked = self.validate_grid(grid)
-        fast = [p["fast"] for p in checked]
-        slow = [p["slow"] for p in checked]
-        windows = sorted(set(fast) | set(slow))
-        begin = max(0, start - (max(slow) - 1))
+        windows = sorted({p["fast"] for p in checked} | {p["slow"] for p in checked})
+        begin = max(0, start - (windows[-1] - 1))
         # Integer window sums make every average a function of its own window
         # only, so a block's averages equal the whole series' bit for bit.
-        rows = sma_rows(data.close[begin:stop], windows, scale=scale)[:, start - begin:]
-        where = {w: j for j, w in enumerate(windows)}
+        rows = sma_rows(data.close[begin:stop], windows, scale=scale)
+        return SmaBlock(rows, start - begin, {w: j for j, w in enumerate(windows)})
+
+    def block_crossings(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                        shared: Any) -> CrossingSignal | None:
+        if not isinstance(shared, SmaBlock):
+            return None
+        checked = self.validate_grid(grid)
+        return CrossingSignal(shared.rows, shared.offset,
+                              np.array([shared.where[p["fast"]] for p in checked], dtype=np.int64),
+                              np.array([shared.where[p["slow"]] for p in checked], dtype=np.int64))
+
+    def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
+        checked = self.validate_grid(grid)
+        block = shared if isinstance(shared, SmaBlock) else self.block_indicators(data, checked, start, stop,
+                                                                                   scale=scale)
+        fast = np.array([block.where[p["fast"]] for p in checked], dtype=np.int64)
+        slow = np.array([block.where[p["slow"]] for p in checked], dtype=np.int64)
+        loops = compiled()
+        if loops is not None:  # one compiled pass, no (bars, combinations) difference block
+            k = len(checked)
+            first_sign, position = carried if carried is not None else (np.zeros(k, np.int8), np.zeros(k))
+            first_sign, position = first_sign.copy(), position.copy()
+            # int8, column by column: an eighth of the memory traffic, in the kernel's order.
+            out = np.empty((stop - start, k), dtype=np.int8, order="F")
+            loops.crossing_positions(block.rows, fast, slow, block.offset, stop - start, first_sign, position, out)
+            return out, (first_sign, position)
+        rows = block.rows[:, block.offset:]
         # Gathering whole rows (one window each) is contiguous; one transpose at the end.
-        diff = np.ascontiguousarray(np.subtract(rows[[where[w] for w in fast]], rows[[where[w] for w in slow]]).T)
-        return crossing_block(diff, carried)
+        return crossing_block(np.ascontiguousarray(np.subtract(rows[fast], rows[slow]).T), carried)
+
+
+@dataclass(frozen=True)
+class SmaBlock:
+    """Moving averages of one time block: ``rows[where[w], offset:]`` is window ``w``."""
+
+    rows: Array
+    offset: int
+    where: dict[int, int]
 
 
 class EmaCrossover(_Crossover):
@@ -200,7 +243,7 @@ class Momentum(Strategy):
         return max((int(p["lookback"]) for p in grid), default=0)
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
         checked = self.validate_grid(grid)
         lookbacks = sorted({p["lookback"] for p in checked})
         begin = max(0, start - lookbacks[-1])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, SupportsIndex, overload
 
 import numpy as np
@@ -21,7 +22,7 @@ from numpy.typing import NDArray
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache, PriceScale
 
-__all__ = ["Strategy", "StrategyConstraintError", "StrategyError", "ValidatedGrid"]
+__all__ = ["CrossingSignal", "Strategy", "StrategyConstraintError", "StrategyError", "ValidatedGrid"]
 
 Array = NDArray[np.float64]
 
@@ -50,8 +51,8 @@ class Strategy(ABC):
 
     def _int(self, params: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> int:
         value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or (
-                isinstance(value, float) and not value.is_integer()):
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int | float) or (
+                isinstance(value, float) and not value.is_integer())):  # (a plain int needs no checks)
             raise self._error(f"parameter {key!r} must be an integer, got {value!r}")
         number = int(value)
         if number < lo or (hi is not None and number > hi):
@@ -75,9 +76,9 @@ class Strategy(ABC):
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check names, types and ranges; return a normalized copy with defaults filled in."""
-        if not isinstance(params, Mapping):
+        if type(params) is not dict and not isinstance(params, Mapping):  # dicts first: grids are long
             raise self._error(f"parameters must be a mapping, got {type(params).__name__}")
-        unknown = sorted(set(params) - set(self.param_names))
+        unknown = sorted(params.keys() - self.param_names)
         if unknown:
             raise self._error(f"unknown parameters {unknown}; expected {list(self.param_names)}")
         merged = {**self.defaults, **params}
@@ -124,15 +125,38 @@ class Strategy(ABC):
         return None
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
-                        carried: Any, *, scale: PriceScale | None) -> tuple[Array, Any]:
-        """Positions ``(stop - start, len(grid))`` of bars ``start .. stop`` and the state to carry.
+                        carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:
+        """Positions ``(stop - start, len(grid))`` (float64, or int8) of bars ``start .. stop``, and the carry.
 
         ``carried`` is what the previous block returned (None for the first);
         ``scale`` the integer scale of ``data.close`` for exact moving averages
-        (``indicators.price_scale`` of the whole series). The blocks
-        concatenated must equal ``positions(data, grid)`` exactly.
+        (``indicators.price_scale`` of the whole series); ``shared`` what
+        ``block_indicators`` returned for this block and the whole sweep's grid
+        (passed only when not None). The blocks concatenated must equal
+        ``positions(data, grid)`` exactly.
         """
         raise self._error("cannot run in time blocks")
+
+    def block_crossings(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                        shared: Any) -> CrossingSignal | None:
+        """The block's targets as crossings of two lines per entry of ``grid``, or None.
+
+        A strategy whose targets are ``rules.crossing_block`` of ``fast - slow``
+        lines may describe them this way; the compiled kernel then derives the
+        targets inside its loop (no targets block). Must agree exactly with
+        ``block_positions``. ``shared`` as there (None when nothing is shared).
+        """
+        return None
+
+    def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
+                         scale: PriceScale | None) -> Any:
+        """Indicator columns of bars ``start .. stop`` for every entry of ``grid``, or None.
+
+        The engine calls it once per time block with the whole sweep's grid
+        and hands the result to every chunk's ``block_positions``, so columns
+        shared by many combinations are computed once (None: nothing shared).
+        """
+        return None
 
     def _blocks_match_positions(self, owner: type[Strategy]) -> bool:
         """True unless a subclass of ``owner`` replaced ``positions`` (its blocks would not follow)."""
@@ -141,6 +165,19 @@ class Strategy(ABC):
     def train(self, data: MarketData, params: Mapping[str, Any]) -> Any:
         """Fit a model for one parameter set (trainable strategies only)."""
         raise self._error("is not trainable")
+
+
+@dataclass(frozen=True)
+class CrossingSignal:
+    """Targets that follow the crossings of line ``fast[j]`` over line ``slow[j]`` of ``rows``.
+
+    ``rows`` is lines x bars (C order); the block's bars start at column ``offset``.
+    """
+
+    rows: NDArray[np.float64]
+    offset: int
+    fast: NDArray[np.int64]
+    slow: NDArray[np.int64]
 
 
 class ValidatedGrid(list[dict[str, Any]]):

@@ -28,12 +28,16 @@ __all__ = [
 # change mask, and (dense) the equity block with its returns and peaks.
 CELL_BYTES_SPARSE = 48
 CELL_BYTES_DENSE = 112
+# The compiled kernel (``compiled.py``) keeps no per-cell temporaries: the
+# targets, their clipped and shifted copies and a column-major copy at most.
+CELL_BYTES_COMPILED = 32
 # Per bar of a block, whatever the width: price slices' temporaries and the
 # integer prefix sums behind the exact moving averages.
 BAR_BYTES = 48
 # Per indicator column and bar (float64 values).
 WINDOW_BYTES = 8
-# Per combination of a chunk: the carried state between time blocks.
+# Per combination: the carried state between time blocks (every chunk's, as the
+# sweep walks the blocks with all chunks open), and its working copy in a step.
 CARRY_BYTES = 160
 # Per combination of the whole sweep: the result arrays, one float per metric.
 METRIC_BYTES = 8
@@ -75,18 +79,20 @@ def _windows(width: int, n_windows: int | None) -> int:
     return bound if n_windows is None else max(1, min(n_windows, bound))
 
 
-def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, dense: bool,
+def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, cell: int,
            n_windows: int | None, workers: int) -> int:
-    cell = CELL_BYTES_DENSE if dense else CELL_BYTES_SPARSE
     windows = _windows(width, n_windows)
     per_worker = (CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
                   + (block + lookback) * WINDOW_BYTES * windows)
-    return OVERHEAD_BYTES + METRIC_BYTES * n_metrics * n_combinations + workers * per_worker
+    # A block's indicator columns for the whole grid, shared by every chunk.
+    shared = (block + lookback) * WINDOW_BYTES * (n_windows or 0) + block * BAR_BYTES
+    return (OVERHEAD_BYTES + (METRIC_BYTES * n_metrics + CARRY_BYTES) * n_combinations + shared
+            + workers * per_worker)
 
 
 def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: Collection[str] | None = None,
                lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
-               dense: bool | None = None, workers: int = 1) -> SweepPlan:
+               dense: bool | None = None, workers: int = 1, compiled: bool = False) -> SweepPlan:
     """The fastest plan whose working bytes stay within ``chunk_bytes``.
 
     ``lookback`` is how many bars before a block its indicators read;
@@ -94,17 +100,19 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     (None: two per combination); ``blockable`` False means the strategy needs
     the whole series at once (then one full-length column is the minimum).
     ``dense`` defaults to "a metric needs the equity curve"; ``workers``
-    chunks run at the same time, each with its own working set.
+    chunks run at the same time, each with its own working set; ``compiled``:
+    the compiled kernel runs the sweep (fewer temporaries per cell).
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     n, k = max(int(n_bars), 1), max(int(n_combinations), 1)
     names = validate_metric_names(metrics)
     is_dense = bool(DENSE_METRICS & set(names)) if dense is None else dense
+    cell = CELL_BYTES_COMPILED if compiled else CELL_BYTES_DENSE if is_dense else CELL_BYTES_SPARSE
     m = len(names)
 
     def cost(width: int, block: int) -> int:
-        return _bytes(k, m, width, block, lookback, is_dense, n_windows, max(1, workers))
+        return _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers))
 
     target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
 

@@ -73,6 +73,8 @@ class BatchTask:
     # Testing with spec.outcome_filter: the symbol's bars up to the batch's last bar, and the section.
     history: MarketData | DataRef | None = None
     outcome_filter: Mapping[str, Any] | None = None
+    # Threads of the sweep itself (None: the engine decides); 1 when the executor already runs several.
+    sweep_threads: int | None = None
 
 
 @dataclass
@@ -144,6 +146,7 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
         keep_trades_for="all" if want_trades else None,
         keep_equity_for="all" if trace.track_equity else None,
         chunk_bytes=task.chunk_bytes or DEFAULT_CHUNK_BYTES,
+        workers=task.sweep_threads,
         should_stop=should_stop,
     )
     rows = [

@@ -256,7 +256,7 @@ class Container:
                 trace=self._trace,
                 models=tuple(self._models[start:stop]) if self._models is not None else None,
                 **self._memory.batch_budget(),
-                history=self._history,
+                history=self._history, sweep_threads=1 if self._services.executor.max_workers > 1 else None,
                 outcome_filter=self._outcome_filter,
             )
             output: BatchOutput = await self._services.executor.submit(run_batch, task, cache, should_stop)

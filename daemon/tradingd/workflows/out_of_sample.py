@@ -33,9 +33,11 @@ __all__ = [
     "BEST_CELL_LABEL",
     "HEADLINE_METRICS",
     "buy_and_hold_document",
+    "curve_returns",
     "method_result",
     "phase_headline",
     "run_headline",
+    "selected_curve",
     "spread",
     "stitch_walk_forward",
     "write_stitched",
@@ -116,7 +118,8 @@ def method_result(rows: Sequence[Mapping[str, Any]], handed: Mapping[str, Sequen
 # --- walk-forward: the stitched out-of-sample curve ------------------------------------
 
 
-def _curve_returns(values: Sequence[float], initial: float) -> NDArray[np.float64]:
+def curve_returns(values: Sequence[float], initial: float) -> NDArray[np.float64]:
+    """Per-bar returns of an equity curve that started at ``initial`` (0 where the previous value is not positive)."""
     equity = np.asarray(values, dtype=np.float64)
     previous = np.concatenate(([initial], equity[:-1]))
     out = np.zeros_like(equity)
@@ -141,7 +144,7 @@ def _metrics(returns: NDArray[np.float64], periods_per_year: float) -> dict[str,
     }
 
 
-def _selected_curve(layout: PhaseLayout, symbol: str, index: int) -> list[float] | None:
+def selected_curve(layout: PhaseLayout, symbol: str, index: int) -> list[float] | None:
     """The equity curve of (symbol, index) from the phase's container files, if recorded."""
     directory = layout.containers_dir
     for path in sorted(directory.glob(f"{symbol}-*.json")) if directory.is_dir() else []:
@@ -186,10 +189,10 @@ def stitch_walk_forward(
         parts, bh_parts = [], []
         for w, (layout, handed) in enumerate(windows):
             indices = list(handed.get(symbol) or [])
-            curve = _selected_curve(layout, symbol, indices[0]) if indices else None
+            curve = selected_curve(layout, symbol, indices[0]) if indices else None
             if curve is None:
                 break
-            parts.append(_curve_returns(curve, initial_equity))
+            parts.append(curve_returns(curve, initial_equity))
             close = np.asarray(closes[symbol][w], dtype=np.float64)
             bh_parts.append(np.concatenate(([0.0], close[1:] / close[:-1] - 1.0)))
         else:

@@ -147,6 +147,10 @@ class RunQueue:
                 log.info("startup workflow %s: run %s is already %s", spec.name, run_id, self.runs[run_id].status)
                 continue
             self.submit(spec, run_id=run_id, source="startup")
+        for run in [r for r in self.runs.values() if r.finished and r.summary is None and r.phase_records()]:
+            await run.summarise(self.services)  # finished under a daemon that did not summarise runs
+            if run.summary is not None:
+                run.post_manifest()
 
     # --- submit / cancel -----------------------------------------------------------
 

@@ -32,12 +32,13 @@ from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import DataError
 from tradingd.trading.strategies import expand_valid_grid
 from tradingd.trading.strategy import StrategyError
-from tradingd.workflows.compute import load_data
+from tradingd.workflows.compute import BatchTask, TraceConfig, load_data, run_batch
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.layout import RunLayout
 from tradingd.workflows.out_of_sample import run_headline
 from tradingd.workflows.phases import PhasePlan, PlanError
 from tradingd.workflows.progress import Progress
+from tradingd.workflows.run_summary import add_equity, run_summary
 from tradingd.workflows.search_space import ParameterSpace
 from tradingd.workflows.sequencer import RunInterrupted, Sequencer
 from tradingd.workflows.spec import SpecError, WorkflowSpec, check_safe_name, parse_spec
@@ -77,6 +78,9 @@ class WorkflowRun:
         self.cancel_reason: str | None = None
         self.out_of_sample: dict[str, Any] | None = None  # walk-forward: the stitched summary
         self.manifest_error: str | None = None  # the last manifest write failed (it is retried)
+        # Headline, selection and equity sparkline (run_summary.py), refreshed as phases finish; in the manifest.
+        self.summary: dict[str, Any] | None = None
+        self._summarised_phases = 0  # finished phases the summary was last drawn from
         self._phase_records: list[dict[str, Any]] = []  # from a manifest, until phases are planned
 
     def __repr__(self) -> str:
@@ -98,6 +102,7 @@ class WorkflowRun:
         run.symbols = list(doc.get("symbols") or [])
         run._phase_records = list(doc.get("phases") or [])
         run.out_of_sample = doc.get("out_of_sample")
+        run.summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else None
         progress = doc.get("progress") or {}
         for key in ("total", "completed", "failed", "cancelled", "skipped"):
             setattr(run.progress, key, int(progress.get(key) or 0))
@@ -178,18 +183,59 @@ class WorkflowRun:
             services=services,
             progress=self.progress,
             should_stop=should_stop,
-            on_change=self.save_manifest,
+            on_change=lambda: self._phases_changed(services),
             cancelled_as=lambda: self.cancel_reason or "interrupted",
         )
         self.phases = sequencer.plans
         del data, grid  # the sequencer holds them for as long as the run needs them
         await sequencer.run()
         self.out_of_sample = sequencer.out_of_sample
+        if self.spec.type == "walk_forward":
+            await self.summarise(services)  # its stitched result exists only now
+        await self._draw_best_cell(sequencer, services)
         failed = self.progress.failed
         if failed:
             self.error = f"{failed} container(s) failed; see their result files"
             return "failed"
         return "completed"
+
+    async def _phases_changed(self, services: RunServices) -> None:
+        """The sequencer's change callback: the summary when another phase finished, then the manifest."""
+        finished = sum(1 for p in self.phases if p.status in ("completed", "failed", "cancelled"))
+        if finished != self._summarised_phases:
+            self._summarised_phases = finished
+            await self.summarise(services)
+        await self.save_manifest()
+
+    async def summarise(self, services: RunServices) -> None:
+        """Refresh :attr:`summary` from the finished phases' files (in the file worker); never raises."""
+        try:
+            summary = await services.files.call(
+                run_summary, self.layout.root, self.phase_records(), run_type=self.spec.type,
+                objective=self.spec.objective, initial_equity=self.spec.backtest.initial_equity)
+        except Exception as exc:  # a summary is not worth a run
+            log.warning("run %s: could not summarise its results: %s: %s", self.id, type(exc).__name__, exc)
+            return
+        self.summary = summary or self.summary
+
+    async def _draw_best_cell(self, sequencer: Sequencer, services: RunServices) -> None:
+        """A backtest that recorded no curves: its best cell's equity for the summary, one more backtest."""
+        summary = self.summary
+        cell = summary.get("cell") if summary is not None else None
+        if self.spec.type != "backtest" or summary is None or "equity" in summary or not isinstance(cell, dict):
+            return
+        symbol, index = str(cell.get("symbol")), int(cell.get("index") or 0)
+        try:
+            output = await services.executor.submit(run_batch, BatchTask(
+                data=sequencer.data[symbol], strategy=self.spec.strategy.name, indices=(index,),
+                params=(sequencer.grid[index],), backtest=self.spec.backtest.model_dump(mode="json"),
+                trace=TraceConfig(types=(), policy="minimal", window=0, stream=False, track_equity=True)))
+        except Exception as exc:  # the summary goes without a sparkline
+            log.warning("run %s: could not draw its best cell's equity: %s: %s", self.id, type(exc).__name__, exc)
+            return
+        curve = output.equity.get(str(index))
+        if curve:
+            self.summary = add_equity(dict(summary), curve, self.spec.backtest.initial_equity)
 
     def mark_finished(self, status: str) -> None:
         """Record that the run ended with ``status`` (in memory; :meth:`finish` also saves it)."""
@@ -253,6 +299,7 @@ class WorkflowRun:
             "progress": self.progress.as_dict(),
             "phases": self.phase_records(),
             "out_of_sample": self.out_of_sample,
+            "summary": self.summary,
             "version": __version__,
         }
 
@@ -272,6 +319,8 @@ class WorkflowRun:
             "progress": self.progress.as_dict(),
             "results": run_headline(self.phase_records(), self.out_of_sample),
         }
+        if self.summary is not None:
+            out["summary"] = self.summary
         if self.manifest_error is not None:
             out["manifest_error"] = self.manifest_error
         if detail:

@@ -1,0 +1,116 @@
+"""The compiled kernel (numba) and the numpy kernel give bit-identical sweeps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tradingd.trading.acceleration import KERNEL_ENV, kernel_name
+from tradingd.trading.engine import run_sweep
+from tradingd.trading.results import BacktestResult
+from tradingd.trading.simulation import BacktestConfig
+
+from tests.unit.test_trading_blocks import _walk, assert_identical, whole_strategy
+from tests.unit.test_trading_engine import make_data, scenarios
+
+pytest.importorskip("numba")
+
+T = TypeVar("T")
+
+
+@contextmanager
+def kernel(name: str) -> Iterator[None]:
+    before = os.environ.get(KERNEL_ENV)
+    os.environ[KERNEL_ENV] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[KERNEL_ENV]
+        else:
+            os.environ[KERNEL_ENV] = before
+
+
+def on_both(run: Callable[[], T]) -> tuple[T, T]:
+    with kernel("numba"):
+        assert kernel_name() == "numba"
+        compiled = run()
+    with kernel("numpy"):
+        assert kernel_name() == "numpy"
+        plain = run()
+    return compiled, plain
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.sampled_from([None, 1, 3]))
+def test_kernels_agree_bit_for_bit_on_any_targets(
+        case: tuple[np.ndarray, np.ndarray, np.ndarray, BacktestConfig], block: int | None) -> None:
+    close, open_, targets, cfg = case
+    data = make_data(close, open_)
+    grid = [{"column": j} for j in range(targets.shape[1])]
+
+    def run() -> BacktestResult:
+        return run_sweep(data, whole_strategy(targets), grid, cfg, keep_trades_for="all", keep_equity_for="all",
+                         block_bars=block)
+
+    assert_identical(*on_both(run))
+
+
+@pytest.mark.parametrize("keep_trades", [[0, 5], None])  # None: the kernel derives the crossings itself
+@pytest.mark.parametrize("cfg", [BacktestConfig(commission=0.002),
+                                 BacktestConfig(commission=0.001, slippage_bps=5.0, allow_short=True,
+                                                fill="next_open"),
+                                 BacktestConfig(commission=0.3, allow_short=True)])  # ruins
+def test_kernels_agree_on_a_crossover_sweep_in_blocks(cfg: BacktestConfig, keep_trades: list[int] | None) -> None:
+    data = _walk(4000, 3)
+    grid = [{"fast": f, "slow": s} for f in (2, 3, 7, 15) for s in (5, 20, 60, 200) if f < s]
+    for block in (None, 333):
+        def run(block: int | None = block) -> BacktestResult:
+            return run_sweep(data, "sma_crossover", grid, cfg, keep_trades_for=keep_trades, keep_equity_for=[3],
+                             block_bars=block, chunk_bytes=2**20)
+
+        compiled, plain = on_both(run)
+        assert_identical(compiled, plain)
+        assert compiled.metrics["n_trades"].min() > 0
+        if cfg.commission == 0.3:
+            assert (compiled.metrics["total_return"] == -1.0).any()  # some ruined
+
+
+@pytest.mark.slow
+def test_a_process_of_small_sweeps_never_loads_numba_and_a_big_sweep_does() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from tradingd.trading.acceleration import LOAD_CELLS, compiled
+        from tradingd.trading.data import MarketData
+        from tradingd.trading.engine import run_sweep
+
+        def sweep(n, k):
+            ts = np.datetime64("2020-01-01", "ns") + np.arange(n) * np.timedelta64(1, "m")
+            close = np.round(100 + np.cumsum(np.random.default_rng(1).normal(0, 0.1, n)), 2)
+            data = MarketData.from_arrays("X", ts, close, close, close, close, np.ones(n), timeframe="1min")
+            grid = [{"fast": 2 + i % 7, "slow": 20 + i} for i in range(k)]
+            return run_sweep(data, "sma_crossover", grid, metrics=["total_return"])
+
+        sweep(2000, 20)
+        print("small", "numba" in sys.modules)
+        first = sweep(LOAD_CELLS // 200 + 1, 200)
+        print("big", compiled(wait=True) is not None)
+        again = sweep(LOAD_CELLS // 200 + 1, 200)
+        print("same", bool((first.metrics["total_return"] == again.metrics["total_return"]).all()))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != KERNEL_ENV}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                         check=True).stdout.split("\n")
+    assert out[:3] == ["small False", "big True", "same True"]
