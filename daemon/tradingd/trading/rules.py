@@ -136,7 +136,8 @@ class _Crossover(Strategy):
         if loops is not None:
             out = np.empty((len(lines), len(checked)), order="F")
             # C order, the signature warm_up compiled (a transposed view would compile another, ~20 MB, once).
-            loops.crossing_positions(np.ascontiguousarray(lines.T), np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),
+            rows = np.ascontiguousarray(lines.T)
+            loops.crossing_positions(rows, np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),
                                      0, len(lines), np.zeros(len(checked), np.int8), np.zeros(len(checked)), out)
             return out
         diff = lines[:, [where[w] for w in fast]]
