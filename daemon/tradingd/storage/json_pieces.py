@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["SLICE", "json_pieces"]
 
 #: Scalars per C-encoder call when a list of scalars is long.
-SLICE = 4096
+SLICE = 1024
 
 
 def json_pieces(obj: Any, *, indent: int | None = None) -> Iterator[str]:
