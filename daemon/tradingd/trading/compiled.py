@@ -50,6 +50,20 @@ def _compile_finite(fn: F) -> F:
 
 
 @_compile
+def _crossing_step(d: float, first: int, pos: int) -> tuple[int, int]:
+    """One bar of ``rules.crossing_block``: the sign of fast - slow moves the first sign and the position."""
+    sgn = (d > 0.0) - (d < 0.0)  # NaN (warm-up): 0
+    if pos == 0:
+        if first == 0:
+            first = sgn
+        elif sgn == -first:
+            pos = sgn
+    elif sgn != 0:
+        pos = sgn
+    return first, pos
+
+
+@_compile
 def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, first_sign: Any,
                        position: Any, out: Any) -> None:
     """``rules.crossing_block`` of ``rows[fast] - rows[slow]``, bars ``offset .. offset + n``.
@@ -64,15 +78,7 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
         first = int(first_sign[j])
         pos = int(position[j])
         for t in range(n):
-            d = fr[offset + t] - sr[offset + t]
-            sgn = (d > 0.0) - (d < 0.0)  # NaN (warm-up): 0
-            if pos == 0:
-                if first == 0:
-                    first = sgn
-                elif sgn == -first:
-                    pos = sgn
-            elif sgn != 0:
-                pos = sgn
+            first, pos = _crossing_step(fr[offset + t] - sr[offset + t], first, pos)
             out[t, j] = pos
         first_sign[j] = first
         position[j] = pos
@@ -195,15 +201,7 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
             pos = int(position[j])
             prev = last_target[j]
             for t in range(b):
-                d = fr[offset + t] - sr[offset + t]
-                sgn = (d > 0.0) - (d < 0.0)
-                if pos == 0:
-                    if first == 0:
-                        first = sgn
-                    elif sgn == -first:
-                        pos = sgn
-                elif sgn != 0:
-                    pos = sgn
+                first, pos = _crossing_step(fr[offset + t] - sr[offset + t], first, pos)
                 target = 0.0 if long_only and pos < 0 else float(pos)
                 w = prev if next_open else target
                 prev = target
