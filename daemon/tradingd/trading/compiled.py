@@ -117,6 +117,17 @@ def _lowest_ratio(equity: Any, peaks: Any, start: int, stop: int, lowest: float)
 
 
 @_compile
+def _add_return(r: float, s_r: float, s_r2: float, s_d2: float, downside: bool) -> tuple[float, float, float]:
+    """One bar's return into the sums behind Sharpe and Sortino (in bar order: the numpy kernel's sums)."""
+    s_r += r
+    s_r2 += r * r
+    if downside:
+        dn = min(r, 0.0)
+        s_d2 += dn * dn
+    return s_r, s_r2, s_d2
+
+
+@_compile
 def _fold(e: float, last_e: float, s_r: float, s_r2: float, s_d2: float, peak: float, min_ratio: float,
           last_peak: int, max_under: int, now: int, moments: bool, downside: bool, drawdown: bool,
           duration: bool) -> tuple[float, float, float, float, float, int, int]:
@@ -125,12 +136,7 @@ def _fold(e: float, last_e: float, s_r: float, s_r2: float, s_d2: float, peak: f
     # before: skipping it is exact (flat stretches cost no division).
     if e != last_e:
         if (moments or downside) and last_e > 0.0:
-            r = e / last_e - 1.0
-            s_r += r
-            s_r2 += r * r
-            if downside:
-                dn = min(r, 0.0)
-                s_d2 += dn * dn
+            s_r, s_r2, s_d2 = _add_return(e / last_e - 1.0, s_r, s_r2, s_d2, downside)
         if drawdown or duration:
             peak = max(peak, e)
             min_ratio = min(min_ratio, e / peak)
@@ -256,12 +262,7 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                     for u in range(t + 1, stop):
                         ratio[u] = equity[u] / equity[u - 1] - 1.0
                     for u in range(t, stop):
-                        r = ratio[u]
-                        s_r += r
-                        s_r2 += r * r
-                        if downside:
-                            dn = min(r, 0.0)
-                            s_d2 += dn * dn
+                        s_r, s_r2, s_d2 = _add_return(ratio[u], s_r, s_r2, s_d2, downside)
                 if drawdown or duration:
                     for u in range(t, stop):
                         peak = max(peak, equity[u])
