@@ -45,6 +45,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "config" / "workflows" / "backtest.yaml"
 RESULTS = ROOT / "bench" / "results" / "disk_soak.md"
+sys.path.insert(0, str(ROOT / "daemon"))
+
+from tradingd.workflows.retention import dir_bytes  # noqa: E402  (what retention counts, counted the same way)
+
 MB = 1024 * 1024
 
 
@@ -52,17 +56,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def tree_bytes(root: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -191,8 +184,8 @@ def main() -> int:
                 listing = daemon.call("GET", "/runs?limit=1")
                 rows.append({
                     "runs": n,
-                    "results_mb": tree_bytes(state / "results") / MB,
-                    "state_mb": tree_bytes(state) / MB,
+                    "results_mb": dir_bytes(state / "results") / MB,
+                    "state_mb": dir_bytes(state) / MB,
                     "anon_mb": figures["RssAnon"] / 1024,
                     "idle_anon_mb": idle["RssAnon"] / 1024,
                     "threads": figures["Threads"],
