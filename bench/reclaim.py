@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 from tradingd.memory.cache import CacheBudget, ManagedCache
-from tradingd.memory.cleanup import Admission, CleanupLadder, cleanup_loop, malloc_trim_available
+from tradingd.memory.cleanup import Admission, CleanupLadder, cleanup_loop
+from tradingd.memory.malloc import malloc_trim_available
 from tradingd.memory.monitor import MemoryLimit, Monitor, sample_process
 from tradingd.storage.atomic import atomic_write_text
 

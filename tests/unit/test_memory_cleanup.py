@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +11,7 @@ import numpy as np
 import pytest
 from tradingd.config import Config, parse_config
 from tradingd.memory.admission import Admission
-from tradingd.memory.cleanup import malloc_trim_available, parse_level
+from tradingd.memory.cleanup import parse_level
 from tradingd.memory.manager import MemoryManager
 from tradingd.memory.monitor import MemoryLimit, MemorySample, Monitor, PressureLevel
 
@@ -243,58 +240,3 @@ async def test_loop_trims_once_work_has_settled(tmp_path: Path) -> None:
         stop.set()
         await asyncio.wait_for(task, 2)
     assert [a["level"] for a in ladder.stats()["recent"] if a["action"] == "malloc_trim"] == ["normal"]
-
-
-ARENAS_SCRIPT = """
-import ctypes, ctypes.util, sys, tempfile, threading
-from tradingd.memory.cleanup import limit_malloc_arenas
-
-print(limit_malloc_arenas(None if sys.argv[1] == "none" else int(sys.argv[1])))
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-libc.fopen.restype = ctypes.c_void_p
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-libc.fclose.argtypes = [ctypes.c_void_p]
-started = threading.Barrier(8)
-done = threading.Barrier(9)
-
-def work():
-    started.wait()  # all alive at once: each new thread asks glibc for an arena
-    libc.malloc(4096)
-    done.wait()
-
-threads = [threading.Thread(target=work) for _ in range(8)]
-for t in threads:
-    t.start()
-done.wait()
-with tempfile.NamedTemporaryFile(suffix=".xml") as out:
-    fp = libc.fopen(out.name.encode(), b"w")
-    libc.malloc_info(0, fp)
-    libc.fclose(fp)
-    print(open(out.name).read().count("<heap nr="))
-for t in threads:
-    t.join()
-"""
-
-
-@pytest.mark.parametrize(("limit", "arenas"), [("2", 2), ("none", None)])
-def test_limit_malloc_arenas_caps_the_arenas_threads_get(limit: str, arenas: int | None) -> None:
-    if not malloc_trim_available():
-        pytest.skip("not glibc")
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    out = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, limit], capture_output=True, text=True, env=env,
-                         check=True, timeout=60).stdout.split()
-    assert out[0] == str(arenas)
-    if arenas is None:
-        assert int(out[1]) > 2, "glibc's default: threads get arenas of their own"
-    else:
-        assert int(out[1]) == arenas, "the main arena and one more, shared by every thread"
-
-
-def test_malloc_arena_max_from_the_environment_wins() -> None:
-    if not malloc_trim_available():
-        pytest.skip("not glibc")
-    env = {**os.environ, "MALLOC_ARENA_MAX": "4"}
-    out = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, "2"], capture_output=True, text=True, env=env,
-                         check=True, timeout=60).stdout.split()
-    assert out == ["4", "4"]

@@ -24,11 +24,8 @@ RSS creeps up run after run (bench/disk_soak.py) although nothing leaks.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -36,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tradingd.memory import malloc
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import ManagedCache
 from tradingd.memory.models import ModelRegistry
@@ -47,8 +45,6 @@ __all__ = [
     "CleanupAction",
     "CleanupLadder",
     "cleanup_loop",
-    "limit_malloc_arenas",
-    "malloc_trim_available",
     "parse_level",
 ]
 
@@ -78,55 +74,6 @@ def parse_level(level: PressureLevel | str | int) -> PressureLevel:
             names = ", ".join(lvl.label for lvl in PressureLevel)
             raise ValueError(f"unknown level {level!r}; expected one of {names}") from None
     return PressureLevel(level)
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    trim = getattr(libc, "malloc_trim", None)  # glibc only; musl has none
-    if trim is None:
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim  # type: ignore[no-any-return]
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def malloc_trim_available() -> bool:
-    """Whether this libc has ``malloc_trim`` (glibc does, musl does not)."""
-    return _malloc_trim is not None
-
-
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
-
-
-def limit_malloc_arenas(arenas: int | None) -> int | None:
-    """Cap glibc's malloc arenas at ``arenas``; the cap in force, or None (glibc's default, or no glibc).
-
-    glibc gives threads arenas of their own, up to 8 per core; memory freed in
-    one stays mapped there, and with the worker threads of one run after
-    another the arenas fragment: anonymous RSS crept up ~2 MB per 100 runs of
-    the backtest spec even with a trim after each, and less with two arenas
-    (bench/results/disk_soak_memory.md). ``MALLOC_ARENA_MAX`` in the environment wins (the
-    operator's choice; glibc read it at start). Call before worker threads
-    start: arenas already made stay.
-    """
-    from_env = os.environ.get("MALLOC_ARENA_MAX")
-    if from_env is not None:
-        return int(from_env) if from_env.isdigit() else None
-    if arenas is None or _malloc_trim is None:
-        return None
-    mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallopt", None)
-    if mallopt is None:
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return arenas if mallopt(_M_ARENA_MAX, arenas) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +121,7 @@ class CleanupLadder:
         self.admission = admission
         self._usage = usage
         self.low_water = low_water
-        self.trim_enabled = malloc_trim and _malloc_trim is not None
+        self.trim_enabled = malloc_trim and malloc.malloc_trim_available()
         self.malloc_arena_max = malloc_arena_max  # what limit_malloc_arenas put in force (for /stats)
         self.recent: deque[CleanupAction] = deque(maxlen=history_size)
         self.counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
@@ -215,10 +162,9 @@ class CleanupLadder:
         return self._rss_step(level, "gc_collect", gc.collect)
 
     def trim(self, level: str = "pressure") -> CleanupAction | None:
-        trim = _malloc_trim
-        if not self.trim_enabled or trim is None:
+        if not self.trim_enabled:
             return None
-        return self._rss_step(level, "malloc_trim", lambda: trim(0))
+        return self._rss_step(level, "malloc_trim", malloc.malloc_trim)
 
     def sweep_expired(self) -> CleanupAction:
         """Periodic TTL sweep: release expired entries nobody touched."""

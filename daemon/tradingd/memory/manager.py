@@ -26,8 +26,9 @@ from typing import Any
 from tradingd.config import CacheSettings, Config
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
-from tradingd.memory.cleanup import CleanupLadder, cleanup_loop, limit_malloc_arenas
+from tradingd.memory.cleanup import CleanupLadder, cleanup_loop
 from tradingd.memory.grants import MemoryBudget
+from tradingd.memory.malloc import limit_malloc_arenas, pin_malloc_thresholds
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
 from tradingd.stats import StatsBoard
@@ -82,6 +83,8 @@ class MemoryManager:
             settings=self.codec_settings,
         )
         self.admission = Admission()
+        # Fixed, so that freeing one large block cannot retune glibc for the rest of the daemon's life.
+        pin_malloc_thresholds()
         self.ladder = CleanupLadder(
             lambda: list(self.caches.values()),
             models=self.models,
