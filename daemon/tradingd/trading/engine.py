@@ -78,10 +78,12 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     sweep = SweepRun(data, strat, params, config, metrics, keep_trades_for, keep_equity_for)
     preload(k * data.n_bars)  # numba, in the background, when the work is worth it
     threads = _workers(workers, k, data.n_bars, models is not None)
-    plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads)
+    on_targets = bool(sweep.keep_trades) or models is not None
+    plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads,
+                          on_targets=on_targets)
     if threads > 1 and workers is None and (not plan.fits or plan.width * threads > k):
         threads = 1  # the budget (or the grid) is too small to split: one thread
-        plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names)
+        plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, on_targets=on_targets)
     if not plan.fits:
         log.warning("sweep of %s on %s needs %d bytes at least; budget %d", strat.name, data.symbol,
                     plan.peak_bytes, chunk_bytes)
@@ -195,12 +197,18 @@ def estimate_sweep(strategy: str | Strategy, grid: Sequence[Mapping[str, Any]], 
 
 
 def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_bars: int, chunk_bytes: int, *,
-                   metrics: Collection[str] | None = None, workers: int = 1) -> SweepPlan:
-    """The plan ``run_sweep`` follows for ``strategy`` over ``params`` (validated)."""
+                   metrics: Collection[str] | None = None, workers: int = 1, on_targets: bool = False
+                   ) -> SweepPlan:
+    """The plan ``run_sweep`` follows for ``strategy`` over ``params`` (validated).
+
+    ``on_targets``: the chunks run on blocks of target positions, never on a
+    strategy's crossings alone (kept trades, trained models).
+    """
     lookback = strategy.block_lookback(params)
     windows = _windows(params)
     return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0,
                       compiled=compiled() is not None,
+                      crossings=lookback is not None and strategy.follows_crossings() and not on_targets,
                       n_windows=len(windows) or None, blockable=lookback is not None, workers=workers)
 
 
