@@ -35,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # tests/unit/test_trading_kernels.py) makes any change to them a change of this
 # file, so a stale step_block is never loaded from the cache.
 CALLEES = ("compiled_crossings.py", "compiled_equity.py")
-CALLEES_SHA256 = "e5085083951e069feafe9c3e588144bc55f5e70a0ee25048dd62dc334fd05533"
+CALLEES_SHA256 = "331dc60aec4e58ad1aed47f711ad70ab170449c3b4f26b0cce00f0da5887e7a8"
 
 # Columns of the kept-trades buffer, in order.
 TRADE_FIELDS = ("col", "entry_bar", "exit_bar", "side", "size", "entry_price", "exit_price", "ret", "pnl")

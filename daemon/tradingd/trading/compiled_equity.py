@@ -12,7 +12,8 @@ throughout: the first bar's return is the only one that is not exactly 0, and
 peak and drawdown change at most once, so a flat stretch costs O(1) however
 long. Held, the marks and returns are computed in vectorizable passes (the
 divisions run side by side), then the sums and the running peak in one
-sequential pass (their two dependency chains overlap).
+sequential pass (their dependency chains overlap), then the drawdowns in
+vectorizable passes again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = ["fold", "mark_stretch"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+
 def _compile(fn: F) -> F:
     try:
         with warnings.catch_warnings():
@@ -38,25 +40,27 @@ def _compile(fn: F) -> F:
         return cast(F, numba.njit(nogil=True, error_model="numpy")(fn))
 
 
-def _compile_finite(fn: F) -> F:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cast(F, numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"}, error_model="numpy")(fn))
-    except RuntimeError:
-        return cast(F, numba.njit(nogil=True, fastmath={"nnan", "ninf"}, error_model="numpy")(fn))
+@_compile
+def _lowest(values: Any, lowest: float) -> float:
+    """``min(lowest, *values)`` for values that are not NaN, in four independent lanes.
 
-
-@_compile_finite
-def _lowest_ratio(equity: Any, peaks: Any, lowest: float) -> float:
-    """``min(lowest, equity[u] / peaks[u] for every u)``, vectorized.
-
-    The values are finite and a minimum does not depend on the order, so the
-    no-NaN/no-infinity promise that lets LLVM vectorize changes nothing.
+    A minimum does not depend on the order, and four running minima keep the
+    CPU's comparators busy where one would wait on the last result.
     """
-    for u in range(len(equity)):
-        lowest = min(lowest, equity[u] / peaks[u])
-    return lowest
+    l0 = l1 = l2 = l3 = lowest
+    full = len(values) // 4 * 4
+    for i in range(0, full, 4):
+        x0, x1, x2, x3 = values[i], values[i + 1], values[i + 2], values[i + 3]
+        l0 = x0 if x0 < l0 else l0
+        l1 = x1 if x1 < l1 else l1
+        l2 = x2 if x2 < l2 else l2
+        l3 = x3 if x3 < l3 else l3
+    for i in range(full, len(values)):
+        x = values[i]
+        l0 = x if x < l0 else l0
+    l0 = l1 if l1 < l0 else l0
+    l2 = l3 if l3 < l2 else l2
+    return l2 if l2 < l0 else l0
 
 
 @_compile
@@ -135,18 +139,21 @@ def mark_stretch(close: Any, t: int, stop: int, h: float, p_in: float, seg: floa
         rets[0] = marks[0] / last_e - 1.0 if last_e > 0.0 else 0.0
         for u in range(1, m):
             rets[u] = marks[u] / marks[u - 1] - 1.0
-    tops = peaks[t:stop]
     dd = drawdown or duration
+    tops = peaks[t:stop]
     for u in range(m):  # the sequential part: sums in bar order, the running peak
         if returns:
             s_r, s_r2, s_d2 = _add_return(rets[u], s_r, s_r2, s_d2, downside)
         if dd:
-            peak = max(peak, marks[u])
+            e = marks[u]
+            peak = max(peak, e)
             tops[u] = peak
             if duration:
-                if marks[u] >= peak:
+                if e >= peak:
                     last_peak = t0 + t + u
                 max_under = max(max_under, t0 + t + u - last_peak)
     if dd:
-        min_ratio = _lowest_ratio(marks, tops, min_ratio)
+        for u in range(m):  # vectorized (the returns are summed: their room is free)
+            rets[u] = marks[u] / tops[u]
+        min_ratio = _lowest(rets[:m], min_ratio)
     return s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, marks[m - 1]
