@@ -26,7 +26,8 @@ import numpy as np
 from tradingd.trading.compiled_crossings import crossing_changes
 from tradingd.trading.compiled_equity import fold, mark_stretch
 
-__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "step_block", "warm_up"]
+__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "sma_rows", "step_block",
+           "warm_up"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,6 +84,39 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
             out[t, j] = pos
         first_sign[j] = first
         position[j] = pos
+
+
+@_compile
+def sma_rows(x: Any, windows: Any, units: float, origin: float, out: Any) -> None:
+    """``indicators.sma_rows`` with a price scale: one pass per window, the same arithmetic.
+
+    The integer running sum of ``rint((x - origin) * units)`` (wrapping, as
+    numpy's), then per window the integer difference converted once, divided
+    by ``w * units``, plus ``origin``; NaN before the window is full.
+    """
+    n = len(x)
+    sums = np.empty(n, dtype=np.int64)
+    total = np.int64(0)
+    for t in range(n):
+        total += np.int64(np.rint((x[t] - origin if origin != 0.0 else x[t]) * units))
+        sums[t] = total
+    for j in range(len(windows)):
+        w = windows[j]
+        row = out[j]
+        row[:min(w - 1, n)] = np.nan
+        if w > n:
+            continue
+        d = w * units
+        row[w - 1] = sums[w - 1] / d + origin if origin != 0.0 else sums[w - 1] / d
+        head = sums[:n - w]
+        tail = sums[w:]
+        body = row[w:]
+        if origin != 0.0:
+            for t in range(n - w):
+                body[t] = np.float64(tail[t] - head[t]) / d + origin
+        else:
+            for t in range(n - w):
+                body[t] = np.float64(tail[t] - head[t]) / d
 
 
 @_compile
@@ -309,6 +343,7 @@ def warm_up() -> None:
     n, k = 4, 2
     rows = np.ones((2, n))
     index = np.zeros(k, dtype=np.int64)
+    sma_rows(rows[0], np.ones(2, dtype=np.int64), 1.0, 0.0, rows.copy())
     for dtype in (np.int8, np.float64):
         out = np.empty((n, k), dtype=dtype, order="F")
         crossing_positions(rows, index, index, 0, n, np.zeros(k, np.int8), np.zeros(k), out)

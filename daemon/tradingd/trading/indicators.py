@@ -20,6 +20,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from tradingd.trading.acceleration import compiled
+
 if TYPE_CHECKING:
     from tradingd.trading.data import MarketData
 
@@ -145,9 +147,14 @@ def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale 
     """``sma`` transposed: ``(len(windows), n)``, each window's averages contiguous."""
     x, ws = _prepare(values, windows)
     n = len(x)
-    out = np.full((len(ws), n), np.nan)
     if scale is None:
         scale = price_scale(x)
+    loops = compiled()
+    if loops is not None and scale is not None:  # the same arithmetic, one pass per window
+        out = np.empty((len(ws), n))
+        loops.sma_rows(x, np.array(ws, dtype=np.int64), scale.units, scale.origin, out)
+        return out
+    out = np.full((len(ws), n), np.nan)
     if scale is None:
         sums = np.cumsum(x)
         for j, w in enumerate(ws):

@@ -58,6 +58,8 @@ FAST_MIN_BLOCK_BARS = 1 << 11
 # balance the threads (chunks differ in their number of crossings) and keep
 # the per-chunk Python overhead (~0.1 ms) negligible.
 CHUNKS_PER_WORKER = 4
+# ... but not so narrow that a chunk's step is shorter than about a millisecond.
+MIN_CHUNK_CELLS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,11 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
             break
         block, width = shorter, widest(shorter)
     if crossings:  # wide chunks cost no memory: as many as keep the workers evenly busy
-        width = min(width, max(FAST_MIN_WIDTH, -(-k // (CHUNKS_PER_WORKER * max(1, workers)))))
+        threads = max(1, workers)
+        wide = max(-(-k // (CHUNKS_PER_WORKER * threads)), -(-MIN_CHUNK_CELLS // block))
+        count = -(-k // max(1, min(width, wide)))
+        count = -(-count // threads) * threads  # the same number of chunks for every worker
+        width = min(width, -(-k // count))
     width = max(width, 1)
     peak = cost(width, block)
     return SweepPlan(n_bars=n, width=width, block_bars=block, peak_bytes=peak, fits=peak <= chunk_bytes)
