@@ -26,8 +26,8 @@ import numpy as np
 from tradingd.trading.compiled_crossings import crossing_changes
 from tradingd.trading.compiled_equity import fold, mark_stretch
 
-__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "sma_rows", "step_block",
-           "warm_up"]
+__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "on_grid", "sma_rows",
+           "step_block", "warm_up"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,6 +84,16 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
             out[t, j] = pos
         first_sign[j] = first
         position[j] = pos
+
+
+@_compile
+def on_grid(x: Any, units: float) -> bool:
+    """``np.array_equal(np.rint(x * units) / units, x)`` in one pass, stopping at the first miss."""
+    for t in range(len(x)):
+        v = x[t]
+        if np.rint(v * units) / units != v:
+            return False
+    return True
 
 
 @_compile
@@ -344,6 +354,7 @@ def warm_up() -> None:
     rows = np.ones((2, n))
     index = np.zeros(k, dtype=np.int64)
     sma_rows(rows[0], np.ones(2, dtype=np.int64), 1.0, 0.0, rows.copy())
+    on_grid(rows[0], 1.0)
     for dtype in (np.int8, np.float64):
         out = np.empty((n, k), dtype=dtype, order="F")
         crossing_positions(rows, index, index, 0, n, np.zeros(k, np.int8), np.zeros(k), out)
