@@ -54,6 +54,12 @@ FAST_BLOCK_BARS = 1 << 15
 # shorter (down to FAST_MIN_BLOCK_BARS) before chunks get narrower.
 FAST_MIN_WIDTH = 32
 FAST_MIN_BLOCK_BARS = 1 << 11
+# A compiled crossover's chunks can be as wide as the grid; a few per worker
+# balance the threads (chunks differ in their number of crossings) and keep
+# the per-chunk Python overhead (~0.1 ms) negligible.
+CHUNKS_PER_WORKER = 4
+# ... but not so narrow that a chunk's step is shorter than about a millisecond.
+MIN_CHUNK_CELLS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,8 @@ def _windows(width: int, n_windows: int | None) -> int:
 
 
 def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, cell: int,
-           n_windows: int | None, workers: int) -> int:
-    windows = _windows(width, n_windows)
+           n_windows: int | None, workers: int, crossings: bool = False) -> int:
+    windows = 0 if crossings else _windows(width, n_windows)
     per_worker = (CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
                   + (block + lookback) * WINDOW_BYTES * windows)
     # A block's indicator columns for the whole grid, shared by every chunk.
@@ -92,7 +98,8 @@ def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback
 
 def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: Collection[str] | None = None,
                lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
-               dense: bool | None = None, workers: int = 1, compiled: bool = False) -> SweepPlan:
+               dense: bool | None = None, workers: int = 1, compiled: bool = False,
+               crossings: bool = False) -> SweepPlan:
     """The fastest plan whose working bytes stay within ``chunk_bytes``.
 
     ``lookback`` is how many bars before a block its indicators read;
@@ -101,18 +108,23 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     the whole series at once (then one full-length column is the minimum).
     ``dense`` defaults to "a metric needs the equity curve"; ``workers``
     chunks run at the same time, each with its own working set; ``compiled``:
-    the compiled kernel runs the sweep (fewer temporaries per cell).
+    the compiled kernel runs the sweep (fewer temporaries per cell);
+    ``crossings``: it follows the strategy's crossings itself
+    (``Strategy.block_crossings``), so a chunk's working set is its carried
+    state and a few arrays of one block's length, whatever its width (then the
+    grid is cut into ``CHUNKS_PER_WORKER`` chunks per worker, for balance).
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     n, k = max(int(n_bars), 1), max(int(n_combinations), 1)
     names = validate_metric_names(metrics)
     is_dense = bool(DENSE_METRICS & set(names)) if dense is None else dense
-    cell = CELL_BYTES_COMPILED if compiled else CELL_BYTES_DENSE if is_dense else CELL_BYTES_SPARSE
+    crossings = crossings and compiled
+    cell = 0 if crossings else CELL_BYTES_COMPILED if compiled else CELL_BYTES_DENSE if is_dense else CELL_BYTES_SPARSE
     m = len(names)
 
     def cost(width: int, block: int) -> int:
-        return _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers))
+        return _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers), crossings)
 
     target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
 
@@ -136,6 +148,12 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
         if width >= 1 and block <= FAST_MIN_BLOCK_BARS:
             break
         block, width = shorter, widest(shorter)
+    if crossings:  # wide chunks cost no memory: as many as keep the workers evenly busy
+        threads = max(1, workers)
+        wide = max(-(-k // (CHUNKS_PER_WORKER * threads)), -(-MIN_CHUNK_CELLS // block))
+        count = -(-k // max(1, min(width, wide)))
+        count = -(-count // threads) * threads  # the same number of chunks for every worker
+        width = min(width, -(-k // count))
     width = max(width, 1)
     peak = cost(width, block)
     return SweepPlan(n_bars=n, width=width, block_bars=block, peak_bytes=peak, fits=peak <= chunk_bytes)
