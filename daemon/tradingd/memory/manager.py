@@ -27,6 +27,7 @@ from tradingd.config import CacheSettings, Config
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
 from tradingd.memory.cleanup import CleanupLadder, cleanup_loop, limit_malloc_arenas
+from tradingd.memory.heap import fix_mmap_threshold
 from tradingd.memory.grants import MemoryBudget
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
@@ -92,6 +93,7 @@ class MemoryManager:
             # Before any worker thread exists: arenas made earlier stay.
             malloc_arena_max=limit_malloc_arenas(config.cleanup.malloc_arena_max),
         )
+        self.mmap_threshold = fix_mmap_threshold(monitor.limit.bytes) if config.cleanup.malloc_trim else None
         # Containers' working memory; the baseline is measured in start(), once the daemon is built.
         self.work = MemoryBudget(
             limit_bytes=monitor.limit.bytes,

@@ -28,9 +28,10 @@ __all__ = ["OVERHEAD_BYTES", "REPORT_BYTES", "Footprint", "container_footprint",
 
 # A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
 OVERHEAD_BYTES = 512 * 1024
-# Writing a phase's report (its container files read back, heatmap and plots drawn):
-# traced at 30-75 MB on the squeeze workload's 796-combination phases.
-REPORT_BYTES = 80 * 2**20
+# Drawing a phase's report beside the container file being read back (that part is sized
+# from the files, ``file_work``): heatmap and plots, and matplotlib's import on first use
+# when the file work runs in the daemon (~25 MB).
+REPORT_BYTES = 48 * 2**20
 # One metrics row as held in the container: {"index", "params": {...}, "metrics": {16 floats}}.
 ROW_BYTES = 1_200
 # One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.
