@@ -27,8 +27,8 @@ from tradingd.config import CacheSettings, Config
 from tradingd.memory.admission import Admission
 from tradingd.memory.cache import CacheBudget, ManagedCache, PersistedEntry
 from tradingd.memory.cleanup import CleanupLadder, cleanup_loop, limit_malloc_arenas
-from tradingd.memory.heap import fix_mmap_threshold
 from tradingd.memory.grants import MemoryBudget
+from tradingd.memory.heap import fix_mmap_threshold
 from tradingd.memory.models import ModelRegistry
 from tradingd.memory.monitor import Monitor, PressureLevel
 from tradingd.stats import StatsBoard
