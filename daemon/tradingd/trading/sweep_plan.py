@@ -11,6 +11,7 @@ The per-cell constants were measured with tracemalloc on the sweep bench
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -151,16 +152,23 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
 
     target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
 
+    def cheapest(block: int) -> int:
+        # Open chunks cost less the wider they are, cells more: the width of least cost.
+        if not blockable:
+            return 1
+        return max(1, min(k, math.isqrt(k * CHUNK_BYTES // max(1, cell * block + CARRY_BYTES))))
+
     def widest(block: int) -> int:
-        if cost(1, block) > target:
+        least = cheapest(block)
+        if cost(least, block) > target:
             return 0
         # Cost is linear in width except for the window bound and the open chunks (fewer
         # when wider): solve without them, then step down.
         fixed = cost(0, block)
         per = max(cost(1, block) - fixed - CHUNK_BYTES * (k if blockable else 0), 1)
-        width = max(1, min(k, (target - fixed) // per))
-        while width > 1 and cost(width, block) > target:
-            width -= max(1, width // 32)
+        width = max(least, min(k, (target - fixed) // per))
+        while width > least and cost(width, block) > target:
+            width = max(least, width - max(1, width // 32))
         return width
 
     block = min(n, FAST_BLOCK_BARS) if blockable else n
@@ -172,7 +180,7 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
         if width >= 1 and block <= FAST_MIN_BLOCK_BARS:
             break
         block, width = shorter, widest(shorter)
-    width = max(width, 1)
+    width = width or cheapest(block)
     peak = cost(width, block)
     return SweepPlan(n_bars=n, width=width, block_bars=block, peak_bytes=peak, fits=peak <= chunk_bytes)
 

@@ -37,6 +37,11 @@ ROW_BYTES = 1_200
 # One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.
 TRADE_BYTES = 950
 TRADE_JSON_BYTES = 350
+# The engine's records of a batch's kept trades, beside their dicts while the batch is turned
+# into events: the kernel's trade tables (~74 bytes a trade) and each combination's
+# ``TradeRecords`` (~90 bytes a trade, ~1.2 kB of arrays).
+RECORD_BYTES = 200
+RECORDS_PER_COMBINATION = 1536
 # One equity value kept as a Python float in a list, and as JSON text.
 EQUITY_CELL_BYTES = 32
 EQUITY_JSON_BYTES = 22
@@ -136,7 +141,8 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     held = int(k * per_combo_held + (n * TIME_BYTES if track_equity else 0))
     # A batch's output exists twice while it is absorbed (the worker's and the container's references).
     batch_out = batch * (ROW_BYTES + trades * ((events_per_trade * EVENT_BYTES if streams_events else 0.0)
-                                               + (TRADE_BYTES if keeps_trades else 0.0)))
+                                               + (TRADE_BYTES + RECORD_BYTES if keeps_trades else 0.0))
+                         + (RECORDS_PER_COMBINATION if keeps_trades else 0.0))
     batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
     document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
                     + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
