@@ -14,12 +14,12 @@ from tradingd.trading.simulation import BacktestConfig
 __all__ = ["BacktestResult", "TradeRecords"]
 
 
-def _iso(value: np.datetime64) -> str:
-    return str(np.datetime_as_string(value, unit="s"))
+def _isos(values: NDArray[np.datetime64]) -> list[str]:
+    return [str(text) for text in np.datetime_as_string(values, unit="s").tolist()]
 
 
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else 0.0
+def _finites(values: NDArray[np.float64]) -> list[float]:
+    return [v if math.isfinite(v) else 0.0 for v in values.astype(np.float64).tolist()]
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,22 @@ class TradeRecords:
         return f"<TradeRecords {len(self)} trades>"
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        """JSON-safe records: ISO-8601 times, plain ints/floats/bools."""
+        """JSON-safe records: ISO-8601 times, plain ints/floats/bools (non-finite numbers as 0.0).
+
+        Column by column (``tolist`` and one vectorized time format), not
+        element by element: this runs for every kept trade of every batch.
+        """
+        columns = zip(
+            self.entry_bar.astype(np.int64).tolist(), self.exit_bar.astype(np.int64).tolist(),
+            _isos(self.entry_time), _isos(self.exit_time), (self.side > 0).tolist(), _finites(self.size),
+            _finites(self.entry_price), _finites(self.exit_price), _finites(self.ret), _finites(self.pnl),
+            self.is_open.astype(np.bool_).tolist(), strict=True)
         return [
-            {
-                "entry_bar": int(self.entry_bar[i]),
-                "exit_bar": int(self.exit_bar[i]),
-                "entry_time": _iso(self.entry_time[i]),
-                "exit_time": _iso(self.exit_time[i]),
-                "side": "long" if self.side[i] > 0 else "short",
-                "size": _finite(float(self.size[i])),
-                "entry_price": _finite(float(self.entry_price[i])),
-                "exit_price": _finite(float(self.exit_price[i])),
-                "return": _finite(float(self.ret[i])),
-                "pnl": _finite(float(self.pnl[i])),
-                "is_open": bool(self.is_open[i]),
-            }
-            for i in range(len(self))
+            {"entry_bar": entry_bar, "exit_bar": exit_bar, "entry_time": entry_time, "exit_time": exit_time,
+             "side": "long" if long else "short", "size": size, "entry_price": entry_price,
+             "exit_price": exit_price, "return": ret, "pnl": pnl, "is_open": is_open}
+            for (entry_bar, exit_bar, entry_time, exit_time, long, size, entry_price, exit_price, ret, pnl,
+                 is_open) in columns
         ]
 
 
