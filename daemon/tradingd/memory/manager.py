@@ -92,8 +92,8 @@ class MemoryManager:
             malloc_trim=config.cleanup.malloc_trim,
             # Before any worker thread exists: arenas made earlier stay.
             malloc_arena_max=limit_malloc_arenas(config.cleanup.malloc_arena_max),
+            mmap_threshold=fix_mmap_threshold(monitor.limit.bytes) if config.cleanup.malloc_trim else None,
         )
-        self.mmap_threshold = fix_mmap_threshold(monitor.limit.bytes) if config.cleanup.malloc_trim else None
         # Containers' working memory; the baseline is measured in start(), once the daemon is built.
         self.work = MemoryBudget(
             limit_bytes=monitor.limit.bytes,
