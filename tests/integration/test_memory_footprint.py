@@ -17,6 +17,7 @@ import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tradingd.memory.grants import MemoryBudget
@@ -29,6 +30,7 @@ from tradingd.workflows.container import RunServices
 from tradingd.workflows.footprint import OVERHEAD_BYTES
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import parse_spec_text
+from tradingd.workflows.spec_sections import GridRange
 from tradingd.workflows.thread_executor import ThreadExecutor
 
 # Too long for `make test` (about 6 min on this machine): `make test-long` runs it.
@@ -52,6 +54,13 @@ class RecordingBudget(MemoryBudget):
         super().observe(kind, estimate=estimate, peak=peak)
 
 
+def _first(axis: Any) -> Any:
+    """The first value of a spec's grid axis (a range, a list or one value)."""
+    if isinstance(axis, GridRange):
+        return axis.values()[0]
+    return axis[0] if isinstance(axis, list) else axis
+
+
 def _load_compiled_kernel() -> None:
     """numba and the signatures the bundled strategies call, before anything is traced."""
     if compiled(wait=True) is None:
@@ -62,7 +71,7 @@ def _load_compiled_kernel() -> None:
         strategy = get_strategy(spec.strategy.name)
         if strategy.trainable:
             continue
-        grid = [strategy.validate_params({k: v[0] for k, v in spec.strategy.grid.items()})]
+        grid = [strategy.validate_params({k: _first(v) for k, v in spec.strategy.grid.items()})]
         for fill in ("close", "next_open"):
             for keep in (None, "all"):
                 run_sweep(data, strategy, grid * 2, BacktestConfig(fill=fill), keep_trades_for=keep)
