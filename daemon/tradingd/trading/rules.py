@@ -213,7 +213,7 @@ class EmaCrossover(_Crossover):
 
     name = "ema_crossover"
     indicator = "ema"
-    sweep_cell_bytes = (56, 24)
+    sweep_cell_bytes = (52, 24)
 
 
 class Momentum(Strategy):
@@ -282,8 +282,8 @@ class ZScoreMeanReversion(Strategy):
         return int(params["window"]) - 1
 
     def sweep_series_bytes(self, grid: Sequence[Mapping[str, Any]], n_bars: int) -> int:
-        # The rolling standard deviation's sliding windows: deviations and their squares, (bars, window) each.
-        return 16 * n_bars * max((int(p["window"]) for p in grid), default=0)
+        # The rolling standard deviation over sliding windows: one (bars, window) temporary at a time.
+        return 8 * n_bars * max((int(p["window"]) for p in grid), default=0)
 
     def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
                   cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:

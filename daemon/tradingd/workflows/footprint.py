@@ -73,19 +73,28 @@ def sweep_estimate(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: i
 
 @dataclass(frozen=True)
 class Footprint:
-    """A container's working bytes: what it holds, the sweep's share, and the bounds."""
+    """A container's working bytes: what it holds, the sweep's share, and the bounds.
 
-    held: int        # results kept for the container's life (rows, trades, equity)
+    The peak comes during its last batch, on top of what the earlier batches
+    left (``held``): the sweep (with the engine's records of the batch's
+    trades, which grow while it runs), then the batch's output beside its
+    copy in the container (``batch`` and ``batch_held``), then, at teardown,
+    the document being written.
+    """
+
+    held: int        # results kept from every batch but the last (rows, trades, equity)
     transient: int   # the largest transient after the sweeps: the document being written, the trade hand-off
     sweep: int       # one batch's sweep working set when nothing limits it
     sweep_min: int   # ... in its smallest block (one combination)
     training: int = 0  # fitting one model inside the sweep (trainable strategies without models)
-
-    batch: int = 0     # one batch's output, which exists beside its sweep
+    batch: int = 0       # one batch's output (rows, trade dicts, events, the engine's records)
+    batch_held: int = 0  # ... what the container keeps of it (the last batch's share of the results)
+    records: int = 0     # the engine's records of one batch's kept trades, beside its sweep
 
     def _peak(self, sweep: int) -> int:
-        # The sweep and its batch's output run before teardown; the document and the trade hand-off after.
-        return OVERHEAD_BYTES + self.held + max(self.batch + sweep + self.training, self.transient)
+        during = sweep + self.training + self.records
+        return OVERHEAD_BYTES + self.held + max(during, self.batch + self.batch_held,
+                                                self.batch_held + self.transient)
 
     @property
     def estimate(self) -> int:
@@ -97,7 +106,7 @@ class Footprint:
 
     def chunk_bytes(self, granted: int) -> int:
         """The sweep's ``chunk_bytes`` under a grant of ``granted`` bytes (never below its minimum)."""
-        return max(self.sweep_min, granted - OVERHEAD_BYTES - self.held - self.batch - self.training)
+        return max(self.sweep_min, granted - OVERHEAD_BYTES - self.held - self.training - self.records)
 
 
 def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int) -> float:
@@ -138,11 +147,10 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     trades = _trades_per_combination(strategy, params, n) if events_per_trade else 0.0
     per_combo_held = ROW_BYTES + (trades * TRADE_BYTES if keeps_trades else 0.0)
     per_combo_held += n * EQUITY_CELL_BYTES if track_equity else 0.0
-    held = int(k * per_combo_held + (n * TIME_BYTES if track_equity else 0))
-    # A batch's output exists twice while it is absorbed (the worker's and the container's references).
+    equity_times = n * TIME_BYTES if track_equity else 0
+    records = batch * (trades * RECORD_BYTES + RECORDS_PER_COMBINATION) if keeps_trades else 0.0
     batch_out = batch * (ROW_BYTES + trades * ((events_per_trade * EVENT_BYTES if streams_events else 0.0)
-                                               + (TRADE_BYTES + RECORD_BYTES if keeps_trades else 0.0))
-                         + (RECORDS_PER_COMBINATION if keeps_trades else 0.0))
+                                               + (TRADE_BYTES if keeps_trades else 0.0))) + records
     batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
     document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
                     + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
@@ -153,8 +161,9 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     training = TRAIN_FIXED_BYTES + n * (features + 1) * TRAIN_CELL_BYTES if trains else 0
     if trains and "sklearn" not in sys.modules:
         training += SKLEARN_IMPORT_BYTES
-    return Footprint(held=held, transient=transient,
-                     sweep=sweep, sweep_min=sweep_min, training=training, batch=int(batch_out))
+    return Footprint(held=int((k - batch) * per_combo_held + equity_times), transient=transient, sweep=sweep,
+                     sweep_min=sweep_min, training=training, batch=int(batch_out),
+                     batch_held=int(batch * per_combo_held), records=int(records))
 
 
 def container_footprint(settings: PhaseSettings, *, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int,
