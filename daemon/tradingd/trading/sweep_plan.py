@@ -52,7 +52,7 @@ CHUNK_BYTES = 6 * 1024
 # Per combination of the whole sweep: the result arrays, one float per metric.
 METRIC_BYTES = 8
 # A fixed allowance for Python objects, small arrays and per-call overhead.
-OVERHEAD_BYTES = 128 * 1024
+OVERHEAD_BYTES = 192 * 1024
 MIN_BLOCK_BARS = 256
 # Blocks and chunks larger than this stop paying off (temporaries fall out of
 # cache), so a budget above it buys nothing: the plan never asks for more.
