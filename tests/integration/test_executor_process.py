@@ -117,7 +117,8 @@ async def make_executor(tmp_path: Path) -> AsyncIterator[Callable[..., ProcessEx
 def same_output(a: BatchOutput, b: BatchOutput) -> None:
     assert a.rows == b.rows
     assert a.trace == b.trace and a.events == b.events
-    assert a.equity == b.equity and a.equity_times == b.equity_times
+    assert a.equity.keys() == b.equity.keys() and a.equity_times == b.equity_times
+    assert all(np.array_equal(a.equity[k], b.equity[k]) for k in a.equity)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +29,15 @@ def test_long_curves_are_encoded_a_slice_at_a_time() -> None:
     assert longest < len(json.dumps([1.5] * SLICE)) + 8  # no piece is more than a slice of a curve
 
 
-def test_non_finite_numbers_are_refused() -> None:
+def test_arrays_are_written_as_the_lists_of_their_values() -> None:
+    curve = np.cumprod(np.full(2 * SLICE + 3, 1.0001)) * 10_000.0
+    document = {"curves": {"0": curve, "1": curve[:2], "2": np.array([], dtype=np.float64)}}
+    pieces = list(json_pieces(document, indent=2))
+    assert json.loads("".join(pieces)) == {"curves": {"0": curve.tolist(), "1": curve[:2].tolist(), "2": []}}
+    assert max(len(piece) for piece in pieces) < len(json.dumps(curve.tolist())) / 2  # a slice, not the curve
+
+
+@pytest.mark.parametrize("document", [{"a": [[1.0, math.nan]]}, {"a": np.array([1.0, math.inf])}])
+def test_non_finite_numbers_are_refused(document: Any) -> None:
     with pytest.raises(ValueError):
-        "".join(json_pieces({"a": [[1.0, math.nan]]}))
+        "".join(json_pieces(document))

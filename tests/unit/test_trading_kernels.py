@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tradingd.trading.acceleration import KERNEL_ENV, kernel_name
+from tradingd.trading.data import MarketData
 from tradingd.trading.engine import run_sweep
 from tradingd.trading.results import BacktestResult
 from tradingd.trading.simulation import BacktestConfig
@@ -83,6 +86,34 @@ def test_kernels_agree_on_a_crossover_sweep_in_blocks(cfg: BacktestConfig, keep_
             assert (compiled.metrics["total_return"] == -1.0).any()  # some ruined
 
 
+def _tied_series(n: int) -> dict[str, np.ndarray]:
+    """Series whose averages tie for long stretches, and a coarse walk that ties often."""
+    walk = np.round(100 + np.cumsum(np.random.default_rng(4).normal(0, 0.02, n)), 1)
+    return {"constant": np.full(n, 101.37), "alternating": np.where(np.arange(n) % 2 == 0, 100.0, 100.01),
+            "step": np.r_[np.full(n // 2, 10.1), np.full(n - n // 2, 10.7)], "coarse walk": walk}
+
+
+@pytest.mark.parametrize("cfg", [BacktestConfig(commission=0.002),
+                                 BacktestConfig(commission=0.001, allow_short=True, fill="next_open")])
+def test_kernels_agree_on_ties_and_at_every_word_boundary(cfg: BacktestConfig) -> None:
+    # The compiled kernel finds crossings 64 bars at a time: blocks of 1, 63, 64,
+    # 65 and 130 bars put block and word boundaries everywhere, including on crossings.
+    grid = [{"fast": f, "slow": s} for f in (1, 2, 3, 5) for s in (2, 4, 9, 20) if f < s]
+    for name, close in _tied_series(700).items():
+        data = make_data(close, np.r_[close[:1], close[:-1]])
+        for block in (None, 1, 63, 64, 65, 130):
+            def run(block: int | None = block, data: MarketData = data) -> BacktestResult:
+                return run_sweep(data, "sma_crossover", grid, cfg, keep_equity_for=[0, 4], block_bars=block,
+                                 chunk_bytes=2**20)
+
+            compiled, plain = on_both(run)
+            assert_identical(compiled, plain)
+        if name == "constant":
+            assert (compiled.metrics["n_trades"] == 0).all()
+        if name == "coarse walk":
+            assert compiled.metrics["n_trades"].min() > 0
+
+
 @pytest.mark.slow
 def test_a_process_of_small_sweeps_never_loads_numba_and_a_big_sweep_does() -> None:
     import subprocess
@@ -114,3 +145,13 @@ def test_a_process_of_small_sweeps_never_loads_numba_and_a_big_sweep_does() -> N
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
                          check=True).stdout.split("\n")
     assert out[:3] == ["small False", "big True", "same True"]
+
+
+def test_the_compiled_kernel_names_the_fingerprint_of_its_callees() -> None:
+    # numba's cache checks only compiled.py: a change to a module whose loops it
+    # compiles in must change compiled.py too, or a stale kernel is loaded.
+    from tradingd.trading import compiled
+
+    here = Path(compiled.__file__).parent
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in compiled.CALLEES)).hexdigest()
+    assert digest == compiled.CALLEES_SHA256, f"set CALLEES_SHA256 = {digest!r} in compiled.py"

@@ -10,7 +10,9 @@ couple of milliseconds and the whole is about as fast as one C call.
 
 With ``indent``, the outer structure is laid out one member per line and each
 leaf is written on one line (a curve of 2,609 floats is one line, not 2,609).
-The text parses to the same value as ``json.dumps`` gives.
+The text parses to the same value as ``json.dumps`` gives. A one-dimensional
+numpy array (an equity curve) is written as the list of its values, a slice at
+a time, so a document may carry curves as arrays until it is written.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 __all__ = ["SLICE", "json_pieces"]
 
@@ -35,11 +39,13 @@ def _leaf(obj: Any) -> str:
 
 
 def _is_scalar(obj: Any) -> bool:
-    return not isinstance(obj, (dict, list, tuple))
+    return not isinstance(obj, (dict, list, tuple, np.ndarray))
 
 
 def _pieces(obj: Any, indent: int | None, depth: int) -> Iterator[str]:
-    if isinstance(obj, dict) and obj and all(type(key) is str for key in obj) \
+    if isinstance(obj, np.ndarray) and obj.ndim == 1:
+        yield from _sliced(obj)
+    elif isinstance(obj, dict) and obj and all(type(key) is str for key in obj) \
             and not all(_is_scalar(value) for value in obj.values()):
         first, between, outer = _breaks(indent, depth)
         yield "{"
@@ -55,13 +61,19 @@ def _pieces(obj: Any, indent: int | None, depth: int) -> Iterator[str]:
             yield from _pieces(item, indent, depth + 1)
         yield f"{outer}]"
     elif isinstance(obj, (list, tuple)) and len(obj) > SLICE:
-        yield "["
-        for start in range(0, len(obj), SLICE):
-            text = _leaf(list(obj[start:start + SLICE]))
-            yield f"{', ' if start else ''}{text[1:-1]}"
-        yield "]"
+        yield from _sliced(obj)
     else:
         yield _leaf(obj)
+
+
+def _sliced(values: list[Any] | tuple[Any, ...] | np.ndarray[Any, Any]) -> Iterator[str]:
+    """A list of scalars (or a 1-d array) as JSON, :data:`SLICE` values per C-encoder call."""
+    yield "["
+    for start in range(0, len(values), SLICE):
+        part = values[start:start + SLICE]
+        text = _leaf(part.tolist() if isinstance(part, np.ndarray) else list(part))  # numpy -> Python numbers
+        yield f"{', ' if start else ''}{text[1:-1]}"
+    yield "]"
 
 
 def _breaks(indent: int | None, depth: int) -> tuple[str, str, str]:

@@ -23,9 +23,20 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 
-__all__ = ["TRADE_FIELDS", "changes", "crossing_positions", "step_block", "warm_up"]
+from tradingd.trading.compiled_crossings import crossing_changes
+from tradingd.trading.compiled_equity import fold, mark_stretch
+
+__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "on_grid", "sma_rows",
+           "step_block", "warm_up"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# numba caches step_block with the loops of these modules compiled into it, but
+# checks only this file's content for changes. Their fingerprint here (checked by
+# tests/unit/test_trading_kernels.py) makes any change to them a change of this
+# file, so a stale step_block is never loaded from the cache.
+CALLEES = ("compiled_crossings.py", "compiled_equity.py")
+CALLEES_SHA256 = "331dc60aec4e58ad1aed47f711ad70ab170449c3b4f26b0cce00f0da5887e7a8"
 
 # Columns of the kept-trades buffer, in order.
 TRADE_FIELDS = ("col", "entry_bar", "exit_bar", "side", "size", "entry_price", "exit_price", "ret", "pnl")
@@ -35,18 +46,9 @@ def _compile(fn: F) -> F:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cast(F, numba.njit(cache=True, nogil=True)(fn))
+            return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
     except RuntimeError:  # no writable cache directory (read-only install): compile per process
-        return cast(F, numba.njit(nogil=True)(fn))
-
-
-def _compile_finite(fn: F) -> F:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cast(F, numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf"})(fn))
-    except RuntimeError:
-        return cast(F, numba.njit(nogil=True, fastmath={"nnan", "ninf"})(fn))
+        return cast(F, numba.njit(nogil=True, error_model="numpy")(fn))
 
 
 @_compile
@@ -85,6 +87,49 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
 
 
 @_compile
+def on_grid(x: Any, units: float) -> bool:
+    """``np.array_equal(np.rint(x * units) / units, x)`` in one pass, stopping at the first miss."""
+    for t in range(len(x)):
+        v = x[t]
+        if np.rint(v * units) / units != v:
+            return False
+    return True
+
+
+@_compile
+def sma_rows(x: Any, windows: Any, units: float, origin: float, out: Any) -> None:
+    """``indicators.sma_rows`` with a price scale: one pass per window, the same arithmetic.
+
+    The integer running sum of ``rint((x - origin) * units)`` (wrapping, as
+    numpy's), then per window the integer difference converted once, divided
+    by ``w * units``, plus ``origin``; NaN before the window is full.
+    """
+    n = len(x)
+    sums = np.empty(n, dtype=np.int64)
+    total = np.int64(0)
+    for t in range(n):
+        total += np.int64(np.rint((x[t] - origin if origin != 0.0 else x[t]) * units))
+        sums[t] = total
+    for j in range(len(windows)):
+        w = windows[j]
+        row = out[j]
+        row[:min(w - 1, n)] = np.nan
+        if w > n:
+            continue
+        d = w * units
+        row[w - 1] = sums[w - 1] / d + origin if origin != 0.0 else sums[w - 1] / d
+        head = sums[:n - w]
+        tail = sums[w:]
+        body = row[w:]
+        if origin != 0.0:
+            for t in range(n - w):
+                body[t] = np.float64(tail[t] - head[t]) / d + origin
+        else:
+            for t in range(n - w):
+                body[t] = np.float64(tail[t] - head[t]) / d
+
+
+@_compile
 def changes(held: Any, carried: Any, cols: Any) -> int:
     """How many times the targets of ``cols`` change in the block (a bound on their trades)."""
     total = 0
@@ -102,49 +147,6 @@ def _record(trades: Any, i: int, j: int, entry_bar: int, exit_bar: int, side: fl
             exit_price: float, ret: float, pnl: float) -> None:
     trades[i, 0], trades[i, 1], trades[i, 2], trades[i, 3], trades[i, 4] = j, entry_bar, exit_bar, side, size
     trades[i, 5], trades[i, 6], trades[i, 7], trades[i, 8] = entry_price, exit_price, ret, pnl
-
-
-@_compile_finite
-def _lowest_ratio(equity: Any, peaks: Any, start: int, stop: int, lowest: float) -> float:
-    """``min(lowest, equity[u] / peaks[u] for u in start .. stop)``, vectorized.
-
-    The values are finite and a minimum does not depend on the order, so the
-    no-NaN/no-infinity promise that lets LLVM vectorize changes nothing.
-    """
-    for u in range(start, stop):
-        lowest = min(lowest, equity[u] / peaks[u])
-    return lowest
-
-
-@_compile
-def _add_return(r: float, s_r: float, s_r2: float, s_d2: float, downside: bool) -> tuple[float, float, float]:
-    """One bar's return into the sums behind Sharpe and Sortino (in bar order: the numpy kernel's sums)."""
-    s_r += r
-    s_r2 += r * r
-    if downside:
-        dn = min(r, 0.0)
-        s_d2 += dn * dn
-    return s_r, s_r2, s_d2
-
-
-@_compile
-def _fold(e: float, last_e: float, s_r: float, s_r2: float, s_d2: float, peak: float, min_ratio: float,
-          last_peak: int, max_under: int, now: int, moments: bool, downside: bool, drawdown: bool,
-          duration: bool) -> tuple[float, float, float, float, float, int, int]:
-    """One bar's equity into the return sums and drawdown records (``kernel._accumulate``)."""
-    # An unchanged equity adds a return of exactly 0 and the drawdown of the bar
-    # before: skipping it is exact (flat stretches cost no division).
-    if e != last_e:
-        if (moments or downside) and last_e > 0.0:
-            s_r, s_r2, s_d2 = _add_return(e / last_e - 1.0, s_r, s_r2, s_d2, downside)
-        if drawdown or duration:
-            peak = max(peak, e)
-            min_ratio = min(min_ratio, e / peak)
-    if duration:
-        if e >= peak:
-            last_peak = now
-        max_under = max(max_under, now - last_peak)
-    return s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under
 
 
 @_compile
@@ -184,8 +186,8 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
     ratio = np.empty(b)
     peaks = np.empty(b)
     changes_at = np.empty(b + 1, dtype=np.int64)
-    fr = close
-    sr = close
+    words_below = np.empty(b // 64 + 1, dtype=np.uint64)
+    words_above = np.empty(b // 64 + 1, dtype=np.uint64)
     count = 0
     cost = 1.0 + c
     for j in range(k):
@@ -201,21 +203,9 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
         n_changes = 0
         last = h
         if crossings:  # crossing_positions, then the engine's clip and shift
-            fr = rows[fast[j]]
-            sr = rows[slow[j]]
-            first = int(first_sign[j])
-            pos = int(position[j])
-            prev = last_target[j]
-            for t in range(b):
-                first, pos = _crossing_step(fr[offset + t] - sr[offset + t], first, pos)
-                target = 0.0 if long_only and pos < 0 else float(pos)
-                w = prev if next_open else target
-                prev = target
-                if w != last:
-                    changes_at[n_changes] = t
-                    targets[n_changes] = w
-                    n_changes += 1
-                    last = w
+            n_changes, first, pos, prev = crossing_changes(
+                rows[fast[j]], rows[slow[j]], offset, b, int(first_sign[j]), int(position[j]), last_target[j], h,
+                long_only, next_open, changes_at, targets, words_below, words_above)
             first_sign[j] = first
             position[j] = pos
             last_target[j] = prev
@@ -239,7 +229,7 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                 if dense or slot >= 0:
                     for u in range(t, stop):  # ruined: equity 0
                         if dense:
-                            s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = _fold(
+                            s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = fold(
                                 0.0, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, t0 + u,
                                 moments, downside, drawdown, duration)
                             last_e = 0.0
@@ -247,33 +237,13 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                             curves[u, slot] = 0.0
                 t = stop
             elif not may_ruin and stop > t:
-                # No ruin possible: the stretch in vector passes (the divisions run
-                # side by side), the sums still added bar by bar in order.
-                a = abs(h)
                 if h != 0.0:
                     exposed += stop - t
-                    for u in range(t, stop):
-                        equity[u] = seg * (((((close[u] / p_in) - 1.0) * h + a) / cost + 1.0) - a)
-                else:
-                    equity[t:stop] = seg  # flat: the mark is exactly 1
-                if moments or downside:
-                    # (an unchanged equity gives r = 0 exactly, adding nothing)
-                    ratio[t] = equity[t] / last_e - 1.0 if last_e > 0.0 else 0.0
-                    for u in range(t + 1, stop):
-                        ratio[u] = equity[u] / equity[u - 1] - 1.0
-                    for u in range(t, stop):
-                        s_r, s_r2, s_d2 = _add_return(ratio[u], s_r, s_r2, s_d2, downside)
-                if drawdown or duration:
-                    for u in range(t, stop):
-                        peak = max(peak, equity[u])
-                        peaks[u] = peak
-                        if duration:
-                            if equity[u] >= peak:
-                                last_peak = t0 + u
-                            max_under = max(max_under, t0 + u - last_peak)
-                    min_ratio = _lowest_ratio(equity, peaks, t, stop, min_ratio)
+                s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, e = mark_stretch(
+                    close, t, stop, h, p_in, seg, cost, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak,
+                    max_under, t0, equity, ratio, peaks, slot >= 0, moments, downside, drawdown, duration)
                 if dense:
-                    last_e = equity[stop - 1]
+                    last_e = e
                 if slot >= 0:
                     curves[t:stop, slot] = equity[t:stop]
                 t = stop
@@ -295,7 +265,7 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                         ruined = 1
                         h, seg = 0.0, 0.0
                     if dense:
-                        s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = _fold(
+                        s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = fold(
                             e, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, t0 + u,
                             moments, downside, drawdown, duration)
                         last_e = e
@@ -361,7 +331,7 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
                 ruined = 1
                 h, seg = 0.0, 0.0
             if dense:
-                s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = _fold(
+                s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under = fold(
                     e, last_e, s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under, now,
                     moments, downside, drawdown, duration)
                 last_e = e
@@ -383,6 +353,8 @@ def warm_up() -> None:
     n, k = 4, 2
     rows = np.ones((2, n))
     index = np.zeros(k, dtype=np.int64)
+    sma_rows(rows[0], np.ones(2, dtype=np.int64), 1.0, 0.0, rows.copy())
+    on_grid(rows[0], 1.0)
     for dtype in (np.int8, np.float64):
         out = np.empty((n, k), dtype=dtype, order="F")
         crossing_positions(rows, index, index, 0, n, np.zeros(k, np.int8), np.zeros(k), out)

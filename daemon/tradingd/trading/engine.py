@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections import deque
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
 
 from tradingd.trading.acceleration import compiled, preload
 from tradingd.trading.data import MarketData
@@ -78,10 +78,12 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     sweep = SweepRun(data, strat, params, config, metrics, keep_trades_for, keep_equity_for)
     preload(k * data.n_bars)  # numba, in the background, when the work is worth it
     threads = _workers(workers, k, data.n_bars, models is not None)
-    plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads)
+    on_targets = bool(sweep.keep_trades) or models is not None
+    plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads,
+                          on_targets=on_targets)
     if threads > 1 and workers is None and (not plan.fits or plan.width * threads > k):
         threads = 1  # the budget (or the grid) is too small to split: one thread
-        plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names)
+        plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, on_targets=on_targets)
     if not plan.fits:
         log.warning("sweep of %s on %s needs %d bytes at least; budget %d", strat.name, data.symbol,
                     plan.peak_bytes, chunk_bytes)
@@ -104,12 +106,13 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
                 sweep.step_chunk(chunk, start, stop)
             sweep.close_chunk(chunk)
 
-        _each(run_chunk, list(range(0, k, step)), threads, should_stop,
+        _each(run_chunk, list(range(0, k, step)), _pool(threads), threads - 1, should_stop,
               lambda done: f"stopped after {done * step} of {k} combinations")
     else:
         # Block by block, every chunk in turn: the block's indicators are computed once
         # for the whole grid and shared by the chunks.
         chunks = [sweep.open_chunk(offset, min(step, k - offset)) for offset in range(0, k, step)]
+        pool = _pool(threads)
         for start, stop in blocks:
             shared = strat.block_indicators(data, params, start, stop, scale=sweep.scale)
 
@@ -119,7 +122,7 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
             def stopped(done: int, start: int = start, stop: int = stop) -> str:
                 return f"stopped after {done * step} of {k} combinations of bars {start}..{stop}"
 
-            _each(run_block, chunks, threads, should_stop, stopped)
+            _each(run_block, chunks, pool, threads - 1, should_stop, stopped)
             del shared
         for chunk in chunks:
             sweep.close_chunk(chunk)
@@ -134,6 +137,31 @@ _PARALLEL_CELLS = 4_000_000
 _PARALLEL_CELLS_COMPILED = 250_000
 
 
+class _Helpers:
+    """The process's sweep helper threads, started once and kept (a sweep of a
+    millisecond must not pay for starting a thread). One pool per size, never
+    shut down: a sweep running on one must be able to keep using it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[int, ThreadPoolExecutor] = {}
+
+    def get(self, helpers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            pool = self._pools.get(helpers)
+            if pool is None:
+                pool = self._pools[helpers] = ThreadPoolExecutor(helpers, thread_name_prefix="sweep")
+            return pool
+
+
+_helpers = _Helpers()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor | None:
+    """Helper threads for a sweep on ``threads`` threads (the calling thread works too), or None."""
+    return _helpers.get(threads - 1) if threads > 1 else None
+
+
 def _workers(requested: int | None, k: int, n_bars: int, trained: bool) -> int:
     if requested is not None:
         if requested < 1:
@@ -145,32 +173,47 @@ def _workers(requested: int | None, k: int, n_bars: int, trained: bool) -> int:
     return 2
 
 
-def _each(work: Callable[[T], None], items: Sequence[T], threads: int, should_stop: Callable[[], bool] | None,
-          stopped: Callable[[int], str]) -> None:
-    """``work(item)`` for every item on ``threads`` threads, at most ``threads`` in flight.
+def _each(work: Callable[[T], None], items: Sequence[T], pool: ThreadPoolExecutor | None, helpers: int,
+          should_stop: Callable[[], bool] | None, stopped: Callable[[int], str]) -> None:
+    """``work(item)`` for every item: on this thread and ``helpers`` threads of ``pool``.
 
-    ``should_stop`` is polled before each item; ``stopped(done)`` words the SweepCancelled.
+    Each thread takes the next item when it is free, so at most
+    ``helpers + 1`` items are in flight. ``should_stop`` is polled before each
+    item; ``stopped(done)`` words the SweepCancelled.
     """
-    if threads == 1 or len(items) == 1:
+    if pool is None or helpers < 1 or len(items) == 1:
         for done, item in enumerate(items):
             if should_stop is not None and should_stop():
                 raise SweepCancelled(stopped(done))
             work(item)
         return
-    pending: deque[Future[None]] = deque()
-    with ThreadPoolExecutor(threads, thread_name_prefix="sweep") as pool:
+    lock = threading.Lock()
+    queue = iter(enumerate(items))
+    failed = threading.Event()
+
+    def drain() -> None:
         try:
-            for done, item in enumerate(items):
-                while len(pending) >= threads:
-                    pending.popleft().result()
-                if should_stop is not None and should_stop():
-                    raise SweepCancelled(stopped(done))
-                pending.append(pool.submit(work, item))
-            while pending:
-                pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+            while not failed.is_set():
+                with lock:
+                    done, item = next(queue, (-1, None))
+                    if done < 0:
+                        return
+                    if should_stop is not None and should_stop():
+                        raise SweepCancelled(stopped(done))
+                work(cast(T, item))
+        except BaseException:
+            failed.set()  # the other threads stop at their next item
+            raise
+
+    futures = [pool.submit(drain) for _ in range(min(helpers, len(items) - 1))]
+    try:
+        drain()
+    finally:
+        # A helper busy with another sweep has not started ours: it is not waited for.
+        errors = [None if f.cancel() else f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def estimate_sweep(strategy: str | Strategy, grid: Sequence[Mapping[str, Any]], n_bars: int,
@@ -200,12 +243,19 @@ def estimate_sweep(strategy: str | Strategy, grid: Sequence[Mapping[str, Any]], 
 
 
 def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_bars: int, chunk_bytes: int, *,
-                   metrics: Collection[str] | None = None, workers: int = 1) -> SweepPlan:
-    """The plan ``run_sweep`` follows for ``strategy`` over ``params`` (validated)."""
+                   metrics: Collection[str] | None = None, workers: int = 1, on_targets: bool = False
+                   ) -> SweepPlan:
+    """The plan ``run_sweep`` follows for ``strategy`` over ``params`` (validated).
+
+    ``on_targets``: the chunks run on blocks of target positions, never on a
+    strategy's crossings alone (kept trades, trained models).
+    """
     lookback = strategy.block_lookback(params)
     windows = _windows(params)
     cell = cell_bytes(metrics, compiled=compiled() is not None, strategy=strategy.sweep_cell_bytes)
     return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0, cell=cell,
+                      compiled=compiled() is not None,
+                      crossings=lookback is not None and strategy.follows_crossings() and not on_targets,
                       n_windows=len(windows) or None, blockable=lookback is not None, workers=workers,
                       series_bytes=strategy.sweep_series_bytes(params, n_bars))
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
+
+from tradingd.trading.acceleration import compiled
 
 if TYPE_CHECKING:
     from tradingd.trading.data import MarketData
@@ -109,25 +111,34 @@ def price_scale(values: NDArray[Any]) -> PriceScale | None:
     does not depend on the windows, so cached columns agree with fresh ones;
     compute it once on the whole series and pass it to every time block.
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         return PriceScale(1.0)
-    top = float(np.max(np.abs(x)))
+    # Every pass walks the series in slices: no temporary as long as a long
+    # series (a sweep of 10M bars would fault in ~100 MB per pass otherwise).
+    top = max(float(np.max(np.abs(part))) for part in _slices(x))
     if not np.isfinite(top):
         return None
     headroom = 2.0 ** _EXACT_BITS / EXACT_WINDOW
+    loops = compiled()
     for d in range(_MAX_DECIMALS + 1):
         units = 10.0 ** d
         if top * units >= headroom:
             break
-        if np.array_equal(np.rint(x * units) / units, x):
+        if (loops.on_grid(x, units) if loops is not None
+                else all(np.array_equal(np.rint(part * units) / units, part) for part in _slices(x))):
             return PriceScale(units)
     origin = float(x[0])
-    spread = float(np.max(np.abs(x - origin)))
+    spread = max(float(np.max(np.abs(part - origin))) for part in _slices(x))
     if spread == 0.0:
         return PriceScale(1.0, origin)
     exponent = max(math.floor(math.log2(spread)) + 1, -900)
     return PriceScale(2.0 ** (_EXACT_BITS - EXACT_WINDOW.bit_length() - exponent), origin)
+
+
+def _slices(x: Array, size: int = 1 << 16) -> Iterator[Array]:
+    for start in range(0, len(x), size):
+        yield x[start:start + size]
 
 
 def _unit_cumsum(x: Array, scale: PriceScale) -> NDArray[np.int64]:
@@ -145,9 +156,14 @@ def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale 
     """``sma`` transposed: ``(len(windows), n)``, each window's averages contiguous."""
     x, ws = _prepare(values, windows)
     n = len(x)
-    out = np.full((len(ws), n), np.nan)
     if scale is None:
         scale = price_scale(x)
+    loops = compiled()
+    if loops is not None and scale is not None:  # the same arithmetic, one pass per window
+        out = np.empty((len(ws), n))
+        loops.sma_rows(x, np.array(ws, dtype=np.int64), scale.units, scale.origin, out)
+        return out
+    out = np.full((len(ws), n), np.nan)
     if scale is None:
         sums = np.cumsum(x)
         for j, w in enumerate(ws):

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from tradingd.trading.acceleration import compiled
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
-from tradingd.trading.strategy import CrossingSignal, Strategy, StrategyConstraintError
+from tradingd.trading.strategy import CrossingSignal, Strategy, StrategyConstraintError, ValidatedGrid
 
 __all__ = [
     "AdaptiveTrend",
@@ -122,6 +122,21 @@ class _Crossover(Strategy):
             raise StrategyConstraintError(f"strategy {self.name!r}: fast ({fast}) must be < slow ({slow})")
         return {"fast": fast, "slow": slow}
 
+    def validate_grid(self, grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(grid, ValidatedGrid) and grid.strategy == self.name:
+            return grid
+        # The common grid (plain dicts of two plain ints) in one pass: a sweep of
+        # 5,000 entries validates in ~2 ms instead of ~7. Anything else, and any
+        # error (to word it), takes the general path.
+        try:
+            checked = [{"fast": p["fast"], "slow": p["slow"]} for p in grid if type(p) is dict and len(p) == 2
+                       and type(p["fast"]) is int and type(p["slow"]) is int and 1 <= p["fast"] < p["slow"]]
+        except KeyError:
+            checked = []
+        if len(checked) == len(grid):
+            return ValidatedGrid(self.name, checked)
+        return super().validate_grid(grid)
+
     def warmup(self, params: Mapping[str, Any]) -> int:
         return int(params["slow"])
 
@@ -168,6 +183,9 @@ class SmaCrossover(_Crossover):
         # only, so a block's averages equal the whole series' bit for bit.
         rows = sma_rows(data.close[begin:stop], windows, scale=scale)
         return SmaBlock(rows, start - begin, {w: j for j, w in enumerate(windows)})
+
+    def follows_crossings(self) -> bool:
+        return self._blocks_match_positions(SmaCrossover)
 
     def block_crossings(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
                         shared: Any) -> CrossingSignal | None:

@@ -156,6 +156,14 @@ class Strategy(ABC):
         """
         return None
 
+    def follows_crossings(self) -> bool:
+        """True when ``block_crossings`` describes every block, given what ``block_indicators`` returned.
+
+        The engine then plans chunks that hold no targets block at all (see
+        ``sweep_plan.plan_sweep``, ``crossings``).
+        """
+        return False
+
     def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
                          scale: PriceScale | None) -> Any:
         """Indicator columns of bars ``start .. stop`` for every entry of ``grid``, or None.

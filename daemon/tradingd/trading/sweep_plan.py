@@ -64,6 +64,12 @@ FAST_BLOCK_BARS = 1 << 15
 # shorter (down to FAST_MIN_BLOCK_BARS) before chunks get narrower.
 FAST_MIN_WIDTH = 32
 FAST_MIN_BLOCK_BARS = 1 << 11
+# A compiled crossover's chunks can be as wide as the grid; a few per worker
+# balance the threads (chunks differ in their number of crossings) and keep
+# the per-chunk Python overhead (~0.1 ms) negligible.
+CHUNKS_PER_WORKER = 4
+# ... but not so narrow that a chunk's step is shorter than about a millisecond.
+MIN_CHUNK_CELLS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def _windows(width: int, n_windows: int | None) -> int:
 
 
 def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, cell: int,
-           n_windows: int | None, workers: int, blockable: bool) -> int:
+           n_windows: int | None, workers: int, blockable: bool, crossings: bool = False) -> int:
     per_worker = CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
     if blockable:
         # A block's indicator columns for the whole grid, shared by every chunk; every chunk
@@ -101,7 +107,7 @@ def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback
         # The whole series at once: each chunk computes its own indicator columns (a
         # crossover's; other strategies' columns are in their cell bytes).
         shared, chunks = 0, workers
-        if n_windows is not None:
+        if n_windows is not None and not crossings:
             per_worker += (block + lookback) * WINDOW_BYTES * _windows(width, n_windows)
     return (OVERHEAD_BYTES + (METRIC_BYTES * n_metrics + CARRY_BYTES) * n_combinations + shared
             + CHUNK_BYTES * chunks + workers * per_worker)
@@ -124,7 +130,7 @@ def cell_bytes(metrics: Collection[str] | None = None, *, compiled: bool = False
 def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: Collection[str] | None = None,
                lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
                dense: bool | None = None, workers: int = 1, compiled: bool = False,
-               cell: int | None = None, series_bytes: int = 0) -> SweepPlan:
+               cell: int | None = None, series_bytes: int = 0, crossings: bool = False) -> SweepPlan:
     """The fastest plan whose working bytes stay within ``chunk_bytes``.
 
     ``lookback`` is how many bars before a block its indicators read;
@@ -136,19 +142,27 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     the compiled kernel runs the sweep (fewer temporaries per cell); ``cell``
     overrides the bytes per (bar, combination) (:func:`cell_bytes`);
     ``series_bytes`` is what the strategy allocates once per series
-    (``Strategy.sweep_series_bytes``).
+    (``Strategy.sweep_series_bytes``); ``crossings``: the compiled kernel
+    follows the strategy's crossings itself (``Strategy.block_crossings``), so
+    a chunk's working set is its carried state and a few arrays of one
+    block's length, whatever its width (then the grid is cut into
+    ``CHUNKS_PER_WORKER`` chunks per worker, for balance).
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     n, k = max(int(n_bars), 1), max(int(n_combinations), 1)
     names = validate_metric_names(metrics)
     is_dense = bool(DENSE_METRICS & set(names)) if dense is None else dense
-    if cell is None:
+    crossings = crossings and compiled
+    if crossings:
+        cell = 0
+    elif cell is None:
         cell = CELL_BYTES_COMPILED if compiled else CELL_BYTES_DENSE if is_dense else CELL_BYTES_SPARSE
     m = len(names)
 
     def cost(width: int, block: int) -> int:
-        return series_bytes + _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers), blockable)
+        return series_bytes + _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers), blockable,
+                                     crossings)
 
     target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
 
@@ -181,6 +195,12 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
             break
         block, width = shorter, widest(shorter)
     width = width or cheapest(block)
+    if crossings:  # wide chunks cost no memory: as many as keep the workers evenly busy
+        threads = max(1, workers)
+        wide = max(-(-k // (CHUNKS_PER_WORKER * threads)), -(-MIN_CHUNK_CELLS // block))
+        count = -(-k // max(1, min(width, wide)))
+        count = -(-count // threads) * threads  # the same number of chunks for every worker
+        width = max(1, min(width, -(-k // count)))
     peak = cost(width, block)
     return SweepPlan(n_bars=n, width=width, block_bars=block, peak_bytes=peak, fits=peak <= chunk_bytes)
 

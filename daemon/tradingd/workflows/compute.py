@@ -84,7 +84,9 @@ class BatchOutput:
     rows: list[dict[str, Any]]
     trace: dict[str, Any]
     events: bytes = b""
-    equity: dict[str, list[float]] = field(default_factory=dict)
+    # Curves stay arrays: they pickle as their bytes, hold no objects for the GC to walk, and
+    # the JSON writer encodes them a slice at a time.
+    equity: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = field(default_factory=dict)
     equity_times: list[str] = field(default_factory=list)
     compute_seconds: float = 0.0
     rss_bytes: int = 0
@@ -162,12 +164,12 @@ def run_batch(task: BatchTask, cache: IndicatorCache | None = None,
     if trace.track_equity:
         equity_times = [str(t) for t in np.datetime_as_string(data.timestamps, unit="s")]
     streamed: list[dict[str, Any]] = []
-    equity: dict[str, list[float]] = {}
+    equity: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
     for position, index in enumerate(task.indices):
         records = result.trades[position].to_dicts() if position in result.trades else []
         curve = result.equity.get(position)
         if curve is not None:
-            equity[str(index)] = curve.tolist()  # float64 -> Python floats, as float(v) would
+            equity[str(index)] = np.array(curve, dtype=np.float64)  # its own copy, not a view of a block
         for event in trade_events(index, records, types=trace.types, equity=curve, times=equity_times or None):
             tracer.record(event)
             if trace.stream:

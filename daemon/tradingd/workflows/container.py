@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import psutil
 
 from tradingd.storage.atomic import atomic_write_json
@@ -114,17 +115,10 @@ class RunServices:
 def load_completed(path: Path, *, container_id: str, fingerprint: str) -> dict[str, Any] | None:
     """The result document at ``path`` if it is a completed result of this very spec."""
     doc = read_json(path)
-    if doc is None:
+    if doc is None or doc.get("format") != CONTAINER_FORMAT or doc.get("status") != "completed":
         return None
-    if (
-        doc.get("format") != CONTAINER_FORMAT
-        or doc.get("status") != "completed"
-        or doc.get("container_id") != container_id
-        or doc.get("spec_fingerprint") != fingerprint
-        or not isinstance(doc.get("metrics"), list)
-    ):
-        return None
-    return doc
+    same = doc.get("container_id") == container_id and doc.get("spec_fingerprint") == fingerprint
+    return doc if same and isinstance(doc.get("metrics"), list) else None
 
 
 class Container:
@@ -179,7 +173,7 @@ class Container:
         )
         self._rows: list[dict[str, Any]] = []
         self._summary = empty_summary(settings.event_tracing, settings.retention_policy, settings.retention_window)
-        self._equity: dict[str, list[float]] = {}
+        self._equity: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
         self._equity_times: list[str] = []
         self._stream: EventStream | None = None
         self._writer = services.writer
@@ -281,17 +275,16 @@ class Container:
         if journal is None or not trades or self._data is None:
             return
         by_index = {row["index"]: row["params"] for row in self._rows}
-        batch = ClosedTrades(
-            run_id=self.run_id,
-            phase=self.phase,
-            container_id=self.id,
-            symbol=self.symbol,
-            strategy=self.strategy,
-            trades=[{**trade, "params": by_index.get(trade["combo"], {})} for trade in trades],
-            data=self._data,
-            backtest=self._backtest,
-        )
-        self._trades = (batch, await asyncio.to_thread(journal.prepare, batch))
+        data = self._data
+
+        def prepare() -> tuple[ClosedTrades, list[dict[str, Any]]]:  # thousands of trades: not on the loop
+            batch = ClosedTrades(
+                run_id=self.run_id, phase=self.phase, container_id=self.id, symbol=self.symbol,
+                strategy=self.strategy, data=data, backtest=self._backtest,
+                trades=[{**trade, "params": by_index.get(trade["combo"], {})} for trade in trades])
+            return batch, journal.prepare(batch)
+
+        self._trades = await asyncio.to_thread(prepare)
 
     async def _teardown(self, exc: BaseException | None) -> None:
         if exc is None:

@@ -234,8 +234,8 @@ class WorkflowRun:
             log.warning("run %s: could not draw its best cell's equity: %s: %s", self.id, type(exc).__name__, exc)
             return
         curve = output.equity.get(str(index))
-        if curve:
-            self.summary = add_equity(dict(summary), curve, self.spec.backtest.initial_equity)
+        if curve is not None and len(curve):
+            self.summary = add_equity(dict(summary), curve.tolist(), self.spec.backtest.initial_equity)
 
     def mark_finished(self, status: str) -> None:
         """Record that the run ended with ``status`` (in memory; :meth:`finish` also saves it)."""
