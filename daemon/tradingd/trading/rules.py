@@ -114,7 +114,6 @@ def crossing_block(diff: Array, carried: tuple[NDArray[np.int8], Array] | None
 class _Crossover(Strategy):
     param_names = ("fast", "slow")
     indicator: ClassVar[str]
-    sweep_cell_bytes = (64, 24)
 
     def _check(self, params: dict[str, Any]) -> dict[str, Any]:
         fast, slow = self._int(params, "fast", 1), self._int(params, "slow", 2)
@@ -166,8 +165,6 @@ class SmaCrossover(_Crossover):
 
     name = "sma_crossover"
     indicator = "sma"
-    # The compiled kernel follows an SMA crossing line by line: int8 targets at most (kept trades).
-    sweep_cell_bytes = (64, 16)
 
     def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
         if not self._blocks_match_positions(SmaCrossover):
@@ -231,7 +228,6 @@ class EmaCrossover(_Crossover):
 
     name = "ema_crossover"
     indicator = "ema"
-    sweep_cell_bytes = (52, 24)
 
 
 class Momentum(Strategy):
@@ -239,7 +235,6 @@ class Momentum(Strategy):
 
     name = "momentum"
     param_names = ("lookback", "threshold")
-    sweep_cell_bytes = (76, 24)
     defaults: ClassVar[Mapping[str, Any]] = {"threshold": 0.0}
 
     def _check(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +279,6 @@ class ZScoreMeanReversion(Strategy):
 
     name = "zscore_mean_reversion"
     param_names = ("window", "entry_z", "exit_z")
-    sweep_cell_bytes = (64, 40)
     defaults: ClassVar[Mapping[str, Any]] = {"entry_z": 2.0, "exit_z": 0.5}
 
     def _check(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -298,10 +292,6 @@ class ZScoreMeanReversion(Strategy):
 
     def warmup(self, params: Mapping[str, Any]) -> int:
         return int(params["window"]) - 1
-
-    def sweep_series_bytes(self, grid: Sequence[Mapping[str, Any]], n_bars: int) -> int:
-        # The rolling standard deviation over sliding windows: one (bars, window) temporary at a time.
-        return 8 * n_bars * max((int(p["window"]) for p in grid), default=0)
 
     def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
                   cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
@@ -323,8 +313,6 @@ class AdaptiveTrend(Strategy):
 
     name = "adaptive_trend"
     param_names = ("length", "min_votes")
-    # Up and down vote counts, the warm mask and a gathered line beside the kernel's cells.
-    sweep_cell_bytes = (96, 40)
     defaults: ClassVar[Mapping[str, Any]] = {"min_votes": 3}
     averages: ClassVar[tuple[str, ...]] = ("sma", "ema", "wma", "hma")
 
