@@ -26,6 +26,7 @@ from tradingd.trading.engine import run_sweep
 from tradingd.trading.loaders import load_sample_data
 from tradingd.trading.simulation import BacktestConfig
 from tradingd.trading.strategies import get_strategy
+from tradingd.trading.sweep_plan import OVERHEAD_BYTES as SWEEP_OVERHEAD_BYTES
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.footprint import OVERHEAD_BYTES
 from tradingd.workflows.runs import RunQueue
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRADINGD_LONG_TESTS") != "1",
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = sorted((REPO / "config" / "workflows").glob("*.yaml"))
 MB = 1024 * 1024
+FIXED_BYTES = OVERHEAD_BYTES + SWEEP_OVERHEAD_BYTES
 
 
 class RecordingBudget(MemoryBudget):
@@ -111,7 +113,8 @@ async def test_measured_peaks_stay_within_the_estimates_on_the_bundled_workloads
     print("\n".join(report))
     for kind, estimate, peak in work.seen:
         assert peak <= estimate + OVERHEAD_BYTES, f"{kind}: peak {peak} over estimate {estimate}"
-        assert estimate <= 1.5 * peak + OVERHEAD_BYTES, f"{kind}: estimate {estimate} over 1.5x peak {peak}"
+        # Within 1.5x, besides what every estimate adds whatever its shape (the container's and the sweep's).
+        assert estimate <= 1.5 * peak + FIXED_BYTES, f"{kind}: estimate {estimate} over 1.5x peak {peak}"
     # The result files carry the figures too.
     files = list((tmp_path / "results").glob("*/*/containers/*.json"))
     assert files and all('"estimate_bytes"' in f.read_text() for f in files)

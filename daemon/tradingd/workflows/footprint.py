@@ -58,7 +58,7 @@ DOCUMENT_PEAK_FACTOR = 0.25
 
 # Fitting one model (trainable strategies without models): a fixed part plus the
 # feature matrix and the estimator's copies of it, per bar and feature (lag).
-TRAIN_FIXED_BYTES = 2560 * 1024
+TRAIN_FIXED_BYTES = 4 * 2**20
 TRAIN_CELL_BYTES = 48
 # scikit-learn (and the parts of scipy it pulls in) is imported on the first fit:
 # a one-time cost, charged to the container that pays it.
