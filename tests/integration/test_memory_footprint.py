@@ -1,10 +1,13 @@
-"""The container estimate against the measured peak, on the bundled workloads.
+"""The container estimate against the measured peak, on the bundled workloads, on both kernels.
 
 Every bundled spec runs through the real run queue, one container at a time
 (a one-thread executor, one run at a time) with tracemalloc tracing, so each
 container's traced peak above its start is its own. The peak, including the
 result document's write, must stay within 1.5x of the estimate, and never
-exceed it by more than the fixed overhead.
+exceed it by more than the fixed overhead. Once with the numpy kernel (what
+the default runs for sweeps this small: numba only loads for big ones), once
+with the compiled kernel, loaded before tracing starts (its import and its
+machine code are the process's, not a container's).
 """
 
 from __future__ import annotations
@@ -14,13 +17,21 @@ import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tradingd.memory.grants import MemoryBudget
+from tradingd.trading.acceleration import compiled
+from tradingd.trading.engine import run_sweep
+from tradingd.trading.loaders import load_sample_data
+from tradingd.trading.simulation import BacktestConfig
+from tradingd.trading.strategies import get_strategy
+from tradingd.trading.sweep_plan import OVERHEAD_BYTES as SWEEP_OVERHEAD_BYTES
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.footprint import OVERHEAD_BYTES
 from tradingd.workflows.runs import RunQueue
 from tradingd.workflows.spec import parse_spec_text
+from tradingd.workflows.spec_sections import GridRange
 from tradingd.workflows.thread_executor import ThreadExecutor
 
 # Too long for `make test` (about 6 min on this machine): `make test-long` runs it.
@@ -30,6 +41,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRADINGD_LONG_TESTS") != "1",
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = sorted((REPO / "config" / "workflows").glob("*.yaml"))
 MB = 1024 * 1024
+FIXED_BYTES = OVERHEAD_BYTES + SWEEP_OVERHEAD_BYTES
 
 
 class RecordingBudget(MemoryBudget):
@@ -44,11 +56,34 @@ class RecordingBudget(MemoryBudget):
         super().observe(kind, estimate=estimate, peak=peak)
 
 
-@pytest.fixture
-def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # The estimate covers the numpy kernel, which any sweep may run (numba loads in the background);
-    # the compiled kernel peaks lower still, so the upper bound is checked against numpy's peaks.
-    monkeypatch.setenv("TRADINGD_KERNEL", "numpy")
+def _first(axis: Any) -> Any:
+    """The first value of a spec's grid axis (a range, a list or one value)."""
+    if isinstance(axis, GridRange):
+        return axis.values()[0]
+    return axis[0] if isinstance(axis, list) else axis
+
+
+def _load_compiled_kernel() -> None:
+    """numba and the signatures the bundled strategies call, before anything is traced."""
+    if compiled(wait=True) is None:
+        pytest.skip("numba is not available here")
+    data = load_sample_data(["SYM01"])["SYM01"]
+    for path in BUNDLED:
+        spec = parse_spec_text(path.read_text(), source=str(path))
+        strategy = get_strategy(spec.strategy.name)
+        if strategy.trainable:
+            continue
+        grid = [strategy.validate_params({k: _first(v) for k, v in spec.strategy.grid.items()})]
+        for fill in ("close", "next_open"):
+            for keep in (None, "all"):
+                run_sweep(data, strategy, grid * 2, BacktestConfig(fill=fill), keep_trades_for=keep)
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def traced(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TRADINGD_KERNEL", request.param)
+    if request.param == "numba":
+        _load_compiled_kernel()
     tracemalloc.start()
     try:
         yield
@@ -78,7 +113,8 @@ async def test_measured_peaks_stay_within_the_estimates_on_the_bundled_workloads
     print("\n".join(report))
     for kind, estimate, peak in work.seen:
         assert peak <= estimate + OVERHEAD_BYTES, f"{kind}: peak {peak} over estimate {estimate}"
-        assert estimate <= 1.5 * peak + OVERHEAD_BYTES, f"{kind}: estimate {estimate} over 1.5x peak {peak}"
+        # Within 1.5x, besides what every estimate adds whatever its shape (the container's and the sweep's).
+        assert estimate <= 1.5 * peak + FIXED_BYTES, f"{kind}: estimate {estimate} over 1.5x peak {peak}"
     # The result files carry the figures too.
     files = list((tmp_path / "results").glob("*/*/containers/*.json"))
     assert files and all('"estimate_bytes"' in f.read_text() for f in files)

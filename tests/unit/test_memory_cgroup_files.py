@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tradingd.memory.monitor import read_cgroup_limit, read_cgroup_usage
+from tradingd.memory.monitor import MemoryLimit, Monitor, read_cgroup_anon, read_cgroup_limit, read_cgroup_usage
 
 MIB = 1 << 20
 DOCKER_ID = "0123456789abcdef" * 4
@@ -32,13 +32,14 @@ def _proc_cgroup(tmp_path: Path, text: str) -> Path:
 def _v2_files(d: Path, *, limit: str, current: int, inactive_file: int) -> None:
     _write(d / "memory.max", f"{limit}\n")
     _write(d / "memory.current", f"{current}\n")
-    _write(d / "memory.stat", f"anon 1\nfile 2\ninactive_file {inactive_file}\nactive_file 3\n")
+    _write(d / "memory.stat", f"anon {7 * MIB}\nfile 2\ninactive_file {inactive_file}\nactive_file 3\n")
 
 
 def _v1_files(d: Path, *, limit: int, usage: int, inactive_file: int) -> None:
     _write(d / "memory.limit_in_bytes", f"{limit}\n")
     _write(d / "memory.usage_in_bytes", f"{usage}\n")
-    _write(d / "memory.stat", f"cache 5\ninactive_file 7\ntotal_inactive_file {inactive_file}\n")
+    _write(d / "memory.stat", f"cache 5\nrss 3\ninactive_file 7\ntotal_inactive_file {inactive_file}\n"
+                              f"total_rss {9 * MIB}\n")
 
 
 @pytest.mark.parametrize("where", ["host", "container-private-ns", "container-host-ns"])
@@ -57,6 +58,7 @@ def test_v2_limit_and_usage(tmp_path: Path, where: str) -> None:
 
     assert read_cgroup_limit(root, proc) == 512 * MIB
     assert read_cgroup_usage(root, proc) == 200 * MIB
+    assert read_cgroup_anon(root, proc) == 7 * MIB
 
 
 def test_v2_parent_limit_caps_an_unlimited_child(tmp_path: Path) -> None:
@@ -84,6 +86,8 @@ def test_v1_limit_and_usage(tmp_path: Path, where: str) -> None:
 
     assert read_cgroup_limit(root, proc) == 512 * MIB
     assert read_cgroup_usage(root, proc) == 250 * MIB
+    # Every process of the cgroup (total_rss counts the children too), never the machine's.
+    assert read_cgroup_anon(root, proc) == 9 * MIB
 
 
 def test_v1_unlimited_and_no_cgroup_at_all(tmp_path: Path) -> None:
@@ -96,3 +100,16 @@ def test_v1_unlimited_and_no_cgroup_at_all(tmp_path: Path) -> None:
     empty = tmp_path / "nothing"
     assert read_cgroup_limit(empty, _proc_cgroup(tmp_path, "0::/\n")) is None
     assert read_cgroup_usage(empty, _proc_cgroup(tmp_path, "0::/\n")) is None
+    assert read_cgroup_anon(empty, _proc_cgroup(tmp_path, "0::/\n")) is None
+
+
+def test_the_monitor_counts_the_whole_cgroup_only_when_its_limit_is_the_cgroups() -> None:
+    # This process's own cgroup is real here: with a cgroup limit, usage is at least its anonymous RSS
+    # and includes the cgroup's other processes; with any other limit, it is our RSS alone.
+    by_cgroup = Monitor(MemoryLimit(64 * 1024 * MIB, "cgroup", {}))
+    by_config = Monitor(MemoryLimit(64 * 1024 * MIB, "config", {}))
+    sample, _ = by_cgroup.sample()
+    assert sample.used_bytes >= sample.anon_rss_bytes
+    assert sample.used_bytes == max(sample.anon_rss_bytes, sample.cgroup_anon_bytes or 0)
+    own, _ = by_config.sample()
+    assert own.cgroup_anon_bytes is None and own.used_bytes == own.anon_rss_bytes

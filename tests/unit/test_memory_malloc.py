@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tradingd.memory.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD, malloc_trim_available
+from tradingd.memory.malloc import LEAN_MMAP_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD, malloc_trim_available
 
 pytestmark = pytest.mark.skipif(not malloc_trim_available(), reason="not glibc")
 
@@ -81,7 +81,7 @@ libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 
-print(pin_malloc_thresholds() if sys.argv[1] == "pin" else None)
+print({"pin": pin_malloc_thresholds, "lean": lambda: pin_malloc_thresholds(384 << 20)}.get(sys.argv[1], lambda: None)())
 libc.free(libc.malloc(8 << 20))  # an mmap-ed block freed: glibc's dynamic threshold would now be 8 MiB
 mapped = libc.mallinfo2().hblkhd
 block = libc.malloc(4 << 20)
@@ -95,6 +95,10 @@ def test_pinned_thresholds_do_not_move_when_a_large_block_is_freed() -> None:
     # block, a 4 MiB one comes from an arena (and stays there once freed).
     assert _run(THRESHOLDS_SCRIPT, "dynamic") == ["None", "arena"]
     assert _run(THRESHOLDS_SCRIPT, "pin") == [f"({MMAP_THRESHOLD},", f"{TRIM_THRESHOLD})", "mmap"]
+
+
+def test_a_tight_limit_pins_a_lower_mmap_threshold() -> None:
+    assert _run(THRESHOLDS_SCRIPT, "lean")[:2] == [f"({LEAN_MMAP_THRESHOLD},", f"{TRIM_THRESHOLD})"]
 
 
 @pytest.mark.parametrize("env", [{"MALLOC_MMAP_THRESHOLD_": "65536"}, {"MALLOC_TRIM_THRESHOLD_": "65536"},

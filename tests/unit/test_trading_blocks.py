@@ -161,6 +161,29 @@ def test_traced_allocations_stay_within_the_plan() -> None:
         assert peak <= budget, (budget, peak)
 
 
+@pytest.mark.parametrize(("strategy", "grid"), [
+    ("adaptive_trend", [{"length": n, "min_votes": v} for n in range(5, 60, 5) for v in (2, 3)]),
+    ("zscore_mean_reversion", [{"window": w, "entry_z": 2.0, "exit_z": 0.5} for w in range(5, 120, 5)]),
+])
+def test_a_strategys_own_temporaries_are_in_its_plan(strategy: str, grid: list[dict[str, Any]]) -> None:
+    """Strategies that allocate more than the defaults (votes, sliding windows) stay within their plans too."""
+    import tracemalloc
+
+    data = _walk(3000, 5)
+    _, minimum = estimate_sweep(strategy, grid, data.n_bars)
+    # Once untraced: the compiled kernel, when loaded, loads each signature's machine code on first use.
+    run_sweep(data, strategy, grid[:2], BacktestConfig(commission=0.001), workers=1)
+    for budget in (minimum, minimum + 4 * 2**20):
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            run_sweep(data, strategy, grid, BacktestConfig(commission=0.001), chunk_bytes=budget, workers=1)
+            peak = tracemalloc.get_traced_memory()[1] - start
+        finally:
+            tracemalloc.stop()
+        assert peak <= budget, (budget, peak)
+
+
 def test_tied_series_trades_equal_backtesting_py() -> None:
     """backtesting.py is not in the test venv: these are its counts (0.6.6, bench section D).
 

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tradingd.trading.data import MarketData
-from tradingd.trading.engine import KeepSpec, SweepCancelled, run_sweep
+from tradingd.trading.engine import KeepSpec, SweepCancelled, run_sweep, sweep_plan_for
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.trading.metrics import METRIC_NAMES, PROFIT_FACTOR_CAP
 from tradingd.trading.results import BacktestResult
 from tradingd.trading.simulation import BacktestConfig
+from tradingd.trading.strategies import get_strategy
 from tradingd.trading.strategy import Strategy
 
 TOL = 1e-9
@@ -316,7 +317,9 @@ def test_sweep_cancellation_between_chunks() -> None:
     data = _walk(200, 3)
     grid = [{"lookback": lb} for lb in range(1, 40)]
     calls = iter(range(100))
-    with pytest.raises(SweepCancelled, match="after 5 of 39"):
+    # The smallest plan: chunks of the width that costs least (open chunks against cells).
+    width = sweep_plan_for(get_strategy("momentum"), get_strategy("momentum").validate_grid(grid), 200, 1).width
+    with pytest.raises(SweepCancelled, match=f"after {5 * width} of 39"):
         run_sweep(data, "momentum", grid, chunk_bytes=1, should_stop=lambda: next(calls) >= 5)
 
 

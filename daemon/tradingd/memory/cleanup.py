@@ -115,6 +115,7 @@ class CleanupLadder:
         malloc_trim: bool = True,
         history_size: int = 200,
         malloc_arena_max: int | None = None,
+        mmap_threshold: int | None = None,
     ) -> None:
         self._caches = caches
         self.models = models
@@ -123,6 +124,7 @@ class CleanupLadder:
         self.low_water = low_water
         self.trim_enabled = malloc_trim and malloc.malloc_trim_available()
         self.malloc_arena_max = malloc_arena_max  # what limit_malloc_arenas put in force (for /stats)
+        self.mmap_threshold = mmap_threshold  # what malloc.pin_malloc_thresholds put in force (for /stats)
         self.recent: deque[CleanupAction] = deque(maxlen=history_size)
         self.counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         self.freed: dict[str, int] = dict.fromkeys(ACTIONS, 0)
@@ -259,6 +261,7 @@ class CleanupLadder:
                 "freed_bytes_total": sum(self.freed.values()),
                 "malloc_trim": self.trim_enabled,
                 "malloc_arena_max": self.malloc_arena_max,
+                "mmap_threshold_bytes": self.mmap_threshold,
                 "low_water": self.low_water,
                 "recent": [a.as_dict() for a in list(self.recent)[-50:]],
             }

@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable
 
 __all__ = [
+    "LEAN_LIMIT_BYTES",
+    "LEAN_MMAP_THRESHOLD",
     "MMAP_THRESHOLD",
     "TRIM_THRESHOLD",
     "limit_malloc_arenas",
@@ -45,6 +47,11 @@ _M_ARENA_MAX = -8
 # pinned there, so nothing later can move them.
 MMAP_THRESHOLD = 1 << 20
 TRIM_THRESHOLD = 2 << 20
+# Under a tight limit, every megabyte counts more than a mapping's page faults per large block:
+# numpy's block temporaries are mapped and unmapped instead of landing in the heap between small
+# objects (four squeeze SMA containers in a row: peak 209 MB instead of 236, 168 MB kept instead of 193).
+LEAN_LIMIT_BYTES = 1024 << 20
+LEAN_MMAP_THRESHOLD = 256 << 10
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -106,8 +113,9 @@ def limit_malloc_arenas(arenas: int | None) -> int | None:
     return arenas if _mallopt(_M_ARENA_MAX, arenas) == 1 else None
 
 
-def pin_malloc_thresholds() -> tuple[int, int] | None:
-    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` and its trim threshold at :data:`TRIM_THRESHOLD`.
+def pin_malloc_thresholds(limit_bytes: int | None = None) -> tuple[int, int] | None:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (:data:`LEAN_MMAP_THRESHOLD` when
+    ``limit_bytes`` is below :data:`LEAN_LIMIT_BYTES`) and its trim threshold at :data:`TRIM_THRESHOLD`.
 
     Returns the pair now in force, or None (no glibc, or the operator set
     either in the environment: ``MALLOC_MMAP_THRESHOLD_``,
@@ -130,7 +138,9 @@ def pin_malloc_thresholds() -> tuple[int, int] | None:
     if _mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ \
             or "mmap_threshold" in tunables or "trim_threshold" in tunables:
         return None
-    if _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or _mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+    lean = limit_bytes is not None and limit_bytes < LEAN_LIMIT_BYTES
+    mmap_threshold = LEAN_MMAP_THRESHOLD if lean else MMAP_THRESHOLD
+    if _mallopt(_M_MMAP_THRESHOLD, mmap_threshold) != 1 or _mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
         return None
-    log.debug("malloc thresholds pinned: mmap %d, trim %d bytes", MMAP_THRESHOLD, TRIM_THRESHOLD)
-    return MMAP_THRESHOLD, TRIM_THRESHOLD
+    log.debug("malloc thresholds pinned: mmap %d, trim %d bytes", mmap_threshold, TRIM_THRESHOLD)
+    return mmap_threshold, TRIM_THRESHOLD

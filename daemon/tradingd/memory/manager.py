@@ -84,7 +84,7 @@ class MemoryManager:
         )
         self.admission = Admission()
         # Fixed, so that freeing one large block cannot retune glibc for the rest of the daemon's life.
-        pin_malloc_thresholds()
+        thresholds = pin_malloc_thresholds(monitor.limit.bytes)
         self.ladder = CleanupLadder(
             lambda: list(self.caches.values()),
             models=self.models,
@@ -94,6 +94,7 @@ class MemoryManager:
             malloc_trim=config.cleanup.malloc_trim,
             # Before any worker thread exists: arenas made earlier stay.
             malloc_arena_max=limit_malloc_arenas(config.cleanup.malloc_arena_max),
+            mmap_threshold=thresholds[0] if thresholds is not None else None,
         )
         # Containers' working memory; the baseline is measured in start(), once the daemon is built.
         self.work = MemoryBudget(

@@ -3,8 +3,11 @@
 The effective limit is the smallest of the configured ``limit_mb``, the cgroup
 limit of our own cgroup (and its ancestors) and physical RAM.
 ``psutil.virtual_memory()`` alone is wrong inside a container: it reports the
-host. Usage is *anonymous* RSS, so file-backed pages of memory-mapped market
-data (which the kernel can drop at will) never count as pressure.
+host. Usage is *anonymous* memory, so file-backed pages of memory-mapped market
+data (which the kernel can drop at will) never count as pressure: the
+daemon's own ``RssAnon``, or, when the limit is its cgroup's, the anonymous
+memory of every process in that cgroup (helper processes and workers are
+charged to the same limit, and the OOM killer counts them too).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "Monitor",
     "PressureLevel",
     "discover_limit",
+    "read_cgroup_anon",
     "read_cgroup_limit",
     "read_cgroup_usage",
     "sample_process",
@@ -68,6 +72,7 @@ class MemorySample:
     anon_rss_bytes: int
     cgroup_bytes: int | None
     used_bytes: int
+    cgroup_anon_bytes: int | None = None  # every process of the cgroup (read when the limit is the cgroup's)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
@@ -166,6 +171,21 @@ def read_cgroup_usage(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/
     return None
 
 
+def read_cgroup_anon(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Anonymous memory charged to our cgroup, all its processes (v2 ``anon``, v1 ``total_rss``).
+
+    The same directories as :func:`read_cgroup_usage`, in the same order.
+    """
+    v2, v1 = _own_cgroup_dirs(root, proc_cgroup)
+    for d in [*v2[:1], root]:
+        if (d / "memory.current").exists():
+            return _stat_value(d / "memory.stat", ("anon",))
+    for d in v1:
+        if (d / "memory.usage_in_bytes").exists():
+            return _stat_value(d / "memory.stat", ("total_rss", "rss"))
+    return None
+
+
 def discover_limit(limit_mb: float | None, *, cgroup_limit: int | None = None) -> MemoryLimit:
     """Pick the smallest of the configured, cgroup and physical limits."""
     candidates: dict[str, int] = {"physical": int(psutil.virtual_memory().total)}
@@ -192,14 +212,22 @@ def _anon_rss(process: psutil.Process) -> int:
     return max(int(info.rss) - int(shared), 0)
 
 
-def sample_process(process: psutil.Process | None = None) -> MemorySample:
-    """Read RSS, anonymous RSS and cgroup working set of this process now."""
+def sample_process(process: psutil.Process | None = None, *, whole_cgroup: bool = False) -> MemorySample:
+    """Read RSS, anonymous RSS and cgroup working set of this process now.
+
+    ``whole_cgroup``: usage is the larger of our anonymous RSS and the
+    cgroup's anonymous memory (our helper processes are in it too).
+    """
     proc = process or psutil.Process()
     rss = int(proc.memory_info().rss)
     anon = _anon_rss(proc)
-    return MemorySample(
-        time=time.time(), rss_bytes=rss, anon_rss_bytes=anon, cgroup_bytes=read_cgroup_usage(), used_bytes=anon
-    )
+    group = read_cgroup_anon() if whole_cgroup else None
+    return MemorySample(time=time.time(), rss_bytes=rss, anon_rss_bytes=anon, cgroup_bytes=read_cgroup_usage(),
+                        used_bytes=max(anon, group or 0), cgroup_anon_bytes=group)
+
+
+def _sample_cgroup() -> MemorySample:
+    return sample_process(whole_cgroup=True)
 
 
 Sampler = Callable[[], MemorySample]
@@ -221,14 +249,15 @@ class Monitor:
         thresholds: tuple[float, float, float] = (0.70, 0.80, 0.90),
         hysteresis: float = 0.05,
         history_size: int = 600,
-        sampler: Sampler = sample_process,
+        sampler: Sampler | None = None,
     ) -> None:
         self.limit = limit
         self.thresholds = thresholds
         self.hysteresis = hysteresis
         self.history: deque[MemorySample] = deque(maxlen=history_size)
         self.level = PressureLevel.NORMAL
-        self._sampler = sampler
+        # The limit of our cgroup binds every process in it: count them all.
+        self._sampler = sampler or (_sample_cgroup if limit.source == "cgroup" else sample_process)
         self._listeners: list[LevelListener] = []
 
     def __repr__(self) -> str:
@@ -256,6 +285,7 @@ class Monitor:
             "rss_bytes": latest.rss_bytes if latest else None,
             "anon_rss_bytes": latest.anon_rss_bytes if latest else None,
             "cgroup_bytes": latest.cgroup_bytes if latest else None,
+            "cgroup_anon_bytes": latest.cgroup_anon_bytes if latest else None,
             "used_bytes": latest.used_bytes if latest else None,
             "level": self.level.label,
             "marks_bytes": self.marks_bytes(),

@@ -28,7 +28,7 @@ from tradingd.trading.results import BacktestResult
 from tradingd.trading.simulation import BacktestConfig
 from tradingd.trading.strategies import get_strategy
 from tradingd.trading.strategy import Strategy
-from tradingd.trading.sweep_plan import SweepPlan, estimate_sweep_bytes, plan_sweep
+from tradingd.trading.sweep_plan import SweepPlan, cell_bytes, estimate_sweep_bytes, plan_sweep
 from tradingd.trading.sweep_run import Chunk, KeepSpec, SweepRun
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "KeepSpec", "SweepCancelled", "estimate_sweep", "run_sweep", "sweep_plan_for"]
@@ -221,18 +221,23 @@ def estimate_sweep(strategy: str | Strategy, grid: Sequence[Mapping[str, Any]], 
     """``(estimate, minimum)`` bytes of ``run_sweep(strategy, grid)`` on ``n_bars`` bars.
 
     ``sweep_plan.estimate_sweep_bytes`` with the look-back, distinct windows,
-    block support and worker threads ``run_sweep`` would use: give the sweep
-    any ``chunk_bytes`` from ``minimum`` up and its working set stays within
-    it; more than ``estimate`` buys nothing.
+    block support, worker threads and kernel ``run_sweep`` would use: give the
+    sweep any ``chunk_bytes`` from ``minimum`` up and its working set stays
+    within it; more than ``estimate`` buys nothing. The kernel is the one
+    loaded now: numpy's figures bound the compiled kernel's too, and once the
+    compiled kernel is loaded it stays.
     """
     strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
     params = strat.validate_grid(grid)
     lookback = strat.block_lookback(params)
     windows = _windows(params)
     threads = _workers(None, len(params), n_bars, trained=False)
+    cell = cell_bytes(metrics, compiled=compiled() is not None, strategy=strat.sweep_cell_bytes)
     estimate, minimum = (estimate_sweep_bytes(n_bars, len(params), metrics, lookback=lookback or 0,
                                               n_windows=len(windows) or None, blockable=lookback is not None,
-                                              workers=workers) for workers in (threads, 1))
+                                              workers=workers, cell=cell,
+                                              series_bytes=strat.sweep_series_bytes(params, n_bars))
+                          for workers in (threads, 1))
     # The minimum is one thread's: run_sweep drops to one thread when two do not fit.
     return max(estimate[0], minimum[1]), minimum[1]
 
@@ -247,10 +252,12 @@ def sweep_plan_for(strategy: Strategy, params: Sequence[Mapping[str, Any]], n_ba
     """
     lookback = strategy.block_lookback(params)
     windows = _windows(params)
-    return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0,
+    cell = cell_bytes(metrics, compiled=compiled() is not None, strategy=strategy.sweep_cell_bytes)
+    return plan_sweep(n_bars, len(params), chunk_bytes, metrics=metrics, lookback=lookback or 0, cell=cell,
                       compiled=compiled() is not None,
                       crossings=lookback is not None and strategy.follows_crossings() and not on_targets,
-                      n_windows=len(windows) or None, blockable=lookback is not None, workers=workers)
+                      n_windows=len(windows) or None, blockable=lookback is not None, workers=workers,
+                      series_bytes=strategy.sweep_series_bytes(params, n_bars))
 
 
 def _windows(params: Sequence[Mapping[str, Any]]) -> set[int]:

@@ -35,6 +35,15 @@ __all__ = [
 
 MAX_GRID = 1_000_000
 
+# The built-in strategies' sweeps where they differ from the engine's defaults, traced with
+# bench/sweep_memory.py: bytes per (bar, combination) on numpy with all metrics and on the
+# compiled kernel, and the z-score's sliding windows (one (bars, window) temporary at a time).
+SmaCrossover.sweep_cell_bytes = (64, 16)  # compiled: int8 targets at most (kept trades)
+EmaCrossover.sweep_cell_bytes = (52, 24)
+Momentum.sweep_cell_bytes = (76, 24)
+AdaptiveTrend.sweep_cell_bytes = (96, 40)  # up and down vote counts, the warm mask, a gathered line
+ZScoreMeanReversion.sweep_window_bytes = 8
+
 _REGISTRY: dict[str, Strategy] = {
     strategy.name: strategy
     for strategy in (SmaCrossover(), EmaCrossover(), Momentum(), ZScoreMeanReversion(), AdaptiveTrend(),

@@ -42,6 +42,12 @@ class Strategy(ABC):
     param_names: ClassVar[tuple[str, ...]]
     defaults: ClassVar[Mapping[str, Any]] = {}
     trainable: ClassVar[bool] = False
+    # Working bytes per (bar, combination) of a sweep at its peak, (numpy with the equity-curve
+    # metrics, compiled kernel), when this strategy's temporaries exceed the engine's defaults
+    # (``sweep_plan.cell_bytes``); None: the defaults hold.
+    sweep_cell_bytes: ClassVar[tuple[int, int] | None] = None
+    # Bytes per bar and bar of its longest warm-up a sweep allocates once per series (sliding windows).
+    sweep_window_bytes: ClassVar[int] = 0
 
     def __repr__(self) -> str:
         return f"<Strategy {self.name} params={','.join(self.param_names)}>"
@@ -123,6 +129,12 @@ class Strategy(ABC):
         so the engine cannot split its sweep into time blocks.
         """
         return None
+
+    def sweep_series_bytes(self, grid: Sequence[Mapping[str, Any]], n_bars: int) -> int:
+        """Bytes a sweep of ``grid`` allocates once per series, whatever its chunks (``sweep_window_bytes``)."""
+        if not self.sweep_window_bytes:
+            return 0
+        return self.sweep_window_bytes * n_bars * (max((self.warmup(p) for p in grid), default=0) + 1)
 
     def block_positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int,
                         carried: Any, *, scale: PriceScale | None, shared: Any = None) -> tuple[NDArray[Any], Any]:

@@ -11,26 +11,34 @@ The per-cell constants were measured with tracemalloc on the sweep bench
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from tradingd.trading.metrics import DENSE_METRICS, validate_metric_names
 
 __all__ = [
+    "CELL_BYTES_COMPILED",
+    "CELL_BYTES_DENSE",
+    "CELL_BYTES_SPARSE",
     "MIN_BLOCK_BARS",
     "SweepPlan",
+    "cell_bytes",
     "estimate_sweep_bytes",
     "plan_sweep",
 ]
 
-# Working-set bytes per (bar, combination) cell of a time block: target
-# positions, the signal temporaries of a strategy, the held positions and
-# change mask, and (dense) the equity block with its returns and peaks.
-CELL_BYTES_SPARSE = 48
-CELL_BYTES_DENSE = 112
-# The compiled kernel (``compiled.py``) keeps no per-cell temporaries: the
-# targets, their clipped and shifted copies and a column-major copy at most.
-CELL_BYTES_COMPILED = 32
+# Working-set bytes per (bar, combination) cell of a time block, traced on the sample
+# data (docs/engine.md, "Memory budget"): on numpy, with the equity-curve metrics, the
+# target positions, a crossover's or threshold's temporaries, the held positions and
+# change mask, the equity block with its returns and peaks (53-58 bytes measured for the
+# crossovers, momentum, z-score and trend-stops); without them (sparse) no equity block
+# unless shorts may ruin (37-42 measured). The compiled kernel keeps no per-cell state:
+# what is left are the strategy's targets (23-35 measured). A strategy whose own
+# temporaries are larger says so (``Strategy.sweep_cell_bytes``).
+CELL_BYTES_DENSE = 64
+CELL_BYTES_SPARSE = 52
+CELL_BYTES_COMPILED = 40
 # Per bar of a block, whatever the width: price slices' temporaries and the
 # integer prefix sums behind the exact moving averages.
 BAR_BYTES = 48
@@ -39,10 +47,12 @@ WINDOW_BYTES = 8
 # Per combination: the carried state between time blocks (every chunk's, as the
 # sweep walks the blocks with all chunks open), and its working copy in a step.
 CARRY_BYTES = 160
+# Per open chunk: its kernel state's arrays and Python objects (~5 KB traced).
+CHUNK_BYTES = 6 * 1024
 # Per combination of the whole sweep: the result arrays, one float per metric.
 METRIC_BYTES = 8
 # A fixed allowance for Python objects, small arrays and per-call overhead.
-OVERHEAD_BYTES = 256 * 1024
+OVERHEAD_BYTES = 192 * 1024
 MIN_BLOCK_BARS = 256
 # Blocks and chunks larger than this stop paying off (temporaries fall out of
 # cache), so a budget above it buys nothing: the plan never asks for more.
@@ -86,20 +96,41 @@ def _windows(width: int, n_windows: int | None) -> int:
 
 
 def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback: int, cell: int,
-           n_windows: int | None, workers: int, crossings: bool = False) -> int:
-    windows = 0 if crossings else _windows(width, n_windows)
-    per_worker = (CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
-                  + (block + lookback) * WINDOW_BYTES * windows)
-    # A block's indicator columns for the whole grid, shared by every chunk.
-    shared = (block + lookback) * WINDOW_BYTES * (n_windows or 0) + block * BAR_BYTES
+           n_windows: int | None, workers: int, blockable: bool, crossings: bool = False) -> int:
+    per_worker = CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
+    if blockable:
+        # A block's indicator columns for the whole grid, shared by every chunk; every chunk
+        # stays open from the first block to the last.
+        shared = (block + lookback) * WINDOW_BYTES * (n_windows or 0) + block * BAR_BYTES
+        chunks = -(-n_combinations // width) if width else 0
+    else:
+        # The whole series at once: each chunk computes its own indicator columns (a
+        # crossover's; other strategies' columns are in their cell bytes).
+        shared, chunks = 0, workers
+        if n_windows is not None and not crossings:
+            per_worker += (block + lookback) * WINDOW_BYTES * _windows(width, n_windows)
     return (OVERHEAD_BYTES + (METRIC_BYTES * n_metrics + CARRY_BYTES) * n_combinations + shared
-            + workers * per_worker)
+            + CHUNK_BYTES * chunks + workers * per_worker)
+
+
+def cell_bytes(metrics: Collection[str] | None = None, *, compiled: bool = False,
+               strategy: tuple[int, int] | None = None) -> int:
+    """Working bytes per (bar, combination) of a sweep computing ``metrics`` (None: all).
+
+    ``strategy``: the strategy's own figures, (numpy with the equity-curve
+    metrics, compiled), when its temporaries exceed the defaults'.
+    """
+    dense = bool(DENSE_METRICS & set(validate_metric_names(metrics)))
+    numpy_dense, on_compiled = strategy or (CELL_BYTES_DENSE, CELL_BYTES_COMPILED)
+    if compiled:
+        return on_compiled
+    return numpy_dense if dense else numpy_dense - (CELL_BYTES_DENSE - CELL_BYTES_SPARSE)
 
 
 def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: Collection[str] | None = None,
                lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
                dense: bool | None = None, workers: int = 1, compiled: bool = False,
-               crossings: bool = False) -> SweepPlan:
+               cell: int | None = None, series_bytes: int = 0, crossings: bool = False) -> SweepPlan:
     """The fastest plan whose working bytes stay within ``chunk_bytes``.
 
     ``lookback`` is how many bars before a block its indicators read;
@@ -108,11 +139,14 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     the whole series at once (then one full-length column is the minimum).
     ``dense`` defaults to "a metric needs the equity curve"; ``workers``
     chunks run at the same time, each with its own working set; ``compiled``:
-    the compiled kernel runs the sweep (fewer temporaries per cell);
-    ``crossings``: it follows the strategy's crossings itself
-    (``Strategy.block_crossings``), so a chunk's working set is its carried
-    state and a few arrays of one block's length, whatever its width (then the
-    grid is cut into ``CHUNKS_PER_WORKER`` chunks per worker, for balance).
+    the compiled kernel runs the sweep (fewer temporaries per cell); ``cell``
+    overrides the bytes per (bar, combination) (:func:`cell_bytes`);
+    ``series_bytes`` is what the strategy allocates once per series
+    (``Strategy.sweep_series_bytes``); ``crossings``: the compiled kernel
+    follows the strategy's crossings itself (``Strategy.block_crossings``), so
+    a chunk's working set is its carried state and a few arrays of one
+    block's length, whatever its width (then the grid is cut into
+    ``CHUNKS_PER_WORKER`` chunks per worker, for balance).
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
@@ -120,23 +154,35 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     names = validate_metric_names(metrics)
     is_dense = bool(DENSE_METRICS & set(names)) if dense is None else dense
     crossings = crossings and compiled
-    cell = 0 if crossings else CELL_BYTES_COMPILED if compiled else CELL_BYTES_DENSE if is_dense else CELL_BYTES_SPARSE
+    if crossings:
+        cell = 0
+    elif cell is None:
+        cell = CELL_BYTES_COMPILED if compiled else CELL_BYTES_DENSE if is_dense else CELL_BYTES_SPARSE
     m = len(names)
 
     def cost(width: int, block: int) -> int:
-        return _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers), crossings)
+        return series_bytes + _bytes(k, m, width, block, lookback, cell, n_windows, max(1, workers), blockable,
+                                     crossings)
 
     target = min(chunk_bytes, FAST_WORKING_BYTES * max(1, workers))
 
+    def cheapest(block: int) -> int:
+        # Open chunks cost less the wider they are, cells more: the width of least cost.
+        if not blockable:
+            return 1
+        return max(1, min(k, math.isqrt(k * CHUNK_BYTES // max(1, cell * block + CARRY_BYTES))))
+
     def widest(block: int) -> int:
-        if cost(1, block) > target:
+        least = cheapest(block)
+        if cost(least, block) > target:
             return 0
-        # Cost is linear in width except for the window bound: solve, then step down.
+        # Cost is linear in width except for the window bound and the open chunks (fewer
+        # when wider): solve without them, then step down.
         fixed = cost(0, block)
-        per = max(cost(1, block) - fixed, 1)
-        width = max(1, min(k, (target - fixed) // per))
-        while width > 1 and cost(width, block) > target:
-            width -= 1
+        per = max(cost(1, block) - fixed - CHUNK_BYTES * (k if blockable else 0), 1)
+        width = max(least, min(k, (target - fixed) // per))
+        while width > least and cost(width, block) > target:
+            width = max(least, width - max(1, width // 32))
         return width
 
     block = min(n, FAST_BLOCK_BARS) if blockable else n
@@ -148,20 +194,20 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
         if width >= 1 and block <= FAST_MIN_BLOCK_BARS:
             break
         block, width = shorter, widest(shorter)
+    width = width or cheapest(block)
     if crossings:  # wide chunks cost no memory: as many as keep the workers evenly busy
         threads = max(1, workers)
         wide = max(-(-k // (CHUNKS_PER_WORKER * threads)), -(-MIN_CHUNK_CELLS // block))
         count = -(-k // max(1, min(width, wide)))
         count = -(-count // threads) * threads  # the same number of chunks for every worker
-        width = min(width, -(-k // count))
-    width = max(width, 1)
+        width = max(1, min(width, -(-k // count)))
     peak = cost(width, block)
     return SweepPlan(n_bars=n, width=width, block_bars=block, peak_bytes=peak, fits=peak <= chunk_bytes)
 
 
 def estimate_sweep_bytes(n_bars: int, n_combinations: int, metrics: Collection[str] | None = None, *,
                          lookback: int = 0, n_windows: int | None = None, blockable: bool = True,
-                         workers: int = 1) -> tuple[int, int]:
+                         workers: int = 1, cell: int | None = None, series_bytes: int = 0) -> tuple[int, int]:
     """``(estimate, minimum)`` working bytes of a sweep, from its shape alone.
 
     ``estimate`` is the peak the engine reaches when its budget is not the
@@ -174,10 +220,12 @@ def estimate_sweep_bytes(n_bars: int, n_combinations: int, metrics: Collection[s
     ``metrics`` None means all metrics. ``run_sweep`` uses two worker threads
     for sweeps above 4M bar-combinations on a 2-core machine: pass
     ``workers=2`` for those (the minimum is then one combination per thread).
+    ``cell`` and ``series_bytes`` as for ``plan_sweep``.
     """
     names = validate_metric_names(metrics)
     fast = plan_sweep(n_bars, n_combinations, FAST_WORKING_BYTES * workers, metrics=names, lookback=lookback,
-                      n_windows=n_windows, blockable=blockable, workers=workers)
-    smallest = plan_sweep(n_bars, n_combinations, 1, metrics=names, lookback=lookback,
-                          n_windows=n_windows, blockable=blockable, workers=workers)
+                      n_windows=n_windows, blockable=blockable, workers=workers, cell=cell,
+                      series_bytes=series_bytes)
+    smallest = plan_sweep(n_bars, n_combinations, 1, metrics=names, lookback=lookback, n_windows=n_windows,
+                          blockable=blockable, workers=workers, cell=cell, series_bytes=series_bytes)
     return max(fast.peak_bytes, smallest.peak_bytes), smallest.peak_bytes

@@ -28,14 +28,20 @@ __all__ = ["OVERHEAD_BYTES", "REPORT_BYTES", "Footprint", "container_footprint",
 
 # A fixed allowance for the batch's Python objects, small arrays and per-call overhead.
 OVERHEAD_BYTES = 512 * 1024
-# Writing a phase's report (its container files read back, heatmap and plots drawn):
-# traced at 30-75 MB on the squeeze workload's 796-combination phases.
-REPORT_BYTES = 80 * 2**20
+# Drawing a phase's report beside the container file being read back (that part is sized
+# from the files, ``file_work``): heatmap and plots, and matplotlib's import on first use
+# when the file work runs in the daemon (~25 MB).
+REPORT_BYTES = 48 * 2**20
 # One metrics row as held in the container: {"index", "params": {...}, "metrics": {16 floats}}.
 ROW_BYTES = 1_200
 # One kept trade (a folded trade_complete record, a dict of ~14 fields) and its JSON text.
 TRADE_BYTES = 950
 TRADE_JSON_BYTES = 350
+# The engine's records of a batch's kept trades, beside their dicts while the batch is turned
+# into events: the kernel's trade tables (~74 bytes a trade) and each combination's
+# ``TradeRecords`` (~90 bytes a trade, ~1.2 kB of arrays).
+RECORD_BYTES = 200
+RECORDS_PER_COMBINATION = 1536
 # One equity value kept as a Python float in a list, and as JSON text.
 EQUITY_CELL_BYTES = 32
 EQUITY_JSON_BYTES = 22
@@ -52,7 +58,7 @@ DOCUMENT_PEAK_FACTOR = 0.25
 
 # Fitting one model (trainable strategies without models): a fixed part plus the
 # feature matrix and the estimator's copies of it, per bar and feature (lag).
-TRAIN_FIXED_BYTES = 2560 * 1024
+TRAIN_FIXED_BYTES = 4 * 2**20
 TRAIN_CELL_BYTES = 48
 # scikit-learn (and the parts of scipy it pulls in) is imported on the first fit:
 # a one-time cost, charged to the container that pays it.
@@ -67,19 +73,28 @@ def sweep_estimate(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: i
 
 @dataclass(frozen=True)
 class Footprint:
-    """A container's working bytes: what it holds, the sweep's share, and the bounds."""
+    """A container's working bytes: what it holds, the sweep's share, and the bounds.
 
-    held: int        # results kept for the container's life (rows, trades, equity)
+    The peak comes during its last batch, on top of what the earlier batches
+    left (``held``): the sweep (with the engine's records of the batch's
+    trades, which grow while it runs), then the batch's output beside its
+    copy in the container (``batch`` and ``batch_held``), then, at teardown,
+    the document being written.
+    """
+
+    held: int        # results kept from every batch but the last (rows, trades, equity)
     transient: int   # the largest transient after the sweeps: the document being written, the trade hand-off
     sweep: int       # one batch's sweep working set when nothing limits it
     sweep_min: int   # ... in its smallest block (one combination)
     training: int = 0  # fitting one model inside the sweep (trainable strategies without models)
-
-    batch: int = 0     # one batch's output, which exists beside its sweep
+    batch: int = 0       # one batch's output (rows, trade dicts, events, the engine's records)
+    batch_held: int = 0  # ... what the container keeps of it (the last batch's share of the results)
+    records: int = 0     # the engine's records of one batch's kept trades, beside its sweep
 
     def _peak(self, sweep: int) -> int:
-        # The sweep and its batch's output run before teardown; the document and the trade hand-off after.
-        return OVERHEAD_BYTES + self.held + max(self.batch + sweep + self.training, self.transient)
+        during = sweep + self.training + self.records
+        return OVERHEAD_BYTES + self.held + max(during, self.batch + self.batch_held,
+                                                self.batch_held + self.transient)
 
     @property
     def estimate(self) -> int:
@@ -91,7 +106,7 @@ class Footprint:
 
     def chunk_bytes(self, granted: int) -> int:
         """The sweep's ``chunk_bytes`` under a grant of ``granted`` bytes (never below its minimum)."""
-        return max(self.sweep_min, granted - OVERHEAD_BYTES - self.held - self.batch - self.training)
+        return max(self.sweep_min, granted - OVERHEAD_BYTES - self.held - self.training - self.records)
 
 
 def _trades_per_combination(strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int) -> float:
@@ -132,10 +147,10 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     trades = _trades_per_combination(strategy, params, n) if events_per_trade else 0.0
     per_combo_held = ROW_BYTES + (trades * TRADE_BYTES if keeps_trades else 0.0)
     per_combo_held += n * EQUITY_CELL_BYTES if track_equity else 0.0
-    held = int(k * per_combo_held + (n * TIME_BYTES if track_equity else 0))
-    # A batch's output exists twice while it is absorbed (the worker's and the container's references).
+    equity_times = n * TIME_BYTES if track_equity else 0
+    records = batch * (trades * RECORD_BYTES + RECORDS_PER_COMBINATION) if keeps_trades else 0.0
     batch_out = batch * (ROW_BYTES + trades * ((events_per_trade * EVENT_BYTES if streams_events else 0.0)
-                                               + (TRADE_BYTES if keeps_trades else 0.0)))
+                                               + (TRADE_BYTES if keeps_trades else 0.0))) + records
     batch_out += batch * n * (EQUITY_CELL_BYTES + 8) if track_equity else 0.0
     document = k * (ROW_JSON_BYTES + (trades * TRADE_JSON_BYTES if keeps_trades else 0.0)
                     + (n * EQUITY_JSON_BYTES if track_equity else 0.0))
@@ -146,8 +161,9 @@ def estimate_container(*, strategy: str, params: Sequence[Mapping[str, Any]], n_
     training = TRAIN_FIXED_BYTES + n * (features + 1) * TRAIN_CELL_BYTES if trains else 0
     if trains and "sklearn" not in sys.modules:
         training += SKLEARN_IMPORT_BYTES
-    return Footprint(held=held, transient=transient,
-                     sweep=sweep, sweep_min=sweep_min, training=training, batch=int(batch_out))
+    return Footprint(held=int((k - batch) * per_combo_held + equity_times), transient=transient, sweep=sweep,
+                     sweep_min=sweep_min, training=training, batch=int(batch_out),
+                     batch_held=int(batch * per_combo_held), records=int(records))
 
 
 def container_footprint(settings: PhaseSettings, *, strategy: str, params: Sequence[Mapping[str, Any]], n_bars: int,

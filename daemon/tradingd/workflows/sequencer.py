@@ -31,7 +31,8 @@ from tradingd.trading.strategies import get_strategy
 from tradingd.workflows.aggregate import PhaseFacts, aggregate_phase
 from tradingd.workflows.compute import data_range
 from tradingd.workflows.container import Container, RunServices, load_completed
-from tradingd.workflows.footprint import REPORT_BYTES
+from tradingd.workflows.file_work import granted
+from tradingd.workflows.footprint import REPORT_BYTES, ROW_BYTES
 from tradingd.workflows.layout import PhaseLayout, RunLayout
 from tradingd.workflows.out_of_sample import buy_and_hold_document, phase_headline, write_stitched
 from tradingd.workflows.overfitting import phase_overfitting
@@ -173,30 +174,25 @@ class Sequencer:
     async def _report(self, phase_layout: PhaseLayout, *, status: str | None = None) -> None:
         """Draw the phase's report (in the file worker); never raises: a report is not worth a run.
 
-        Drawing is working memory too (30-75 MB traced): it waits for a grant like a container.
+        Reading the container files back and drawing is working memory too: it waits for a grant.
         """
-        grant = None
-        if self.services.work is not None:
-            try:
-                grant = await self.services.work.acquire(f"{self.run_id}/{phase_layout.root.name}/report",
-                                                         estimate=REPORT_BYTES, minimum=REPORT_BYTES // 2)
-            except MemoryError as exc:  # GrantRefused: a limit that small still gets its report, ungranted
-                log.warning("run %s: drawing a report without a memory grant: %s", self.run_id, exc)
         try:
-            await self.services.files.call(write_phase_report, phase_layout.root, run_id=self.run_id, status=status)
+            await granted(self.services.work, f"{self.run_id}/{phase_layout.root.name}/report",
+                          phase_layout.containers_dir, REPORT_BYTES,
+                          lambda: self.services.files.call(write_phase_report, phase_layout.root, run_id=self.run_id,
+                                                           status=status))
         except Exception as exc:
             log.warning("run %s: could not write the report of %s: %s", self.run_id, phase_layout.root.name, exc)
-        finally:
-            if grant is not None:
-                grant.release()
 
     async def _aggregate(self, plan: PhasePlan, phase_layout: PhaseLayout) -> tuple[dict[str, Any], PhaseFacts]:
-        """Rank the phase's container files (in the file worker: it parses every one of them)."""
-        return await self.services.files.call(
+        """Rank the phase's container files (in the file worker, granted: it parses every one of them)."""
+        rows = ROW_BYTES * len(self.grid) * len(plan.bounds)  # every metrics row of the phase, kept to rank
+        return await granted(self.services.work, f"{self.run_id}/{phase_layout.root.name}/aggregate",
+                             phase_layout.containers_dir, rows, lambda: self.services.files.call(
             aggregate_phase, layout=phase_layout, phase=plan.name, kind=plan.kind, strategy=self.spec.strategy.name,
             container_ids=plan.container_ids, fingerprint=self.fingerprint, objective=self.spec.objective,
             selection=self.spec.selection, report_top=self.spec.report_top,
-            handed=self.selections.get(plan.source_phase) if plan.source_phase else None)
+            handed=self.selections.get(plan.source_phase) if plan.source_phase else None))
 
     async def _run_phase_in(self, plan: PhasePlan, phase_layout: PhaseLayout) -> None:
         if self._searching(plan):

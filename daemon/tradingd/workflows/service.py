@@ -45,6 +45,9 @@ __all__ = ["BUNDLED_PREFIX", "WorkflowService", "bundled_spec_names", "load_star
 
 log = logging.getLogger(__name__)
 
+# Below this memory limit the file work (aggregation, reports) runs in the daemon, not in a helper.
+FILE_HELPER_MIN_LIMIT = 1024 * 2**20
+
 BUNDLED_PREFIX = "bundled:"
 RETRY_INTERVAL = 5.0  # journal writes that failed (a full disk) and manifests that did not land
 # How long a thread may hold the GIL while another asks for it (CPython's default is 5 ms). Compute,
@@ -109,7 +112,11 @@ class WorkflowService:
         self.max_concurrent_runs = max_concurrent_runs
         self.executor: Executor | None = None
         self.writer = DurableWriter()  # its thread starts with the first write
-        self.files = FileWorker()  # aggregation and reports, in a helper process
+        # Aggregation and reports, in a helper process, unless the memory limit is tight: the helper
+        # holds ~80 MB of its own (an interpreter with numpy and pandas) and its parses cannot reuse
+        # the daemon's free heap, so under FILE_HELPER_MIN_LIMIT the work runs in a daemon thread.
+        limit = memory.work.limit_bytes if memory is not None else None
+        self.files = FileWorker(use_process=limit is None or limit >= FILE_HELPER_MIN_LIMIT)
         self._queue: RunQueue | None = None
         self._switch_interval: float | None = None
         self.retention: Retention
