@@ -13,9 +13,10 @@ that kept closed trades:
 3. :meth:`~JournalOutbox.commit` appends the trades in one transaction and
    removes the marker. If the journal cannot be written (a full disk, a
    locked database) the failure is counted and logged and the marker stays:
-   :meth:`~JournalOutbox.drain` retries every staged container (periodically
+   :meth:`~JournalOutbox.drain` retries every such container (periodically
    while the daemon runs, and at start for markers left by a crash) by
-   reading its result file.
+   reading its result file; a container still being written is not its
+   business (reading a result mid-write would find nothing and drop the marker).
 
 A trade's key is what the trade *is* — symbol, data version, strategy,
 parameters, execution settings, entry and exit bar, side — so running an
@@ -98,7 +99,8 @@ class JournalOutbox:
         self.appended = 0
         self.failures = 0
         self.last_error: str | None = None
-        self._pending: set[Path] = set()
+        self._pending: set[Path] = set()  # failed or found at start: what drain() retries
+        self._in_flight: set[Path] = set()  # staged; its container's writer commits it
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -116,7 +118,8 @@ class JournalOutbox:
     def stage(self, marker: Path) -> None:
         atomic_create_bytes(marker, b"", mode=0o600)
         with self._lock:
-            self._pending.add(marker)
+            # Not pending: drain() must neither read a result still being written nor race the commit.
+            self._in_flight.add(marker)
 
     def commit(self, marker: Path, batch: ClosedTrades, entries: list[dict[str, Any]]) -> None:
         outcomes = [_outcome(batch.run_id, batch.strategy, batch.symbol, trade, trade["params"], entry)
@@ -130,6 +133,7 @@ class JournalOutbox:
             with self._lock:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._in_flight.discard(marker)
                 self._pending.add(marker)
             log.warning("outcome journal: %d trade(s) of %s not written (%s); kept in the outbox, will retry",
                         len(outcomes), marker.name.removesuffix(".journal-pending"), exc)
@@ -141,6 +145,7 @@ class JournalOutbox:
         with self._lock:
             self.appended += added
             self._pending.discard(marker)
+            self._in_flight.discard(marker)
         return True
 
     def adopt(self, markers: list[Path]) -> None:
