@@ -16,42 +16,29 @@ in parallel; ``cache=True`` keeps the machine code on disk between processes.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import numba
 import numpy as np
 
 from tradingd.trading.compiled_crossings import crossing_changes
 from tradingd.trading.compiled_equity import fold, mark_stretch
+from tradingd.trading.jit import compile_loop
 
 __all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "on_grid", "sma_rows",
            "step_block", "warm_up"]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # numba caches step_block with the loops of these modules compiled into it, but
 # checks only this file's content for changes. Their fingerprint here (checked by
 # tests/unit/test_trading_kernels.py) makes any change to them a change of this
 # file, so a stale step_block is never loaded from the cache.
 CALLEES = ("compiled_crossings.py", "compiled_equity.py")
-CALLEES_SHA256 = "331dc60aec4e58ad1aed47f711ad70ab170449c3b4f26b0cce00f0da5887e7a8"
+CALLEES_SHA256 = "cc7bf2de5930dbd57b149bff898c62c6806be3efa71dfc54f7802da964e0cafa"
 
 # Columns of the kept-trades buffer, in order.
 TRADE_FIELDS = ("col", "entry_bar", "exit_bar", "side", "size", "entry_price", "exit_price", "ret", "pnl")
 
 
-def _compile(fn: F) -> F:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
-    except RuntimeError:  # no writable cache directory (read-only install): compile per process
-        return cast(F, numba.njit(nogil=True, error_model="numpy")(fn))
-
-
-@_compile
+@compile_loop
 def _crossing_step(d: float, first: int, pos: int) -> tuple[int, int]:
     """One bar of ``rules.crossing_block``: the sign of fast - slow moves the first sign and the position."""
     sgn = (d > 0.0) - (d < 0.0)  # NaN (warm-up): 0
@@ -65,7 +52,7 @@ def _crossing_step(d: float, first: int, pos: int) -> tuple[int, int]:
     return first, pos
 
 
-@_compile
+@compile_loop
 def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, first_sign: Any,
                        position: Any, out: Any) -> None:
     """``rules.crossing_block`` of ``rows[fast] - rows[slow]``, bars ``offset .. offset + n``.
@@ -86,7 +73,7 @@ def crossing_positions(rows: Any, fast: Any, slow: Any, offset: int, n: int, fir
         position[j] = pos
 
 
-@_compile
+@compile_loop
 def on_grid(x: Any, units: float) -> bool:
     """``np.array_equal(np.rint(x * units) / units, x)`` in one pass, stopping at the first miss."""
     for t in range(len(x)):
@@ -96,7 +83,7 @@ def on_grid(x: Any, units: float) -> bool:
     return True
 
 
-@_compile
+@compile_loop
 def sma_rows(x: Any, windows: Any, units: float, origin: float, out: Any) -> None:
     """``indicators.sma_rows`` with a price scale: one pass per window, the same arithmetic.
 
@@ -129,7 +116,7 @@ def sma_rows(x: Any, windows: Any, units: float, origin: float, out: Any) -> Non
                 body[t] = np.float64(tail[t] - head[t]) / d
 
 
-@_compile
+@compile_loop
 def changes(held: Any, carried: Any, cols: Any) -> int:
     """How many times the targets of ``cols`` change in the block (a bound on their trades)."""
     total = 0
@@ -142,14 +129,14 @@ def changes(held: Any, carried: Any, cols: Any) -> int:
     return total
 
 
-@_compile
+@compile_loop
 def _record(trades: Any, i: int, j: int, entry_bar: int, exit_bar: int, side: float, size: float, entry_price: float,
             exit_price: float, ret: float, pnl: float) -> None:
     trades[i, 0], trades[i, 1], trades[i, 2], trades[i, 3], trades[i, 4] = j, entry_bar, exit_bar, side, size
     trades[i, 5], trades[i, 6], trades[i, 7], trades[i, 8] = entry_price, exit_price, ret, pnl
 
 
-@_compile
+@compile_loop
 def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_sign: Any, position: Any,
                last_target: Any, fill: Any, close: Any, t0: int, c: float, slip: float, flags: Any,
                state_f: Any, state_i: Any, keep_slot: Any, keep_trades: Any, curves: Any,

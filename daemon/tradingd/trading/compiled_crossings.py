@@ -16,16 +16,13 @@ fails both), so the results equal the bar-by-bar walk bit for bit.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import numba
 import numpy as np
 
-__all__ = ["crossing_changes"]
+from tradingd.trading.jit import compile_loop
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["crossing_changes"]
 
 WORD = 64
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -37,16 +34,7 @@ for _bit in range(64):
     _POSITION[((1 << _bit) * 0x03F79D71B4CA8B09 % (1 << 64)) >> 58] = _bit
 
 
-def _compile(fn: F) -> F:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
-    except RuntimeError:  # no writable cache directory (read-only install): compile per process
-        return cast(F, numba.njit(nogil=True, error_model="numpy")(fn))
-
-
-@_compile
+@compile_loop
 def _masks(fast: Any, slow: Any, offset: int, b: int, below: Any, above: Any) -> None:
     """Bit v of word i: ``fast[offset + 64 i + v] < slow[...]`` in ``below``, ``>`` in ``above``."""
     # Slices first: indices from ``range`` are known non-negative, so no
@@ -76,14 +64,14 @@ def _masks(fast: Any, slow: Any, offset: int, b: int, below: Any, above: Any) ->
         above[full] = hi
 
 
-@_compile
+@compile_loop
 def _lowest(mask: Any) -> int:
     """The position of the lowest set bit of a nonzero mask."""
     low = mask & (~mask + np.uint64(1))
     return int(_POSITION[(low * _DEBRUIJN) >> np.uint64(58)])
 
 
-@_compile
+@compile_loop
 def _from(mask: Any, bit: int) -> Any:
     """``mask`` without its bits below ``bit`` (0 <= bit <= 64)."""
     if bit >= WORD:
@@ -91,7 +79,7 @@ def _from(mask: Any, bit: int) -> Any:
     return mask & (_ALL << np.uint64(bit))
 
 
-@_compile
+@compile_loop
 def crossing_changes(fast: Any, slow: Any, offset: int, b: int, first: int, pos: int, prev: float, last: float,
                      long_only: bool, next_open: bool, changes_at: Any, targets: Any, words_below: Any,
                      words_above: Any

@@ -19,28 +19,14 @@ vectorizable passes again.
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import numba
+from tradingd.trading.jit import compile_loop
 
 __all__ = ["fold", "mark_stretch"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-
-def _compile(fn: F) -> F:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
-    except RuntimeError:  # no writable cache directory (read-only install): compile per process
-        return cast(F, numba.njit(nogil=True, error_model="numpy")(fn))
-
-
-@_compile
+@compile_loop
 def _lowest(values: Any, lowest: float) -> float:
     """``min(lowest, *values)`` for values that are not NaN, in four independent lanes.
 
@@ -63,7 +49,7 @@ def _lowest(values: Any, lowest: float) -> float:
     return l2 if l2 < l0 else l0
 
 
-@_compile
+@compile_loop
 def _add_return(r: float, s_r: float, s_r2: float, s_d2: float, downside: bool) -> tuple[float, float, float]:
     """One bar's return into the sums behind Sharpe and Sortino (in bar order: the numpy kernel's sums)."""
     s_r += r
@@ -74,7 +60,7 @@ def _add_return(r: float, s_r: float, s_r2: float, s_d2: float, downside: bool) 
     return s_r, s_r2, s_d2
 
 
-@_compile
+@compile_loop
 def fold(e: float, last_e: float, s_r: float, s_r2: float, s_d2: float, peak: float, min_ratio: float,
          last_peak: int, max_under: int, now: int, moments: bool, downside: bool, drawdown: bool,
          duration: bool) -> tuple[float, float, float, float, float, int, int]:
@@ -94,7 +80,7 @@ def fold(e: float, last_e: float, s_r: float, s_r2: float, s_d2: float, peak: fl
     return s_r, s_r2, s_d2, peak, min_ratio, last_peak, max_under
 
 
-@_compile
+@compile_loop
 def mark_stretch(close: Any, t: int, stop: int, h: float, p_in: float, seg: float, cost: float, last_e: float,
                  s_r: float, s_r2: float, s_d2: float, peak: float, min_ratio: float, last_peak: int,
                  max_under: int, t0: int, equity: Any, ratio: Any, peaks: Any, keep: bool, moments: bool,
