@@ -56,13 +56,18 @@ class _Loader:
         try:
             from tradingd.trading import compiled as module
 
-            module.warm_up()
+            # What a crossover sweep runs first: sweeps use the kernel from here on ...
+            module.warm_up(crossings_only=True)
         except Exception as exc:  # ImportError, or numba failing on this machine: numpy it is
             log.info("compiled sweep kernel not available (%s): sweeps run on numpy", exc)
-        else:
-            self.module = module
-        finally:
             self._done.set()
+            return
+        self.module = module
+        self._done.set()
+        try:  # ... while the other signatures load (a sweep needing one first waits for numba's lock)
+            module.warm_up()
+        except Exception as exc:  # pragma: no cover - the same machine code loaded a moment ago
+            log.info("compiled sweep kernel: warming the other loops failed (%s)", exc)
 
 
 _loader = _Loader()

@@ -106,24 +106,32 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
                 sweep.step_chunk(chunk, start, stop)
             sweep.close_chunk(chunk)
 
-        _each(run_chunk, list(range(0, k, step)), _pool(threads), threads - 1, should_stop,
-              lambda done: f"stopped after {done * step} of {k} combinations")
+        try:
+            _each(run_chunk, list(range(0, k, step)), _pool(threads), threads - 1, should_stop,
+                  lambda done: f"stopped after {done * step} of {k} combinations")
+        finally:
+            sweep.release()
     else:
         # Block by block, every chunk in turn: the block's indicators are computed once
         # for the whole grid and shared by the chunks.
         chunks = [sweep.open_chunk(offset, min(step, k - offset)) for offset in range(0, k, step)]
         pool = _pool(threads)
-        for start, stop in blocks:
-            shared = strat.block_indicators(data, params, start, stop, scale=sweep.scale)
+        shared = None
+        try:
+            for start, stop in blocks:
+                # The previous block's indicators are done with: their memory is reused.
+                shared = strat.block_indicators(data, params, start, stop, scale=sweep.scale, recycle=shared)
 
-            def run_block(chunk: Chunk, start: int = start, stop: int = stop, shared: Any = shared) -> None:
-                sweep.step_chunk(chunk, start, stop, shared)
+                def run_block(chunk: Chunk, start: int = start, stop: int = stop, shared: Any = shared) -> None:
+                    sweep.step_chunk(chunk, start, stop, shared)
 
-            def stopped(done: int, start: int = start, stop: int = stop) -> str:
-                return f"stopped after {done * step} of {k} combinations of bars {start}..{stop}"
+                def stopped(done: int, start: int = start, stop: int = stop) -> str:
+                    return f"stopped after {done * step} of {k} combinations of bars {start}..{stop}"
 
-            _each(run_block, chunks, pool, threads - 1, should_stop, stopped)
-            del shared
+                _each(run_block, chunks, pool, threads - 1, should_stop, stopped)
+        finally:
+            strat.release_indicators(shared)
+            sweep.release()
         for chunk in chunks:
             sweep.close_chunk(chunk)
     log.debug("swept %s on %s: %d combinations x %d bars in chunks of %d x %d bars", strat.name, data.symbol,
