@@ -112,27 +112,40 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
         finally:
             sweep.release()
     else:
-        # Block by block, every chunk in turn: the block's indicators are computed once
-        # for the whole grid and shared by the chunks.
-        chunks = [sweep.open_chunk(offset, min(step, k - offset)) for offset in range(0, k, step)]
-        pool = _pool(threads)
-        shared = None
+        # Block by block: the block's indicators are computed once per group of chunks
+        # (one group per thread, each with its own indicators: no thread waits for
+        # another between blocks, and each reads only what it computed), then each of
+        # the group's chunks is stepped over the block.
+        offsets = list(range(0, k, step))
+        cut = [len(offsets) * g // threads for g in range(threads + 1)]
+        groups = [offsets[cut[g]:cut[g + 1]] for g in range(threads) if cut[g] < cut[g + 1]]
+        chunks: list[Chunk] = []
+        poll = threading.Lock()
+
+        def run_group(group: list[int]) -> None:
+            own = [sweep.open_chunk(offset, min(step, k - offset)) for offset in group]
+            chunks.extend(own)
+            grid = params if len(groups) == 1 else params[group[0]:min(k, group[-1] + step)]
+            shared = None
+            try:
+                for start, stop in blocks:
+                    # The previous block's indicators are done with: their memory is reused.
+                    shared = strat.block_indicators(data, grid, start, stop, scale=sweep.scale, recycle=shared)
+                    for i, chunk in enumerate(own):
+                        if should_stop is not None:
+                            with poll:
+                                if should_stop():
+                                    raise SweepCancelled(f"stopped after {group[i]} of {k} combinations of bars "
+                                                         f"{start}..{stop}")
+                        sweep.step_chunk(chunk, start, stop, shared)
+            finally:
+                strat.release_indicators(shared)
+
         try:
-            for start, stop in blocks:
-                # The previous block's indicators are done with: their memory is reused.
-                shared = strat.block_indicators(data, params, start, stop, scale=sweep.scale, recycle=shared)
-
-                def run_block(chunk: Chunk, start: int = start, stop: int = stop, shared: Any = shared) -> None:
-                    sweep.step_chunk(chunk, start, stop, shared)
-
-                def stopped(done: int, start: int = start, stop: int = stop) -> str:
-                    return f"stopped after {done * step} of {k} combinations of bars {start}..{stop}"
-
-                _each(run_block, chunks, pool, threads - 1, should_stop, stopped)
+            _each(run_group, groups, _pool(threads), threads - 1, None, str)
         finally:
-            strat.release_indicators(shared)
             sweep.release()
-        for chunk in chunks:
+        for chunk in sorted(chunks, key=lambda c: c.offset):
             sweep.close_chunk(chunk)
     log.debug("swept %s on %s: %d combinations x %d bars in chunks of %d x %d bars", strat.name, data.symbol,
               k, data.n_bars, plan.width, plan.block_bars)
