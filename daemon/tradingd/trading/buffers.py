@@ -13,6 +13,7 @@ this idle remainder is the only memory a sweep leaves behind).
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -31,10 +32,13 @@ _idle: list[NDArray[np.uint8]] = []
 def take(shape: tuple[int, ...], dtype: Any) -> NDArray[Any]:
     """A C-contiguous array of ``shape`` and ``dtype`` (uninitialized), from the idle memory if it has room."""
     dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
+    raw = None
     with _lock:
-        fits = [i for i, raw in enumerate(_idle) if raw.nbytes >= nbytes]
-        raw = _idle.pop(min(fits, key=lambda i: _idle[i].nbytes)) if fits else None
+        for i in range(len(_idle) - 1, -1, -1):  # sorted largest first: the first fit from the end is the smallest
+            if _idle[i].nbytes >= nbytes:
+                raw = _idle.pop(i)
+                break
     if raw is None:
         raw = np.empty(max(nbytes, 1), dtype=np.uint8)
     out: NDArray[Any] = raw[:nbytes].view(dt).reshape(shape)

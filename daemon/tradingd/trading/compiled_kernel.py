@@ -52,14 +52,16 @@ class Scratch:
         self._taken: list[NDArray[Any]] = []
 
     def get(self, bars: int) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.uint64]]:
-        """(work, marks, words) with room for ``bars`` bars, for the calling thread."""
+        """(work, marks, words) with room for ``bars`` bars, for the calling thread (one allocation)."""
         arrays: tuple[Any, Any, Any] | None = getattr(self._local, "arrays", None)
         if arrays is None or arrays[0].shape[1] < bars:
-            arrays = (buffers.take((4, bars), np.float64), buffers.take((bars + 1,), np.int64),
-                      buffers.take((2, bars // 64 + 1), np.uint64))
+            n_words = bars // 64 + 1
+            raw = buffers.take((4 * bars + bars + 1 + 2 * n_words,), np.int64)
+            arrays = (raw[:4 * bars].view(np.float64).reshape(4, bars), raw[4 * bars:5 * bars + 1],
+                      raw[5 * bars + 1:].view(np.uint64).reshape(2, n_words))
             self._local.arrays = arrays
             with self._lock:
-                self._taken.extend(arrays)
+                self._taken.append(raw)
         return arrays
 
     def release(self) -> None:

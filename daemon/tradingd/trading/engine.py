@@ -76,7 +76,7 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
     if models is not None and len(models) != k:
         raise ValueError(f"{len(models)} models for {k} grid entries")
     sweep = SweepRun(data, strat, params, config, metrics, keep_trades_for, keep_equity_for)
-    preload(k * data.n_bars)  # numba, in the background, when the work is worth it
+    preload(k * data.n_bars)  # numba, in the background, when the work is worth it (see there)
     threads = _workers(workers, k, data.n_bars, models is not None)
     on_targets = bool(sweep.keep_trades) or models is not None
     plan = sweep_plan_for(strat, params, data.n_bars, chunk_bytes, metrics=sweep.names, workers=threads,
@@ -149,6 +149,7 @@ def run_sweep(data: MarketData, strategy: str | Strategy, grid: Sequence[Mapping
             sweep.close_chunk(chunk)
     log.debug("swept %s on %s: %d combinations x %d bars in chunks of %d x %d bars", strat.name, data.symbol,
               k, data.n_bars, plan.width, plan.block_bars)
+    preload(k * data.n_bars, ending=True)
     return sweep.result()
 
 
