@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tradingd.storage import encoder as encoder_module
 from tradingd.storage.atomic import atomic_write_json
 from tradingd.storage.encoder import DocumentEncoder
 from tradingd.workflows.writer import DurableWriter
@@ -68,6 +69,20 @@ def test_a_helper_killed_between_documents_is_replaced(tmp_path: Path) -> None:
         assert _helper_pid(encoder) != first
         assert json.loads((tmp_path / "two.json").read_text()) == {"n": 2}
         assert encoder.stats() == {"documents": 2, "in_a_thread": 0, "running": True}
+    finally:
+        encoder.close()
+
+
+def test_the_helper_is_replaced_after_its_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_module, "MAX_DOCUMENTS_PER_HELPER", 2)
+    encoder = DocumentEncoder()
+    try:
+        pids = []
+        for number in range(3):
+            encoder.write_json(tmp_path / f"{number}.json", {"n": number})
+            pids.append(_helper_pid(encoder))
+        assert pids[0] == pids[1] != pids[2]
+        assert encoder.stats() == {"documents": 3, "in_a_thread": 0, "running": True}
     finally:
         encoder.close()
 

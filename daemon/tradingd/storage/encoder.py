@@ -17,8 +17,10 @@ difference, except that the daemon's GIL was free meanwhile.
 The helper is lean on purpose: a plain subprocess (never a fork of the
 threaded daemon) that imports this module, numpy and json (~27 MB), not
 the package's executor or engine. It exits when its stdin closes, so it
-dies with the daemon. If it cannot start or dies, the document is written
-once more in a fresh helper and then, as a last resort, in the calling thread.
+dies with the daemon, and is replaced every :data:`MAX_DOCUMENTS_PER_HELPER`
+documents, so what its parses leave in its heap is returned. If it cannot
+start or dies, the document is written once more in a fresh helper and then,
+as a last resort, in the calling thread.
 
 Protocol on the helper's stdin and stdout: each message is an 8-byte
 big-endian length and a pickle; requests are ``(path, obj, mode, indent)``,
@@ -40,7 +42,7 @@ from typing import IO, Any
 
 from tradingd.storage.atomic import atomic_write_json
 
-__all__ = ["DocumentEncoder", "encoder_main"]
+__all__ = ["MAX_DOCUMENTS_PER_HELPER", "DocumentEncoder", "encoder_main"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ _LENGTH = struct.Struct("!Q")
 _BOOTSTRAP = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
               "from tradingd.storage.encoder import encoder_main; encoder_main()")
 _STOP_TIMEOUT = 5.0
+#: A new helper after this many documents, so what its parses leave in its heap is returned.
+MAX_DOCUMENTS_PER_HELPER = 200
 
 
 class DocumentEncoder:
@@ -57,6 +61,7 @@ class DocumentEncoder:
         self.documents = 0
         self.fallbacks = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._served = 0  # by the current helper
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -87,12 +92,14 @@ class DocumentEncoder:
 
     def _helper(self) -> tuple[IO[bytes], IO[bytes]]:
         """The running helper's stdin and stdout (a new helper if there is none)."""
-        if self._process is None or self._process.poll() is not None:
+        if self._process is None or self._process.poll() is not None or self._served >= MAX_DOCUMENTS_PER_HELPER:
             self._stop()
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             )
+            self._served = 0
+        self._served += 1
         requests, replies = self._process.stdin, self._process.stdout
         if requests is None or replies is None:  # never: both are pipes
             raise OSError("the document encoder has no pipes")
