@@ -8,12 +8,15 @@ Sections (issue 14), each timed ``--reps`` times (median and range), ratios
 computed within one run (ours and the peer side by side, interleaved):
  A. GOOG (2,148 bars) x 4,851 combinations (windows 2..100): total return only,
     total return + Sharpe + max drawdown + trades ("full4"), all 11 metrics;
-    agreement with vectorbt; the first (cold) sweep of a fresh process.
+    agreement with vectorbt; the first (cold) sweep of a fresh process (wall
+    and CPU time).
  B. 1M bars x 400 combinations with budgets 8 / 64 / 512 MiB, each run in its
     own child: peak RSS increase must be <= budget + 32 MiB.
  C. 200k bars x 200 combinations over 400 distinct windows, 8 MiB budget.
  D. Flat and tied series: trades equal backtesting.py's.
- E. Length scaling, 10k .. 10M bars: bar-combinations per second.
+ E. Length scaling, 10k .. 10M bars: bar-combinations per second, wall (the
+    target) and CPU of all threads (what load moves least), 40 combinations
+    and, for reference, 400.
  F. Peak RSS of a GOOG full4 sweep, ours vs vectorbt, each in its own child.
 Writes bench/results/sweep_vs_vectorbt.md.
 """
