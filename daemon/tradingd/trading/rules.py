@@ -140,7 +140,7 @@ class _Crossover(Strategy):
         return int(params["slow"])
 
     def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
-                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> NDArray[Any]:
         checked = self.validate_grid(grid)
         fast = [p["fast"] for p in checked]
         slow = [p["slow"] for p in checked]
@@ -149,7 +149,9 @@ class _Crossover(Strategy):
         where = {w: j for j, w in enumerate(windows)}
         loops = compiled()
         if loops is not None:
-            out = np.empty((len(lines), len(checked)), order="F")
+            # int8 targets (-1, 0, 1), as the SMA's blocks: the whole series is held for the sweep,
+            # and its long-only and next-open copies (engine) are int8 too: 3 bytes a cell, not 24.
+            out = np.empty((len(lines), len(checked)), dtype=np.int8, order="F")
             # C order, the signature warm_up compiled (a transposed view would compile another, ~20 MB, once).
             rows = np.ascontiguousarray(lines.T)
             loops.crossing_positions(rows, np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),
