@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # The inner loop: the same checks, without the tests marked slow (daemon subprocesses, the
 # bundled study, a Dask cluster, wheel builds). `make test` stays the gate.
-# The long memory test (the estimator against measured peaks, ~FP min): not part of `make test`.
+# The long memory test (the estimator against measured peaks, ~12 min): not part of `make test`.
 # (The cgroup squeeze test, ~SQUEEZE min as root, is: it runs in `make test`.)
 test-long: $(STAMP)
 	TRADINGD_LONG_TESTS=1 $(BIN)/python -m pytest tests/integration/test_memory_footprint.py
