@@ -180,10 +180,14 @@ async def test_progress_while_running_health_stays_up_and_cancel(
     async with http.delete(f"{base_url(supervisor)}/runs/{run_id}", headers=auth(supervisor)) as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "cancelled"
-    statuses = {doc["status"] for doc in read_all(Path(seen["results_dir"], "backtest", "containers"))}
-    assert "cancelled" in statuses
+    # Containers that were computing wrote "cancelled" results (whether one was computing at that
+    # moment is timing: test_workflow_runs cancels one mid-compute deterministically).
+    statuses = [doc["status"] for doc in read_all(Path(seen["results_dir"], "backtest", "containers"))]
+    assert set(statuses) <= {"completed", "cancelled"} and len(statuses) < 15
     (manifest,) = read_all(Path(seen["results_dir"]), "manifest.json")
     assert manifest["status"] == "cancelled"
+    (phase,) = manifest["phases"]
+    assert phase["status"] == "cancelled" and phase["finished_at"] is not None
 
 
 async def test_503_while_admission_paused_or_stopping(supervisor: Supervisor, http: aiohttp.ClientSession) -> None:

@@ -155,3 +155,46 @@ def test_the_compiled_kernel_names_the_fingerprint_of_its_callees() -> None:
     here = Path(compiled.__file__).parent
     digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in compiled.CALLEES)).hexdigest()
     assert digest == compiled.CALLEES_SHA256, f"set CALLEES_SHA256 = {digest!r} in compiled.py"
+
+
+@pytest.mark.parametrize("keep_trades", [[0, 9], None])
+def test_two_workers_each_with_their_own_indicators_give_the_same_sweep(keep_trades: list[int] | None) -> None:
+    # Each worker walks the blocks with its own group of chunks and computes the
+    # averages of its own windows: results must not depend on it, in blocks or not.
+    data = _walk(5000, 8)
+    grid = [{"fast": f, "slow": s} for f in (2, 5, 9, 14) for s in (10, 30, 77, 150) if f < s]
+    cfg = BacktestConfig(commission=0.001, allow_short=True)
+    with kernel("numba"):
+        for block in (None, 700):
+            runs = [run_sweep(data, "sma_crossover", grid, cfg, workers=workers, block_bars=block,
+                              keep_trades_for=keep_trades, keep_equity_for=[1]) for workers in (1, 2)]
+            assert_identical(*runs)
+            assert list(runs[1].trades) == sorted(runs[1].trades)  # chunks closed in grid order
+
+
+def test_a_sweep_takes_its_scratch_from_the_previous_sweeps_idle_memory() -> None:
+    from tradingd.trading import buffers
+
+    data = _walk(50_000, 2)
+    grid = [{"fast": f, "slow": s} for f in (3, 8) for s in (20, 40, 90)]
+    with kernel("numba"):
+        first = run_sweep(data, "sma_crossover", grid, metrics=["total_return"], workers=1)
+        kept = buffers.idle_bytes()
+        assert 0 < kept <= buffers.IDLE_BYTES
+        taken: list[int] = []
+        take = buffers.take
+
+        def counting(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+            before = buffers.idle_bytes()
+            out = take(shape, dtype)
+            taken.append(before - buffers.idle_bytes())  # 0: allocated afresh
+            return out
+
+        buffers.take = counting
+        try:
+            again = run_sweep(data, "sma_crossover", grid, metrics=["total_return"], workers=1)
+        finally:
+            buffers.take = take
+    assert taken and all(size > 0 for size in taken)  # every array came from the idle memory
+    assert buffers.idle_bytes() == kept
+    np.testing.assert_array_equal(first.metrics["total_return"], again.metrics["total_return"])

@@ -10,7 +10,10 @@ bar-combinations takes on numpy. So the first sweep big enough to be worth it
 (``preload``, called by ``engine.run_sweep`` from ``LOAD_CELLS``
 bar-combinations) starts loading it on a background thread, and
 ``compiled()`` answers None (numpy) until it is ready. Processes that only run
-small sweeps (tests, tiny batches) never load it.
+small sweeps (tests, tiny batches) never load it. The loader holds the GIL
+most of the time, so it starts with a sweep only when the sweep outlasts it
+(``EARLY_LOAD_CELLS``: the sweep switches to the compiled kernel once it is
+ready); a shorter sweep would only be slowed by it and starts it when it ends.
 
 ``TRADINGD_KERNEL`` in the environment: ``numpy`` never loads numba,
 ``numba`` waits for it (benches, tests), anything else is the default.
@@ -23,7 +26,7 @@ import os
 import threading
 from types import ModuleType
 
-__all__ = ["KERNEL_ENV", "LOAD_CELLS", "compiled", "kernel_name", "preload"]
+__all__ = ["EARLY_LOAD_CELLS", "KERNEL_ENV", "LOAD_CELLS", "compiled", "kernel_name", "preload"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ KERNEL_ENV = "TRADINGD_KERNEL"
 # A sweep of this many bar-combinations takes ~0.1 s on numpy: from here on,
 # loading numba (about a second of CPU, once per process) starts paying.
 LOAD_CELLS = 2_000_000
+# ... and from this many (about a second on numpy, more than the load takes),
+# loading numba while the sweep runs makes the sweep itself faster.
+EARLY_LOAD_CELLS = 40_000_000
 
 
 class _Loader:
@@ -56,13 +62,18 @@ class _Loader:
         try:
             from tradingd.trading import compiled as module
 
-            module.warm_up()
+            # What a crossover sweep runs first: sweeps use the kernel from here on ...
+            module.warm_up(crossings_only=True)
         except Exception as exc:  # ImportError, or numba failing on this machine: numpy it is
             log.info("compiled sweep kernel not available (%s): sweeps run on numpy", exc)
-        else:
-            self.module = module
-        finally:
             self._done.set()
+            return
+        self.module = module
+        self._done.set()
+        try:  # ... while the other signatures load (a sweep needing one first waits for numba's lock)
+            module.warm_up()
+        except Exception as exc:  # pragma: no cover - the same machine code loaded a moment ago
+            log.info("compiled sweep kernel: warming the other loops failed (%s)", exc)
 
 
 _loader = _Loader()
@@ -83,9 +94,14 @@ def compiled(*, wait: bool = False) -> ModuleType | None:
     return _loader.get(start=False, wait=wait or mode == "numba")
 
 
-def preload(cells: int) -> None:
-    """Start loading the compiled kernel in the background if a sweep of ``cells`` is worth it."""
-    if cells >= LOAD_CELLS and _mode() != "numpy":
+def preload(cells: int, *, ending: bool = False) -> None:
+    """Start loading the compiled kernel in the background if a sweep of ``cells`` is worth it.
+
+    Called as the sweep starts and again (``ending``) when it has finished:
+    the load starts at the first call for sweeps of ``EARLY_LOAD_CELLS`` and
+    more, at the second for the others.
+    """
+    if cells >= (LOAD_CELLS if ending else EARLY_LOAD_CELLS) and _mode() != "numpy":
         _loader.get(start=True, wait=False)
 
 

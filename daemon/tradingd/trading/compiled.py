@@ -24,8 +24,8 @@ from tradingd.trading.compiled_crossings import crossing_changes
 from tradingd.trading.compiled_equity import fold, mark_stretch
 from tradingd.trading.jit import compile_loop
 
-__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "on_grid", "sma_rows",
-           "step_block", "warm_up"]
+__all__ = ["CALLEES", "CALLEES_SHA256", "TRADE_FIELDS", "changes", "crossing_positions", "on_grid", "scratch",
+           "sma_rows", "step_block", "warm_up"]
 
 # numba caches step_block with the loops of these modules compiled into it, but
 # checks only this file's content for changes. Their fingerprint here (checked by
@@ -84,15 +84,15 @@ def on_grid(x: Any, units: float) -> bool:
 
 
 @compile_loop
-def sma_rows(x: Any, windows: Any, units: float, origin: float, out: Any) -> None:
+def sma_rows(x: Any, windows: Any, units: float, origin: float, out: Any, sums: Any) -> None:
     """``indicators.sma_rows`` with a price scale: one pass per window, the same arithmetic.
 
     The integer running sum of ``rint((x - origin) * units)`` (wrapping, as
-    numpy's), then per window the integer difference converted once, divided
-    by ``w * units``, plus ``origin``; NaN before the window is full.
+    numpy's) into ``sums`` (room for ``len(x)``), then per window the integer
+    difference converted once, divided by ``w * units``, plus ``origin``; NaN
+    before the window is full.
     """
     n = len(x)
-    sums = np.empty(n, dtype=np.int64)
     total = np.int64(0)
     for t in range(n):
         total += np.int64(np.rint((x[t] - origin if origin != 0.0 else x[t]) * units))
@@ -140,7 +140,7 @@ def _record(trades: Any, i: int, j: int, entry_bar: int, exit_bar: int, side: fl
 def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_sign: Any, position: Any,
                last_target: Any, fill: Any, close: Any, t0: int, c: float, slip: float, flags: Any,
                state_f: Any, state_i: Any, keep_slot: Any, keep_trades: Any, curves: Any,
-               trades: Any) -> int:
+               trades: Any, work: Any, marks: Any, words: Any) -> int:
     """Advance every combination over one block of held targets ``(bars, width)``.
 
     ``flags``: need equity, may ruin, moments, downside, drawdown, duration,
@@ -155,7 +155,10 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
     under. ``keep_slot[j]``: the column of ``curves`` that receives j's
     equity (or -1); ``keep_trades[j]``: record j's closed trades in
     ``trades`` (room for every change of theirs, plus one ruin each).
-    Returns the number of trades recorded.
+    Returns the number of trades recorded. ``work`` (4 x bars), ``marks``
+    (bars + 1) and ``words`` (2 x (bars // 64 + 1)): scratch, reused from
+    block to block so no step allocates (a fresh block of a megabyte is a
+    page fault per 4 KB on every step).
 
     Per combination, one tight pass finds the targets and the bars where they
     change; the second walks the stretches between changes (marking each bar
@@ -168,13 +171,9 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
     dense = moments or downside or drawdown or duration
     b = len(close)
     k = len(fast) if crossings else held.shape[1]
-    targets = np.empty(b)
-    equity = np.empty(b)
-    ratio = np.empty(b)
-    peaks = np.empty(b)
-    changes_at = np.empty(b + 1, dtype=np.int64)
-    words_below = np.empty(b // 64 + 1, dtype=np.uint64)
-    words_above = np.empty(b // 64 + 1, dtype=np.uint64)
+    targets, equity, ratio, peaks = work[0], work[1], work[2], work[3]
+    changes_at = marks
+    words_below, words_above = words[0], words[1]
     count = 0
     cost = 1.0 + c
     for j in range(k):
@@ -335,21 +334,33 @@ def step_block(held: Any, rows: Any, fast: Any, slow: Any, offset: int, first_si
     return count
 
 
-def warm_up() -> None:
-    """Load (or compile) the machine code of the common signatures: a tiny call of each."""
+def scratch(bars: int) -> tuple[Any, Any, Any]:
+    """Scratch arrays for ``step_block`` over up to ``bars`` bars: (work, marks, words)."""
+    return np.empty((4, bars)), np.empty(bars + 1, dtype=np.int64), np.empty((2, bars // 64 + 1), dtype=np.uint64)
+
+
+def warm_up(*, crossings_only: bool = False) -> None:
+    """Load (or compile) the machine code of the common signatures: a tiny call of each.
+
+    ``crossings_only``: just what a crossover sweep without kept trades runs
+    (the moving averages and ``step_block`` following crossings), the first
+    thing a process needs; the rest is loaded by a second call.
+    """
     n, k = 4, 2
     rows = np.ones((2, n))
     index = np.zeros(k, dtype=np.int64)
-    sma_rows(rows[0], np.ones(2, dtype=np.int64), 1.0, 0.0, rows.copy())
-    on_grid(rows[0], 1.0)
-    for dtype in (np.int8, np.float64):
+    if crossings_only:
+        sma_rows(rows[0], np.ones(2, dtype=np.int64), 1.0, 0.0, rows.copy(), np.empty(n, dtype=np.int64))
+        on_grid(rows[0], 1.0)
+    held_blocks = [np.zeros((n, 0), dtype=np.int8)] if crossings_only else []
+    for dtype in () if crossings_only else (np.int8, np.float64):
         out = np.empty((n, k), dtype=dtype, order="F")
         crossing_positions(rows, index, index, 0, n, np.zeros(k, np.int8), np.zeros(k), out)
-        for crossings in (False, True):
-            flags = np.zeros(9, dtype=np.bool_)
-            flags[6] = crossings
-            held = np.zeros((n, 0), dtype=np.int8) if crossings else out
-            step_block(held, rows, index, index, 0, np.zeros(k, np.int8), np.zeros(k), np.zeros(k), rows[0], rows[0],
-                       0, 0.0, 0.0, flags, np.ones((13, k)), np.zeros((5, k), dtype=np.int64),
-                       np.full(k, -1, dtype=np.int64), np.zeros(k, dtype=np.bool_), np.empty((n, 0)),
-                       np.empty((0, 9)))
+        held_blocks.append(out)
+    for held in held_blocks:
+        flags = np.zeros(9, dtype=np.bool_)
+        flags[6] = held.shape[1] == 0
+        step_block(held, rows, index, index, 0, np.zeros(k, np.int8), np.zeros(k), np.zeros(k), rows[0], rows[0],
+                   0, 0.0, 0.0, flags, np.ones((13, k)), np.zeros((5, k), dtype=np.int64),
+                   np.full(k, -1, dtype=np.int64), np.zeros(k, dtype=np.bool_), np.empty((n, 0)),
+                   np.empty((0, 9)), *scratch(n))

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from tradingd.trading import buffers
 from tradingd.trading.acceleration import compiled
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ __all__ = [
     "IndicatorCache",
     "LocalIndicatorCache",
     "PriceScale",
+    "SmaBlock",
+    "SmaBuffer",
     "ema",
     "hma",
     "indicator_matrix",
@@ -152,18 +155,24 @@ def _unit_cumsum(x: Array, scale: PriceScale) -> NDArray[np.int64]:
         return np.cumsum(np.rint(shifted * scale.units).astype(np.int64))
 
 
-def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:
-    """``sma`` transposed: ``(len(windows), n)``, each window's averages contiguous."""
+def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None,
+             buffer: SmaBuffer | None = None) -> Array:
+    """``sma`` transposed: ``(len(windows), n)``, each window's averages contiguous.
+
+    ``buffer``: where to put them (a view of its memory is returned), so a
+    sweep's time blocks reuse one allocation.
+    """
     x, ws = _prepare(values, windows)
     n = len(x)
     if scale is None:
         scale = price_scale(x)
+    out = np.empty((len(ws), n)) if buffer is None else buffer.rows(len(ws), n)
     loops = compiled()
     if loops is not None and scale is not None:  # the same arithmetic, one pass per window
-        out = np.empty((len(ws), n))
-        loops.sma_rows(x, np.array(ws, dtype=np.int64), scale.units, scale.origin, out)
+        unit_sums = np.empty(n, dtype=np.int64) if buffer is None else buffer.sums(n)
+        loops.sma_rows(x, np.array(ws, dtype=np.int64), scale.units, scale.origin, out, unit_sums)
         return out
-    out = np.full((len(ws), n), np.nan)
+    out.fill(np.nan)
     if scale is None:
         sums = np.cumsum(x)
         for j, w in enumerate(ws):
@@ -184,6 +193,57 @@ def sma_rows(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale 
             if scale.origin:
                 row[w - 1:] += scale.origin
     return out
+
+
+class SmaBuffer:
+    """Memory for ``sma_rows`` reused from call to call (grown when a call needs more).
+
+    A sweep's time blocks each need a few megabytes of moving averages; they
+    share one allocation, taken from (and given back to) ``buffers``.
+    """
+
+    def __init__(self) -> None:
+        self._rows: Array | None = None
+        self._sums: NDArray[np.int64] | None = None
+
+    def rows(self, n_windows: int, n: int) -> Array:
+        """A C-contiguous ``(n_windows, n)`` array in the buffer."""
+        if self._rows is None or self._rows.size < n_windows * n:
+            self.release()
+            self._rows = buffers.take((n_windows * n,), np.float64)
+        return self._rows[:n_windows * n].reshape(n_windows, n)
+
+    def sums(self, n: int) -> NDArray[np.int64]:
+        """Room for ``n`` integer running sums."""
+        if self._sums is None or self._sums.size < n:
+            if self._sums is not None:
+                buffers.give(self._sums)
+            self._sums = buffers.take((n,), np.int64)
+        return self._sums[:n]
+
+    def release(self) -> None:
+        """Give the memory back (the arrays handed out must no longer be used)."""
+        for array in (self._rows, self._sums):
+            if array is not None:
+                buffers.give(array)
+        self._rows = self._sums = None
+
+
+@dataclass(frozen=True)
+class SmaBlock:
+    """Moving averages of one time block: ``rows[where[w], offset:]`` is window ``w`` (sorted).
+
+    The next block of the same grid reuses ``where`` and the ``buffer`` behind ``rows``.
+    """
+
+    rows: Array
+    offset: int
+    where: dict[int, int]
+    buffer: SmaBuffer = field(default_factory=SmaBuffer)
+
+    def release(self) -> None:
+        """The sweep is done with these averages (and the next block's): give the buffer back."""
+        self.buffer.release()
 
 
 def sma(values: NDArray[Any], windows: Sequence[int], *, scale: PriceScale | None = None) -> Array:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,14 +15,21 @@ from numpy.typing import NDArray
 
 from tradingd.trading.acceleration import compiled
 from tradingd.trading.data import MarketData
-from tradingd.trading.indicators import IndicatorCache, PriceScale, indicator_matrix, momentum, sma_rows
+from tradingd.trading.indicators import (
+    IndicatorCache,
+    PriceScale,
+    SmaBlock,
+    SmaBuffer,
+    indicator_matrix,
+    momentum,
+    sma_rows,
+)
 from tradingd.trading.strategy import CrossingSignal, Strategy, StrategyConstraintError, ValidatedGrid
 
 __all__ = [
     "AdaptiveTrend",
     "EmaCrossover",
     "Momentum",
-    "SmaBlock",
     "SmaCrossover",
     "SmaTrendStops",
     "ZScoreMeanReversion",
@@ -174,14 +180,19 @@ class SmaCrossover(_Crossover):
         return max((int(p["slow"]) for p in grid), default=1) - 1
 
     def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
-                         scale: PriceScale | None) -> SmaBlock:
-        checked = self.validate_grid(grid)
-        windows = sorted({p["fast"] for p in checked} | {p["slow"] for p in checked})
+                         scale: PriceScale | None, recycle: Any = None) -> SmaBlock:
+        if isinstance(recycle, SmaBlock):  # the previous block of this grid: the same windows
+            where, buffer = recycle.where, recycle.buffer
+        else:
+            checked = self.validate_grid(grid)
+            where = {w: j for j, w in enumerate(sorted({p["fast"] for p in checked} | {p["slow"] for p in checked}))}
+            buffer = SmaBuffer()
+        windows = list(where)
         begin = max(0, start - (windows[-1] - 1))
         # Integer window sums make every average a function of its own window
         # only, so a block's averages equal the whole series' bit for bit.
-        rows = sma_rows(data.close[begin:stop], windows, scale=scale)
-        return SmaBlock(rows, start - begin, {w: j for j, w in enumerate(windows)})
+        rows = sma_rows(data.close[begin:stop], windows, scale=scale, buffer=buffer)
+        return SmaBlock(rows, start - begin, where, buffer)
 
     def follows_crossings(self) -> bool:
         return self._blocks_match_positions(SmaCrossover)
@@ -214,15 +225,6 @@ class SmaCrossover(_Crossover):
         rows = block.rows[:, block.offset:]
         # Gathering whole rows (one window each) is contiguous; one transpose at the end.
         return crossing_block(np.ascontiguousarray(np.subtract(rows[fast], rows[slow]).T), carried)
-
-
-@dataclass(frozen=True)
-class SmaBlock:
-    """Moving averages of one time block: ``rows[where[w], offset:]`` is window ``w``."""
-
-    rows: Array
-    offset: int
-    where: dict[int, int]
 
 
 class EmaCrossover(_Crossover):

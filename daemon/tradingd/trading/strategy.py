@@ -169,14 +169,22 @@ class Strategy(ABC):
         return False
 
     def block_indicators(self, data: MarketData, grid: Sequence[Mapping[str, Any]], start: int, stop: int, *,
-                         scale: PriceScale | None) -> Any:
+                         scale: PriceScale | None, recycle: Any = None) -> Any:
         """Indicator columns of bars ``start .. stop`` for every entry of ``grid``, or None.
 
         The engine calls it once per time block with the whole sweep's grid
         and hands the result to every chunk's ``block_positions``, so columns
         shared by many combinations are computed once (None: nothing shared).
+        ``recycle``: what this method returned for the previous block of the
+        same grid, no longer in use (its memory may be reused), or None.
         """
         return None
+
+    def release_indicators(self, shared: Any) -> None:
+        """The sweep is done with ``shared`` (the last ``block_indicators``): give its memory back."""
+        release = getattr(shared, "release", None)
+        if callable(release):
+            release()
 
     def _blocks_match_positions(self, owner: type[Strategy]) -> bool:
         """True unless a subclass of ``owner`` replaced ``positions`` (its blocks would not follow)."""

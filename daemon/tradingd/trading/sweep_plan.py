@@ -64,10 +64,9 @@ FAST_BLOCK_BARS = 1 << 15
 # shorter (down to FAST_MIN_BLOCK_BARS) before chunks get narrower.
 FAST_MIN_WIDTH = 32
 FAST_MIN_BLOCK_BARS = 1 << 11
-# A compiled crossover's chunks can be as wide as the grid; a few per worker
-# balance the threads (chunks differ in their number of crossings) and keep
-# the per-chunk Python overhead (~0.1 ms) negligible.
-CHUNKS_PER_WORKER = 4
+# A compiled crossover's chunks can be as wide as the grid: one per worker (each
+# worker walks the blocks with its own chunks, so there is nothing to balance
+# within it, and every chunk step costs ~0.05 ms of Python) ...
 # ... but not so narrow that a chunk's step is shorter than about a millisecond.
 MIN_CHUNK_CELLS = 1 << 18
 
@@ -99,9 +98,9 @@ def _bytes(n_combinations: int, n_metrics: int, width: int, block: int, lookback
            n_windows: int | None, workers: int, blockable: bool, crossings: bool = False) -> int:
     per_worker = CARRY_BYTES * width + block * (cell * width + BAR_BYTES)
     if blockable:
-        # A block's indicator columns for the whole grid, shared by every chunk; every chunk
-        # stays open from the first block to the last.
-        shared = (block + lookback) * WINDOW_BYTES * (n_windows or 0) + block * BAR_BYTES
+        # A block's indicator columns for the grid, shared by the chunks of a worker (each
+        # worker has its own); every chunk stays open from the first block to the last.
+        shared = ((block + lookback) * WINDOW_BYTES * (n_windows or 0) + block * BAR_BYTES) * workers
         chunks = -(-n_combinations // width) if width else 0
     else:
         # The whole series at once: each chunk computes its own indicator columns (a
@@ -146,7 +145,7 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     follows the strategy's crossings itself (``Strategy.block_crossings``), so
     a chunk's working set is its carried state and a few arrays of one
     block's length, whatever its width (then the grid is cut into
-    ``CHUNKS_PER_WORKER`` chunks per worker, for balance).
+    one chunk per worker).
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
@@ -197,7 +196,7 @@ def plan_sweep(n_bars: int, n_combinations: int, chunk_bytes: int, *, metrics: C
     width = width or cheapest(block)
     if crossings:  # wide chunks cost no memory: as many as keep the workers evenly busy
         threads = max(1, workers)
-        wide = max(-(-k // (CHUNKS_PER_WORKER * threads)), -(-MIN_CHUNK_CELLS // block))
+        wide = max(-(-k // threads), -(-MIN_CHUNK_CELLS // block))
         count = -(-k // max(1, min(width, wide)))
         count = -(-count // threads) * threads  # the same number of chunks for every worker
         width = max(1, min(width, -(-k // count)))

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from tradingd.trading.compiled_kernel import KernelState
+from tradingd.trading.compiled_kernel import KernelState, Scratch
 from tradingd.trading.data import DataError, MarketData
 from tradingd.trading.indicators import IndicatorCache, price_scale
 from tradingd.trading.kernel import BlockPrices
@@ -98,6 +98,7 @@ class SweepRun:
         self.ppy = config.periods_per_year or data.periods_per_year
         self.fill_price, self.close = _checked_prices(data, config.fill)
         self.scale = price_scale(self.close)
+        self.scratch = Scratch()  # the compiled kernel's per-thread scratch, for this sweep
 
     def open_chunk(self, offset: int, width: int, *, whole: bool = False, cache: IndicatorCache | None = None,
                    models: Sequence[Any] | None = None) -> Chunk:
@@ -130,7 +131,7 @@ class SweepRun:
             signal = self.strategy.block_crossings(self.data, chunk.grid, start, stop, shared=shared)
             done = None if signal is None else chunk.state.step_crossings(
                 signal, chunk.carried, chunk.last_target, prices, long_only=not self.config.allow_short,
-                next_open=self.config.fill == "next_open", need_equity=need_equity)
+                next_open=self.config.fill == "next_open", need_equity=need_equity, scratch=self.scratch)
             if done is not None:
                 chunk.carried, chunk.last_target = done
                 return
@@ -142,7 +143,7 @@ class SweepRun:
                                                                    scale=self.scale, **extra)
         held = self._held(chunk.offset, start, targets, chunk.last_target)
         chunk.last_target = held[-1].copy() if self.config.fill == "close" else self._clip(targets[-1])
-        chunk.state.step(held, prices, need_equity=need_equity)
+        chunk.state.step(held, prices, need_equity=need_equity, scratch=self.scratch)
 
     def _clip(self, targets: Array) -> Array:
         return np.asarray(targets, dtype=np.float64) if self.config.allow_short else np.maximum(targets, 0.0)
@@ -209,6 +210,10 @@ class SweepRun:
                     entry_time=ts[t.entry_bar], exit_time=ts[t.exit_bar], side=t.side, size=t.size,
                     entry_price=t.entry_price, exit_price=t.exit_price, ret=t.ret, pnl=t.pnl,
                     is_open=t.is_open)
+
+    def release(self) -> None:
+        """Give the sweep's scratch memory back (no chunk steps after this)."""
+        self.scratch.release()
 
     def result(self) -> BacktestResult:
         """The finished sweep (every chunk closed)."""

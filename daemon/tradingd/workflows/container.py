@@ -37,7 +37,6 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import psutil
 
-from tradingd.storage.atomic import atomic_write_json
 from tradingd.trading.data import MarketData
 from tradingd.trading.indicators import IndicatorCache
 from tradingd.workflows.compute import BatchOutput, BatchTask, TraceConfig, data_range, run_batch
@@ -338,7 +337,7 @@ class Container:
                 self.status, self.error, exc, pending = "failed", err, err, None
                 log.error("container %s/%s: cannot stage its trades for the journal: %s", self.phase, self.id, err)
         doc = self._document(finished_at, exc, stream_error, pending[1] if pending is not None else None)
-        atomic_write_json(self.path, doc)
+        self._writer.write_document(self.path, doc)
         if pending is not None and journal is not None:
             journal.commit(marker, *pending)
 

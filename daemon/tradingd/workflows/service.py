@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tradingd.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from tradingd.periodic import poll
+from tradingd.storage.encoder import DocumentEncoder
 from tradingd.storage.outcomes import OutcomeJournal
 from tradingd.workflows.container import RunServices
 from tradingd.workflows.data_roots import allowed_data_roots, check_data_source
@@ -111,12 +112,14 @@ class WorkflowService:
             self.outbox.adopt(list(journal_markers))
         self.max_concurrent_runs = max_concurrent_runs
         self.executor: Executor | None = None
-        self.writer = DurableWriter()  # its thread starts with the first write
-        # Aggregation and reports, in a helper process, unless the memory limit is tight: the helper
-        # holds ~80 MB of its own (an interpreter with numpy and pandas) and its parses cannot reuse
-        # the daemon's free heap, so under FILE_HELPER_MIN_LIMIT the work runs in a daemon thread.
+        # Aggregation and reports, and the encoding of container results, in helper processes, unless
+        # the memory limit is tight: the helpers hold ~80 MB and ~27 MB of their own (interpreters with
+        # numpy, and pandas) and cannot reuse the daemon's free heap, so under FILE_HELPER_MIN_LIMIT
+        # the work runs in daemon threads.
         limit = memory.work.limit_bytes if memory is not None else None
-        self.files = FileWorker(use_process=limit is None or limit >= FILE_HELPER_MIN_LIMIT)
+        helpers = limit is None or limit >= FILE_HELPER_MIN_LIMIT
+        self.writer = DurableWriter(encoder=DocumentEncoder() if helpers else None)  # starts with the first write
+        self.files = FileWorker(use_process=helpers)
         self._queue: RunQueue | None = None
         self._switch_interval: float | None = None
         self.retention: Retention

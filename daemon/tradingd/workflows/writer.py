@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tradingd.storage.atomic import atomic_write_json
+from tradingd.storage.encoder import DocumentEncoder
 
 __all__ = ["DurableWriter", "WriterClosed"]
 
@@ -43,8 +44,9 @@ class DurableWriter:
     The thread starts with the first job, so building one does no work.
     """
 
-    def __init__(self, name: str = "tradingd-writer") -> None:
+    def __init__(self, name: str = "tradingd-writer", *, encoder: DocumentEncoder | None = None) -> None:
         self.name = name
+        self.encoder = encoder
         self.written = 0
         self.failed = 0
         self.last_error: str | None = None
@@ -94,6 +96,17 @@ class DurableWriter:
         """``atomic_write_json(path, obj)`` on the writer thread (encoding included)."""
         await self.call(atomic_write_json, path, obj)
 
+    def write_document(self, path: Path, doc: dict[str, Any]) -> None:
+        """On the writer thread: write a large document (a container result) atomically.
+
+        With an :attr:`encoder`, a helper process encodes it, so the daemon's
+        GIL is not held for the text of every float.
+        """
+        if self.encoder is not None:
+            self.encoder.write_json(path, doc)
+        else:
+            atomic_write_json(path, doc)
+
     def post(self, fn: Callable[..., Any], *args: Any, what: str) -> None:
         """Queue a write nobody waits for (e.g. from a synchronous caller); a failure is logged."""
 
@@ -105,8 +118,11 @@ class DurableWriter:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"queued": self._queued, "written": self.written, "failed": self.failed,
-                    "last_error": self.last_error}
+            stats: dict[str, Any] = {"queued": self._queued, "written": self.written, "failed": self.failed,
+                                     "last_error": self.last_error}
+        if self.encoder is not None:
+            stats["encoder"] = self.encoder.stats()
+        return stats
 
     async def close(self, join_timeout: float) -> bool:
         """Refuse new writes and wait up to ``join_timeout`` for the queued ones (idempotent).
@@ -118,9 +134,14 @@ class DurableWriter:
             pool = self._pool
         if pool is None:
             return True
-        done = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, True))
+        done = asyncio.ensure_future(asyncio.to_thread(self._finish, pool))
         finished, _ = await asyncio.wait({done}, timeout=join_timeout)
         if not finished:
             log.warning("%s: %d write(s) still running after %.1f s", self.name, self._queued, join_timeout)
             return False
         return True
+
+    def _finish(self, pool: ThreadPoolExecutor) -> None:
+        pool.shutdown(wait=True)
+        if self.encoder is not None:
+            self.encoder.close()
