@@ -26,7 +26,7 @@ test: $(STAMP)
 # The inner loop: the same checks, without the tests marked slow (daemon subprocesses, the
 # bundled study, a Dask cluster, wheel builds). `make test` stays the gate.
 # The long memory test (the estimator against measured peaks, ~12 min): not part of `make test`.
-# (The cgroup squeeze test, ~SQUEEZE min as root, is: it runs in `make test`.)
+# (The cgroup squeeze test, ~5 min as root (316 s at load 2-4, 10.5 min at load 6), is: it runs in `make test`.)
 test-long: $(STAMP)
 	TRADINGD_LONG_TESTS=1 $(BIN)/python -m pytest tests/integration/test_memory_footprint.py
 

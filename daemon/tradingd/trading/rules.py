@@ -155,9 +155,7 @@ class _Crossover(Strategy):
         where = {w: j for j, w in enumerate(windows)}
         loops = compiled()
         if loops is not None:
-            # int8 targets (-1, 0, 1), as the SMA's blocks: the whole series is held for the sweep,
-            # and its long-only and next-open copies (engine) are int8 too: 3 bytes a cell, not 24.
-            out = np.empty((len(lines), len(checked)), dtype=np.int8, order="F")
+            out = np.empty((len(lines), len(checked)), dtype=np.int8, order="F")  # held whole: 1 byte a cell
             # C order, the signature warm_up compiled (a transposed view would compile another, ~20 MB, once).
             rows = np.ascontiguousarray(lines.T)
             loops.crossing_positions(rows, np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),
