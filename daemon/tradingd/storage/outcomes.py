@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
     trade_key TEXT
 )
 """
+# The lowest and highest id, each an index lookup: SQLite only reads the end of the rowid
+# b-tree for a lone MIN() or MAX(); "SELECT MIN(id), MAX(id)" scans the whole table
+# (~10 ms at 100,000 outcomes, 25-60 ms on a busy machine, on every monitor tick).
+_ID_SPAN = "SELECT (SELECT MIN(id) FROM outcomes), (SELECT MAX(id) FROM outcomes)"
 _COLUMNS = (
     "run_id, strategy, symbol, params, side, entry_time, exit_time, entry_price, exit_price, pnl, ret, regime, features"
 )
@@ -139,7 +143,7 @@ class OutcomeJournal:
         Cheap enough for every stats refresh: ids are assigned in order and only
         ever leave from the low end (see ``_cull``), so the id span is the count.
         """
-        lo, hi = self._conn().execute("SELECT MIN(id), MAX(id) FROM outcomes").fetchone()
+        lo, hi = self._conn().execute(_ID_SPAN).fetchone()
         return 0 if lo is None else int(hi - lo + 1)
 
     def _conn(self) -> sqlite3.Connection:
@@ -198,7 +202,7 @@ class OutcomeJournal:
 
     def _cull(self, conn: sqlite3.Connection) -> None:
         """Delete all but the newest ``max_outcomes`` rows, inside the caller's transaction."""
-        lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM outcomes").fetchone()
+        lo, hi = conn.execute(_ID_SPAN).fetchone()
         if lo is None or hi - lo + 1 <= self.max_outcomes:
             return  # ids only ever leave from the low end, so the span bounds the count
         conn.execute(

@@ -146,7 +146,7 @@ class _Crossover(Strategy):
         return int(params["slow"])
 
     def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
-                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
+                  cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> NDArray[Any]:
         checked = self.validate_grid(grid)
         fast = [p["fast"] for p in checked]
         slow = [p["slow"] for p in checked]
@@ -155,7 +155,7 @@ class _Crossover(Strategy):
         where = {w: j for j, w in enumerate(windows)}
         loops = compiled()
         if loops is not None:
-            out = np.empty((len(lines), len(checked)), order="F")
+            out = np.empty((len(lines), len(checked)), dtype=np.int8, order="F")  # held whole: 1 byte a cell
             # C order, the signature warm_up compiled (a transposed view would compile another, ~20 MB, once).
             rows = np.ascontiguousarray(lines.T)
             loops.crossing_positions(rows, np.array([where[w] for w in fast]), np.array([where[w] for w in slow]),

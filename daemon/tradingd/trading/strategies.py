@@ -39,7 +39,7 @@ MAX_GRID = 1_000_000
 # bench/sweep_memory.py: bytes per (bar, combination) on numpy with all metrics and on the
 # compiled kernel, and the z-score's sliding windows (one (bars, window) temporary at a time).
 SmaCrossover.sweep_cell_bytes = (64, 16)  # compiled: int8 targets at most (kept trades)
-EmaCrossover.sweep_cell_bytes = (52, 24)
+EmaCrossover.sweep_cell_bytes = (52, 8)  # compiled: int8 targets of the whole series, long-only and next-open copies
 Momentum.sweep_cell_bytes = (76, 24)
 AdaptiveTrend.sweep_cell_bytes = (96, 40)  # up and down vote counts, the warm mask, a gathered line
 ZScoreMeanReversion.sweep_window_bytes = 8

@@ -120,7 +120,7 @@ class Strategy(ABC):
     @abstractmethod
     def positions(self, data: MarketData, grid: Sequence[Mapping[str, Any]], *,
                   cache: IndicatorCache | None = None, models: Sequence[Any] | None = None) -> Array:
-        """Target positions ``(n_bars, len(grid))`` in [-1, 1]."""
+        """Target positions ``(n_bars, len(grid))`` in [-1, 1] (float64, or int8 for -1, 0 and 1 only)."""
 
     def block_lookback(self, grid: Sequence[Mapping[str, Any]]) -> int | None:
         """Bars before a time block that ``block_positions`` reads, or None.
