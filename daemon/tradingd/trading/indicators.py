@@ -208,18 +208,13 @@ class SmaBuffer:
 
     def rows(self, n_windows: int, n: int) -> Array:
         """A C-contiguous ``(n_windows, n)`` array in the buffer."""
-        if self._rows is None or self._rows.size < n_windows * n:
-            self.release()
-            self._rows = buffers.take((n_windows * n,), np.float64)
-        return self._rows[:n_windows * n].reshape(n_windows, n)
+        self._rows = rows = _fitting(self._rows, n_windows * n, np.float64)
+        return rows[:n_windows * n].reshape(n_windows, n)
 
     def sums(self, n: int) -> NDArray[np.int64]:
         """Room for ``n`` integer running sums."""
-        if self._sums is None or self._sums.size < n:
-            if self._sums is not None:
-                buffers.give(self._sums)
-            self._sums = buffers.take((n,), np.int64)
-        return self._sums[:n]
+        self._sums = sums = _fitting(self._sums, n, np.int64)
+        return sums[:n]
 
     def release(self) -> None:
         """Give the memory back (the arrays handed out must no longer be used)."""
@@ -227,6 +222,15 @@ class SmaBuffer:
             if array is not None:
                 buffers.give(array)
         self._rows = self._sums = None
+
+
+def _fitting(array: NDArray[Any] | None, size: int, dtype: Any) -> NDArray[Any]:
+    """``array`` if it holds ``size`` values, else a larger one from ``buffers`` (``array`` given back)."""
+    if array is not None and array.size >= size:
+        return array
+    if array is not None:
+        buffers.give(array)
+    return buffers.take((size,), dtype)
 
 
 @dataclass(frozen=True)
